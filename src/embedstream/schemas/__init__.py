@@ -1,0 +1,1 @@
+"""Message and API models: the single source of truth for every contract."""

@@ -1,0 +1,34 @@
+"""Commands on ``{prefix}:ingest``, written by the ingress and read by the embed worker."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DOCUMENT_UPSERT = "document.upsert.v1"
+DOCUMENT_DELETE = "document.delete.v1"
+
+MetadataValue = str | int | float | bool
+DocumentId = str
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    job_id: str = Field(min_length=1)
+    document_id: DocumentId = Field(min_length=1, max_length=512)
+
+
+class DocumentUpsert(_Command):
+    """Create or replace a document. Its version is the ingest stream entry id."""
+
+    kind: Literal["upsert"] = "upsert"
+    text: str = Field(min_length=1)
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+
+
+class DocumentDelete(_Command):
+    """Remove a document and all of its chunks."""
+
+    kind: Literal["delete"] = "delete"

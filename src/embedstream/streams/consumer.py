@@ -1,0 +1,208 @@
+"""One consumer of one stream in one group: the Redis operations of the runtime.
+
+Read, reclaim, renew, ack-with-publish and dead-letter. The loop that drives these
+lives in ``embedstream.streams.runner``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import ResponseError
+
+from embedstream.errors import GroupMissingError
+from embedstream.schemas.envelope import Fields
+from embedstream.streams import scripts
+from embedstream.streams.messages import Ack, DeadLetter, Outcome
+from embedstream.streams.names import StreamNames
+
+RawEntry = tuple[str, Fields, int]
+"""(entry id, fields, delivery count)"""
+
+DLQ_META_PREFIX = "dlq_"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+@dataclass(frozen=True)
+class Dead:
+    """A message on its way to the dead-letter stream."""
+
+    entry_id: str
+    fields: Fields
+    attempts: int
+    error: BaseException
+    extra: Mapping[str, str]
+
+
+class StreamConsumer:
+    """Redis operations for ``consumer`` in ``group`` on ``stream``."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        names: StreamNames,
+        stream: str,
+        group: str,
+        consumer: str,
+        *,
+        stage: str | None = None,
+        start_id: str = "0",
+    ) -> None:
+        self.client = client
+        self.names = names
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self.stage = stage or group
+        self.start_id = start_id
+        self._claim_idle = client.register_script(scripts.CLAIM_IDLE)
+        self._claim_own = client.register_script(scripts.CLAIM_OWN)
+        self._set_idle = client.register_script(scripts.SET_IDLE_IF_OWNER)
+        self._reap = client.register_script(scripts.REAP_CONSUMERS)
+        self._trim = client.register_script(scripts.TRIM_ACKED)
+
+    # -- group -----------------------------------------------------------------------
+
+    async def ensure_group(self) -> bool:
+        """Create the group (and the stream) if missing. True when it was created."""
+        try:
+            await self.client.xgroup_create(self.stream, self.group, self.start_id, mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" in str(exc):
+                return False
+            raise
+        return True
+
+    def is_nogroup(self, exc: ResponseError) -> bool:
+        return str(exc).startswith("NOGROUP")
+
+    def group_missing(self) -> GroupMissingError:
+        return GroupMissingError(self.stream, self.group)
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def read_new(self, count: int, block_ms: int | None) -> list[RawEntry]:
+        reply: Any = await self.client.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+        )
+        if not reply:
+            return []
+        entries: list[tuple[bytes, Fields]] = reply[0][1]
+        return [(_text(entry_id), fields, 1) for entry_id, fields in entries if fields]
+
+    async def claim_own(self, count: int) -> list[RawEntry]:
+        rows = await self._claim_own(keys=[self.stream], args=[self.group, self.consumer, count])
+        return [(_text(r[0]), _fields(r[1]), int(r[2])) for r in rows]
+
+    async def claim_idle(
+        self, min_idle_ms: int, count: int, cursor: str = "0-0"
+    ) -> tuple[str, list[RawEntry]]:
+        next_cursor: bytes
+        rows: list[Any]
+        next_cursor, rows = await self._claim_idle(
+            keys=[self.stream],
+            args=[self.group, self.consumer, min_idle_ms, cursor, count],
+        )
+        entries: list[RawEntry] = [(_text(r[0]), _fields(r[1]), int(r[2])) for r in rows]
+        return _text(next_cursor), entries
+
+    async def set_idle(self, entry_ids: Sequence[str], idle_ms: int) -> int:
+        """Renew (0), postpone or hand back entries this consumer still owns."""
+        if not entry_ids:
+            return 0
+        args: list[Any] = [self.group, self.consumer, max(0, idle_ms), *entry_ids]
+        owned: int = await self._set_idle(keys=[self.stream], args=args)
+        return owned
+
+    async def own_pending(self) -> int:
+        rows = await self.client.xpending_range(
+            self.stream, self.group, "-", "+", 1, consumername=self.consumer
+        )
+        return len(rows)
+
+    # -- finishing -------------------------------------------------------------------
+
+    async def finish(self, done: Sequence[tuple[str, Ack]], dead: Sequence[Dead]) -> None:
+        """One MULTI/EXEC: publish follow-ups, run extra ops, dead-letter, then XACK."""
+        if not done and not dead:
+            return
+        pipe: Any
+        async with self.client.pipeline(transaction=True) as pipe:
+            for _, ack in done:
+                for pub in ack.publish:
+                    pipe.xadd(pub.stream, dict(pub.fields))
+                for op in ack.ops:
+                    op(pipe)
+            for item in dead:
+                pipe.xadd(self.names.dlq, self.dead_letter_fields(item))
+                pipe.hincrby(self.names.dlq_counts, f"{self.stream}|{self.group}", 1)
+            ids = [entry_id for entry_id, _ in done] + [item.entry_id for item in dead]
+            pipe.xack(self.stream, self.group, *ids)
+            await pipe.execute()
+
+    def dead_letter_fields(self, item: Dead) -> dict[bytes | str, bytes | str]:
+        fields: dict[bytes | str, bytes | str] = {
+            k: v for k, v in item.fields.items() if not k.startswith(DLQ_META_PREFIX.encode())
+        }
+        meta = {
+            "stream": self.stream,
+            "id": item.entry_id,
+            "group": self.group,
+            "stage": self.stage,
+            "consumer": self.consumer,
+            "attempts": str(item.attempts),
+            "error_type": type(item.error).__name__,
+            "error": str(item.error)[:2000] or type(item.error).__name__,
+            "failed_at": datetime.now(UTC).isoformat(),
+            **item.extra,
+        }
+        fields.update({f"{DLQ_META_PREFIX}{k}": v for k, v in meta.items()})
+        return fields
+
+    # -- housekeeping ----------------------------------------------------------------
+
+    async def reap_idle_consumers(
+        self, idle_threshold_ms: int, visibility_ms: int, max_entries: int = 1000
+    ) -> list[tuple[str, int]]:
+        rows = await self._reap(
+            keys=[self.stream],
+            args=[self.group, self.consumer, idle_threshold_ms, visibility_ms, max_entries],
+        )
+        return [(_text(name), int(moved)) for name, moved in rows]
+
+    async def trim_acked(self) -> int:
+        removed: int = await self._trim(keys=[self.stream])
+        return removed
+
+
+def split_outcomes(
+    entries: Sequence[tuple[str, Fields, int]], outcomes: Sequence[Outcome]
+) -> tuple[list[tuple[str, Ack]], list[Dead], list[tuple[str, int, BaseException]]]:
+    """Sort per-message outcomes into acks, dead letters and retries."""
+    done: list[tuple[str, Ack]] = []
+    dead: list[Dead] = []
+    retry: list[tuple[str, int, BaseException]] = []
+    for (entry_id, fields, attempt), outcome in zip(entries, outcomes, strict=True):
+        if isinstance(outcome, Ack):
+            done.append((entry_id, outcome))
+        elif isinstance(outcome, DeadLetter):
+            dead.append(Dead(entry_id, fields, attempt, outcome.error, outcome.extra))
+        else:
+            retry.append((entry_id, attempt, outcome.error))
+    return done, dead, retry
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,80 @@
+"""What a handler receives (``Message``) and what it answers per message (outcomes)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeAlias, TypeVar
+
+from redis.asyncio.client import Pipeline
+
+from embedstream.errors import PermanentError
+from embedstream.schemas.envelope import Envelope, Fields
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Message(Generic[T]):
+    """One stream entry, decoded, with the number of times it has been delivered."""
+
+    id: str
+    stream: str
+    fields: Fields
+    body: T
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """An entry to add to a stream in the same transaction as the ack."""
+
+    stream: str
+    fields: Mapping[str, str | bytes]
+
+    @classmethod
+    def event(cls, stream: str, envelope: Envelope) -> Publish:
+        return cls(stream, envelope.to_fields())
+
+
+TransactionOp: TypeAlias = Callable[[Pipeline], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Done: acknowledge, publishing ``publish`` and running ``ops`` in the same MULTI/EXEC."""
+
+    publish: Sequence[Publish] = ()
+    ops: Sequence[TransactionOp] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Try again after a backoff (dead-lettered once ``max_deliveries`` is reached)."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Move to the dead-letter stream now."""
+
+    error: BaseException
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+Outcome: TypeAlias = Ack | Retry | DeadLetter
+Handler: TypeAlias = Callable[[Sequence[Message[T]]], Awaitable[Sequence[Outcome]]]
+Decoder: TypeAlias = Callable[[Fields], T]
+
+
+def outcome_for(error: BaseException) -> Outcome:
+    """The outcome an exception stands for: permanent ones dead-letter, the rest retry."""
+    if isinstance(error, PermanentError):
+        return DeadLetter(error)
+    return Retry(error)
+
+
+def decode_envelope(fields: Fields) -> Envelope:
+    """The default decoder."""
+    return Envelope.from_fields(fields)

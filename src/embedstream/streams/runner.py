@@ -1,0 +1,380 @@
+"""The run loop every worker and subscriber uses.
+
+A ``StreamWorker`` reads batches for one stream/group and hands them to a handler that
+answers one outcome per message. The loop owns everything else: group creation, own
+pending entries first, reclaiming idle entries, lease renewal during long batches,
+retries with backoff, the delivery cap, dead letters, bounded in-flight batches,
+draining on stop, reconnecting after Redis outages, reaping dead consumers and trimming
+what every group has acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import redis.asyncio as redis
+from redis.exceptions import BusyLoadingError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from embedstream.config import ConsumerSettings
+from embedstream.errors import PermanentError, PoisonMessage
+from embedstream.logging import get_logger
+from embedstream.streams.consumer import Dead, RawEntry, StreamConsumer, split_outcomes
+from embedstream.streams.messages import (
+    Ack,
+    Decoder,
+    Handler,
+    Message,
+    Outcome,
+    decode_envelope,
+    outcome_for,
+)
+from embedstream.streams.names import StreamNames
+
+T = TypeVar("T")
+
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError)
+
+
+class DeliveryLimitExceeded(PermanentError):
+    """An entry was delivered ``max_deliveries`` times without an outcome."""
+
+
+@dataclass
+class RunStats:
+    batches: int = 0
+    acked: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+
+
+class _Backoff:
+    """Exponential backoff with jitter for reconnecting; reset after a success."""
+
+    def __init__(self, base: float = 0.05, cap: float = 5.0) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        delay: float = min(self.cap, self.base * 2.0 ** (self.failures - 1))
+        jitter: float = random.uniform(0.5, 1.0)
+        return delay * jitter
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class StreamWorker(Generic[T]):
+    """Consume ``stream`` as ``settings.consumer_name`` in ``group`` with ``handler``."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        names: StreamNames,
+        stream: str,
+        group: str,
+        handler: Handler[T],
+        settings: ConsumerSettings,
+        *,
+        decode: Decoder[T] = decode_envelope,  # type: ignore[assignment]
+        stage: str | None = None,
+        create_group: bool = True,
+        start_id: str = "0",
+    ) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.decode = decode
+        self.create_group = create_group
+        self.consumer = StreamConsumer(
+            client, names, stream, group, settings.consumer_name, stage=stage, start_id=start_id
+        )
+        self.stats = RunStats()
+        self.log = get_logger("embedstream.worker").bind(
+            stream=stream, group=group, consumer=settings.consumer_name
+        )
+        self._own_done = False
+        self._claim_cursor = "0-0"
+        self._next_claim = 0.0
+        self._backoff = _Backoff()
+
+    # -- the loop --------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> RunStats:
+        """Run until ``stop`` is set (or, in burst mode, until nothing is left to do)."""
+        stop = stop or asyncio.Event()
+        await self._setup(stop)
+        in_flight: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(self.settings.max_in_flight)
+        housekeeping = None if burst else asyncio.create_task(self._housekeeping(stop))
+        if burst:
+            await self._housekeep_once()
+        self.log.info("consumer started", burst=burst)
+        try:
+            while not stop.is_set():
+                await slots.acquire()
+                entries = await self._next_entries(stop, burst)
+                if not entries:
+                    slots.release()
+                    if burst:
+                        if await self._burst_finished(in_flight):
+                            break
+                        await asyncio.sleep(0.02)
+                    continue
+                task = asyncio.create_task(self._process(entries))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                task.add_done_callback(lambda _t: slots.release())
+        finally:
+            await self._drain(in_flight)
+            if housekeeping is not None:
+                housekeeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await housekeeping
+        if burst:
+            await self._housekeep_once()
+        self.log.info("consumer stopped", **vars(self.stats))
+        return self.stats
+
+    async def _setup(self, stop: asyncio.Event) -> None:
+        while True:
+            try:
+                if self.create_group:
+                    await self.consumer.ensure_group()
+                return
+            except TRANSIENT as exc:
+                if stop.is_set():
+                    raise
+                await self._wait_out(exc)
+
+    async def _next_entries(self, stop: asyncio.Event, burst: bool) -> list[RawEntry]:
+        """Own pending entries first, then reclaimable ones when due, then new ones."""
+        count = self.settings.batch_size
+        try:
+            if not self._own_done:
+                own = await self.consumer.claim_own(count)
+                if own:
+                    return own
+                self._own_done = True
+            if burst or time.monotonic() >= self._next_claim:
+                cursor, claimed = await self.consumer.claim_idle(
+                    self.settings.visibility_timeout_ms, count, self._claim_cursor
+                )
+                self._claim_cursor = cursor
+                more = cursor != "0-0"
+                self._next_claim = time.monotonic() + (
+                    0 if more else self.settings.claim_interval_ms / 1000
+                )
+                if claimed:
+                    return claimed
+            entries = await self.consumer.read_new(count, None if burst else self.settings.block_ms)
+            self._backoff.reset()
+            return entries
+        except ResponseError as exc:
+            if not self.consumer.is_nogroup(exc):
+                raise
+            if not self.create_group:
+                raise self.consumer.group_missing() from exc
+            self.log.warning("consumer group vanished (Redis restarted?); recreating it")
+            await self._setup(stop)
+            return []
+        except TRANSIENT as exc:
+            if not stop.is_set():
+                await self._wait_out(exc)
+            return []
+
+    async def _wait_out(self, exc: BaseException) -> None:
+        delay = self._backoff.next_delay()
+        self.log.warning(
+            "redis unavailable, retrying",
+            error=f"{type(exc).__name__}: {exc}",
+            retry_in_s=round(delay, 3),
+            failures=self._backoff.failures,
+        )
+        await asyncio.sleep(delay)
+
+    async def _burst_finished(self, in_flight: set[asyncio.Task[None]]) -> bool:
+        if in_flight:
+            return False
+        try:
+            return await self.consumer.own_pending() == 0
+        except TRANSIENT:
+            return False
+
+    # -- one batch -------------------------------------------------------------------
+
+    async def _process(self, entries: list[RawEntry]) -> None:
+        self.stats.batches += 1
+        ready: list[Message[T]] = []
+        ready_entries: list[RawEntry] = []
+        dead: list[Dead] = []
+        max_deliveries = self.settings.max_deliveries
+        for entry_id, fields, attempt in entries:
+            if attempt > max_deliveries:
+                error: BaseException = DeliveryLimitExceeded(
+                    f"delivered {attempt} times without an outcome (max_deliveries="
+                    f"{max_deliveries}); the consumers that took it crashed or timed out"
+                )
+                dead.append(Dead(entry_id, fields, attempt - 1, error, {}))
+                continue
+            try:
+                body = self.decode(fields)
+            except Exception as exc:
+                poison = exc if isinstance(exc, PoisonMessage) else PoisonMessage(str(exc))
+                dead.append(Dead(entry_id, fields, attempt, poison, {}))
+                continue
+            ready.append(Message(entry_id, self.consumer.stream, fields, body, attempt))
+            ready_entries.append((entry_id, fields, attempt))
+
+        outcomes = await self._handle(ready) if ready else []
+        done, failed, retry = split_outcomes(ready_entries, outcomes)
+        dead.extend(failed)
+        retry_later: list[tuple[str, int, BaseException]] = []
+        by_id = {entry_id: fields for entry_id, fields, _ in ready_entries}
+        for entry_id, attempt, error in retry:
+            if attempt >= max_deliveries:
+                dead.append(Dead(entry_id, by_id[entry_id], attempt, error, {}))
+            else:
+                retry_later.append((entry_id, attempt, error))
+
+        await asyncio.shield(self._finish(done, dead))
+        if retry_later:
+            await asyncio.shield(self._schedule_retries(retry_later))
+        self.stats.acked += len(done)
+        self.stats.dead_lettered += len(dead)
+        self.stats.retried += len(retry_later)
+        for item in dead:
+            self.log.error(
+                "message dead-lettered",
+                message_id=item.entry_id,
+                attempt=item.attempts,
+                error_type=type(item.error).__name__,
+                error=str(item.error),
+            )
+
+    async def _handle(self, ready: list[Message[T]]) -> Sequence[Outcome]:
+        ids = [m.id for m in ready]
+        try:
+            async with self._lease(ids):
+                outcomes = await self.handler(ready)
+            if len(outcomes) != len(ready):
+                raise RuntimeError(
+                    f"handler returned {len(outcomes)} outcomes for {len(ready)} messages"
+                )
+            return outcomes
+        except asyncio.CancelledError:
+            await asyncio.shield(self._hand_back(ids))
+            raise
+        except Exception as exc:
+            self.log.exception("handler failed for the whole batch", messages=len(ready))
+            return [outcome_for(exc)] * len(ready)
+
+    @contextlib.asynccontextmanager
+    async def _lease(self, ids: list[str]) -> AsyncIterator[None]:
+        """Keep entries owned (idle reset to 0) while the handler works on them."""
+        interval = self.settings.visibility_timeout_ms / 3000
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await self.consumer.set_idle(ids, 0)
+                except TRANSIENT as exc:
+                    self.log.warning("lease renewal failed", error=str(exc))
+
+        renewer = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _finish(self, done: list[tuple[str, Ack]], dead: list[Dead]) -> None:
+        """Write acks, follow-ups and dead letters, retrying through short outages. If
+        Redis stays away, the entries stay pending and are redelivered later."""
+        deadline = time.monotonic() + self.settings.visibility_timeout_ms / 1000
+        backoff = _Backoff()
+        while True:
+            try:
+                await self.consumer.finish(done, dead)
+                return
+            except TRANSIENT as exc:
+                if time.monotonic() > deadline:
+                    self.log.error(
+                        "could not acknowledge; entries will be redelivered", error=str(exc)
+                    )
+                    return
+                await asyncio.sleep(backoff.next_delay())
+
+    async def _schedule_retries(self, retries: list[tuple[str, int, BaseException]]) -> None:
+        vis = self.settings.visibility_timeout_ms
+        for entry_id, attempt, error in retries:
+            backoff = min(
+                self.settings.retry_backoff_max_ms,
+                self.settings.retry_backoff_ms * 2 ** (attempt - 1),
+            )
+            self.log.warning(
+                "message will be retried",
+                message_id=entry_id,
+                attempt=attempt,
+                retry_in_ms=backoff,
+                error_type=type(error).__name__,
+                error=str(error),
+            )
+            with contextlib.suppress(*TRANSIENT):
+                await self.consumer.set_idle([entry_id], vis - backoff)
+
+    async def _hand_back(self, ids: list[str]) -> None:
+        """Make unfinished entries reclaimable by any replica at once."""
+        with contextlib.suppress(*TRANSIENT):
+            owned = await self.consumer.set_idle(ids, self.settings.visibility_timeout_ms)
+            self.log.warning("handed back unfinished entries", entries=owned)
+
+    async def _drain(self, in_flight: set[asyncio.Task[None]]) -> None:
+        if not in_flight:
+            return
+        self.log.info("draining", batches=len(in_flight))
+        _, pending = await asyncio.wait(set(in_flight), timeout=self.settings.drain_timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- housekeeping ----------------------------------------------------------------
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        interval = max(1.0, self.settings.claim_interval_ms / 1000)
+        while not stop.is_set():
+            await self._housekeep_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    async def _housekeep_once(self) -> None:
+        try:
+            reaped = await self.consumer.reap_idle_consumers(
+                self.settings.consumer_idle_reap_ms, self.settings.visibility_timeout_ms
+            )
+            for name, moved in reaped:
+                self.log.info("reaped idle consumer", reaped=name, entries_moved=moved)
+            if self.settings.trim:
+                await self.consumer.trim_acked()
+        except TRANSIENT as exc:
+            self.log.warning("housekeeping skipped: redis unavailable", error=str(exc))
+        except ResponseError as exc:
+            if not self.consumer.is_nogroup(exc):
+                raise
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``: stop reading, drain, exit 0."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)

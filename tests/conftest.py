@@ -1,0 +1,58 @@
+"""Shared fixtures: the real Redis, a fresh key prefix per test, fast consumer settings."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as redis
+
+from embedstream.config import ConsumerSettings
+from embedstream.streams.names import StreamNames
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+os.environ.setdefault("PACT_DO_NOT_TRACK", "true")
+
+REDIS_URL = os.environ.get("EMBEDSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def names(prefix: str) -> StreamNames:
+    return StreamNames(prefix)
+
+
+@pytest.fixture
+async def redis_client(prefix: str) -> AsyncIterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except Exception as exc:  # pragma: no cover - environment problem
+        pytest.fail(f"the real Redis at {REDIS_URL} does not answer: {exc}")
+    yield client
+    keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+def fast_settings() -> ConsumerSettings:
+    return ConsumerSettings(
+        consumer_name="c1",
+        batch_size=10,
+        block_ms=50,
+        visibility_timeout_ms=600,
+        max_deliveries=3,
+        retry_backoff_ms=20,
+        retry_backoff_max_ms=100,
+        claim_interval_ms=50,
+        drain_timeout_s=2.0,
+    )
