@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from embedstream.streams.names import StreamNames
+
 Environment = Literal["development", "production", "test"]
 
 
@@ -48,6 +50,10 @@ class RedisSettings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     stream_prefix: str = "embedstream"
+
+    @property
+    def names(self) -> StreamNames:
+        return StreamNames(self.stream_prefix)
 
     @field_validator("stream_prefix")
     @classmethod
@@ -91,6 +97,10 @@ class ChromaSettings(BaseSettings):
     chroma_path: Path = Path(".data/chroma")
     chroma_url: str | None = None
     chroma_collection: str = "embedstream"
+    chroma_store_documents: bool = Field(
+        default=False,
+        description="also store chunk text in Chroma (PostgreSQL always has it); costs CPU",
+    )
 
 
 class EmbedSettings(BaseSettings):

@@ -39,6 +39,12 @@ class DocumentEmbedded(_Event):
     dim: int = Field(gt=0)
     text: str
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    chunk_count: int = Field(ge=0)
+    reused: bool = Field(
+        default=False,
+        description="the text is unchanged since this document was last embedded: `chunks` "
+        "is empty and stores keep their chunks, updating metadata and version only",
+    )
     chunks: list[EmbeddedChunk]
 
 

@@ -6,6 +6,7 @@ lives in ``embedstream.streams.runner``.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from redis.exceptions import ResponseError
 from embedstream.errors import GroupMissingError
 from embedstream.schemas.envelope import Fields
 from embedstream.streams import scripts
-from embedstream.streams.messages import Ack, DeadLetter, Outcome
+from embedstream.streams.messages import Ack, DeadLetter, Outcome, TransactionOp
 from embedstream.streams.names import StreamNames
 
 RawEntry = tuple[str, Fields, int]
@@ -44,6 +45,7 @@ class Dead:
     attempts: int
     error: BaseException
     extra: Mapping[str, str]
+    ops: Sequence[TransactionOp] = ()
 
 
 class StreamConsumer:
@@ -144,10 +146,12 @@ class StreamConsumer:
                 for pub in ack.publish:
                     pipe.xadd(pub.stream, dict(pub.fields))
                 for op in ack.ops:
-                    op(pipe)
+                    await _queue(op, pipe)
             for item in dead:
                 pipe.xadd(self.names.dlq, self.dead_letter_fields(item))
                 pipe.hincrby(self.names.dlq_counts, f"{self.stream}|{self.group}", 1)
+                for op in item.ops:
+                    await _queue(op, pipe)
             ids = [entry_id for entry_id, _ in done] + [item.entry_id for item in dead]
             pipe.xack(self.stream, self.group, *ids)
             await pipe.execute()
@@ -202,6 +206,13 @@ def split_outcomes(
         else:
             retry.append((entry_id, attempt, outcome.error))
     return done, dead, retry
+
+
+async def _queue(op: TransactionOp, pipe: Any) -> None:
+    """Queue an op's commands on the pipeline (script calls are coroutines there)."""
+    queued = op(pipe)
+    if inspect.isawaitable(queued):
+        await queued
 
 
 def now_ms() -> int:

@@ -38,6 +38,8 @@ class Publish:
 
 
 TransactionOp: TypeAlias = Callable[[Pipeline], Any]
+"""Queues commands on the ack's MULTI/EXEC pipeline; may return an awaitable (a Lua
+script call does), which the runtime awaits before EXEC."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,9 @@ class DeadLetter:
 Outcome: TypeAlias = Ack | Retry | DeadLetter
 Handler: TypeAlias = Callable[[Sequence[Message[T]]], Awaitable[Sequence[Outcome]]]
 Decoder: TypeAlias = Callable[[Fields], T]
+DeadLetterOps: TypeAlias = Callable[[Fields, BaseException], Sequence[TransactionOp]]
+"""Extra writes (e.g. job bookkeeping) to run in the transaction that dead-letters an entry.
+Called with the entry's raw fields, so it must cope with undecodable ones."""
 
 
 def outcome_for(error: BaseException) -> Outcome:

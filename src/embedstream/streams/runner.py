@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import signal
 import time
@@ -30,6 +31,7 @@ from embedstream.logging import get_logger
 from embedstream.streams.consumer import Dead, RawEntry, StreamConsumer, split_outcomes
 from embedstream.streams.messages import (
     Ack,
+    DeadLetterOps,
     Decoder,
     Handler,
     Message,
@@ -88,8 +90,10 @@ class StreamWorker(Generic[T]):
         stage: str | None = None,
         create_group: bool = True,
         start_id: str = "0",
+        dead_letter_ops: DeadLetterOps | None = None,
     ) -> None:
         self.settings = settings
+        self.dead_letter_ops = dead_letter_ops
         self.handler = handler
         self.decode = decode
         self.create_group = create_group
@@ -244,6 +248,8 @@ class StreamWorker(Generic[T]):
             else:
                 retry_later.append((entry_id, attempt, error))
 
+        if self.dead_letter_ops is not None:
+            dead = [self._with_dead_letter_ops(item) for item in dead]
         await asyncio.shield(self._finish(done, dead))
         if retry_later:
             await asyncio.shield(self._schedule_retries(retry_later))
@@ -258,6 +264,15 @@ class StreamWorker(Generic[T]):
                 error_type=type(item.error).__name__,
                 error=str(item.error),
             )
+
+    def _with_dead_letter_ops(self, item: Dead) -> Dead:
+        assert self.dead_letter_ops is not None
+        try:
+            ops = self.dead_letter_ops(item.fields, item.error)
+        except Exception:
+            self.log.exception("dead_letter_ops failed; dead-lettering without them")
+            return item
+        return dataclasses.replace(item, ops=ops)
 
     async def _handle(self, ready: list[Message[T]]) -> Sequence[Outcome]:
         ids = [m.id for m in ready]

@@ -1,0 +1,99 @@
+"""Lua for job bookkeeping. Every script is atomic, so an ack and the bookkeeping it
+implies land together (the worker runs them in the MULTI/EXEC of its ack)."""
+
+from __future__ import annotations
+
+# Accept a request: idempotency key + job record + one XADD per command.
+# KEYS: idempotency key, job key, job documents key, ingest stream
+# ARGV: job_id, request_hash, created_at, ttl_s, n_docs,
+#       then per document: document_id, kind, n_fields, field, value, ...
+# Returns {job_id, "new"|"existing"|"conflict"}
+SUBMIT = """
+if KEYS[1] ~= '' then
+  local existing = redis.call('HMGET', KEYS[1], 'job_id', 'request_hash')
+  if existing[1] then
+    if existing[2] ~= ARGV[2] then return {existing[1], 'conflict'} end
+    return {existing[1], 'existing'}
+  end
+  redis.call('HSET', KEYS[1], 'job_id', ARGV[1], 'request_hash', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+local n = tonumber(ARGV[5])
+redis.call('HSET', KEYS[2], 'id', ARGV[1], 'state', 'queued', 'documents', n,
+           'done', 0, 'failed', 0, 'created_at', ARGV[3])
+local i = 6
+for _ = 1, n do
+  local doc, kind, nfields = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local fields = {}
+  for j = 1, nfields * 2 do fields[j] = ARGV[i + 2 + j] end
+  local id = redis.call('XADD', KEYS[4], '*', unpack(fields))
+  redis.call('HSET', KEYS[3], doc, kind .. '|' .. id)
+  i = i + 3 + nfields * 2
+end
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return {ARGV[1], 'new'}
+"""
+
+# Record that a stage is done (or failed) for one document of a job, once. When the
+# document has every required stage (or any failure) it is finished; when every
+# document is finished, exactly one job.completed or job.failed goes to the results
+# stream. A finished delete also emits its prepared document.deleted event.
+# KEYS: job key, job documents key, stage key (this stage), document state key,
+#       failures key, results stream, then the stage keys of every required stage
+# ARGV: document_id, status ("done"|"failed"), error, stage, now,
+#       job event id, job event source, ttl_s,
+#       deleted event id ("" for none), deleted event data
+# Returns 1 when this call counted, 0 when it was already counted or the job is unknown.
+MARK_STAGE = """
+local doc, status = ARGV[1], ARGV[2]
+if redis.call('HEXISTS', KEYS[2], doc) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[3], doc, status) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[4], doc) == 1 then return 1 end
+local job_id = redis.call('HGET', KEYS[1], 'id')
+if status == 'failed' then
+  redis.call('HSET', KEYS[4], doc, 'failed')
+  redis.call('HSET', KEYS[5], doc, cjson.encode({stage = ARGV[4], error = ARGV[3]}))
+  redis.call('HINCRBY', KEYS[1], 'failed', 1)
+else
+  for k = 7, #KEYS do
+    if redis.call('HGET', KEYS[k], doc) ~= 'done' then return 1 end
+  end
+  redis.call('HSET', KEYS[4], doc, 'done')
+  redis.call('HINCRBY', KEYS[1], 'done', 1)
+  if ARGV[9] ~= '' then
+    redis.call('XADD', KEYS[6], '*', 'id', ARGV[9], 'source', ARGV[7],
+               'type', 'document.deleted.v1', 'specversion', '1.0', 'time', ARGV[5],
+               'subject', doc, 'datacontenttype', 'application/json',
+               'schemaversion', '1', 'data', ARGV[10])
+  end
+end
+local job = redis.call('HMGET', KEYS[1], 'documents', 'done', 'failed')
+local total, done, failed = tonumber(job[1]), tonumber(job[2]), tonumber(job[3])
+if done + failed < total then return 1 end
+local etype, data
+if failed == 0 then
+  redis.call('HSET', KEYS[1], 'state', 'completed', 'finished_at', ARGV[5])
+  etype = 'job.completed.v1'
+  data = cjson.encode({job_id = job_id, status = 'completed', documents = total,
+                       completed_at = ARGV[5]})
+else
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'finished_at', ARGV[5])
+  etype = 'job.failed.v1'
+  local failures = {}
+  local flat = redis.call('HGETALL', KEYS[5])
+  for f = 1, #flat, 2 do
+    local item = cjson.decode(flat[f + 1])
+    failures[#failures + 1] = {document_id = flat[f], stage = item.stage, error = item.error}
+  end
+  data = cjson.encode({job_id = job_id, status = 'failed', documents = total,
+                       failures = failures, failed_at = ARGV[5]})
+end
+redis.call('XADD', KEYS[6], '*', 'id', ARGV[6], 'source', ARGV[7], 'type', etype,
+           'specversion', '1.0', 'time', ARGV[5], 'subject', job_id,
+           'datacontenttype', 'application/json', 'schemaversion', '1', 'data', data)
+for k = 1, #KEYS do
+  if k ~= 6 then redis.call('EXPIRE', KEYS[k], ARGV[8]) end
+end
+return 1
+"""

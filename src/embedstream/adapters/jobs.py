@@ -1,0 +1,284 @@
+"""Job records in Redis: accepting a request, per-document stage bookkeeping and the
+one ``job.completed`` / ``job.failed`` event per job.
+
+A job holds one or more documents. A document is finished when every required stage
+(index and persist) has recorded it done, or when any stage recorded it failed (for
+example because its message was dead-lettered). The stage marks are Lua scripts that
+workers run in the MULTI/EXEC of their ack, so bookkeeping and ack land together and a
+redelivered message is counted once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as redis
+from redis.asyncio.client import Pipeline
+
+from embedstream.adapters import job_scripts
+from embedstream.schemas.envelope import Envelope, Fields
+from embedstream.schemas.events import DocumentDeleted
+from embedstream.streams.messages import DeadLetterOps, TransactionOp
+from embedstream.streams.names import StreamNames
+
+STAGES = ("embed", "index", "persist")
+REQUIRED_STAGES = ("index", "persist")
+DEFAULT_TTL_S = 7 * 24 * 3600
+
+
+class IdempotencyConflict(Exception):
+    """An idempotency key was reused with a different request body."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"this Idempotency-Key was already used for job {job_id} with a different "
+            "request body; use a new key for a new request"
+        )
+        self.job_id = job_id
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One command of a job, ready to be added to the ingest stream."""
+
+    document_id: str
+    kind: str  # "upsert" | "delete"
+    envelope: Envelope
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    created: bool
+
+
+@dataclass
+class DocumentStatus:
+    document_id: str
+    kind: str
+    version: str
+    state: str  # "pending" | "done" | "failed"
+    stages: dict[str, str] = field(default_factory=dict)
+    error: dict[str, str] | None = None
+
+
+@dataclass
+class JobStatus:
+    job_id: str
+    state: str  # "queued" | "completed" | "failed"
+    documents: int
+    done: int
+    failed: int
+    created_at: str
+    finished_at: str | None
+    items: list[DocumentStatus]
+
+
+def request_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+class JobTracker:
+    """Creates jobs and hands workers the bookkeeping ops for their acks."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        names: StreamNames,
+        *,
+        source: str = "embedstream",
+        ttl_s: int = DEFAULT_TTL_S,
+    ) -> None:
+        self.client = client
+        self.names = names
+        self.source = source
+        self.ttl_s = ttl_s
+        self._submit = client.register_script(job_scripts.SUBMIT)
+        self._mark = client.register_script(job_scripts.MARK_STAGE)
+
+    # -- keys ------------------------------------------------------------------------
+
+    def job_key(self, job_id: str) -> str:
+        return self.names.key("job", job_id)
+
+    def _keys(self, job_id: str, stage: str) -> list[str]:
+        job = self.job_key(job_id)
+        return [
+            job,
+            f"{job}:docs",
+            f"{job}:stage:{stage}",
+            f"{job}:state",
+            f"{job}:failures",
+            self.names.results,
+            *(f"{job}:stage:{s}" for s in REQUIRED_STAGES),
+        ]
+
+    # -- accepting -------------------------------------------------------------------
+
+    async def submit(
+        self,
+        job_id: str,
+        submissions: Sequence[Submission],
+        *,
+        idempotency_key: str | None = None,
+        body_hash: str = "",
+    ) -> Submitted:
+        """Atomically: idempotency record, job record, and one XADD per command."""
+        idem_key = self.names.key("idem", idempotency_key) if idempotency_key else ""
+        args: list[Any] = [
+            job_id,
+            body_hash,
+            datetime.now(UTC).isoformat(),
+            self.ttl_s,
+            len(submissions),
+        ]
+        for sub in submissions:
+            fields = sub.envelope.to_fields()
+            args.extend((sub.document_id, sub.kind, len(fields)))
+            for key, value in fields.items():
+                args.extend((key, value))
+        job = self.job_key(job_id)
+        reply: list[bytes] = await self._submit(
+            keys=[idem_key, job, f"{job}:docs", self.names.ingest], args=args
+        )
+        existing_id, outcome = reply[0].decode(), reply[1].decode()
+        if outcome == "conflict":
+            raise IdempotencyConflict(existing_id)
+        return Submitted(existing_id, created=outcome == "new")
+
+    # -- worker bookkeeping ----------------------------------------------------------
+
+    def stage_done(
+        self,
+        job_id: str,
+        document_id: str,
+        stage: str,
+        *,
+        deleted_version: int | None = None,
+    ) -> TransactionOp:
+        """The op recording ``stage`` done for a document; pass ``deleted_version`` for a
+        delete so ``document.deleted`` is emitted once the document is finished."""
+        deleted_id, deleted_data = "", ""
+        if deleted_version is not None:
+            deleted_id = str(uuid.uuid4())
+            deleted_data = DocumentDeleted(
+                job_id=job_id, document_id=document_id, version=deleted_version
+            ).model_dump_json()
+        return self._mark_op(job_id, document_id, stage, "done", "", deleted_id, deleted_data)
+
+    def stage_failed(self, job_id: str, document_id: str, stage: str, error: str) -> TransactionOp:
+        """The op recording a document failed at ``stage`` (after a dead letter)."""
+        return self._mark_op(job_id, document_id, stage, "failed", error[:1000], "", "")
+
+    def _mark_op(
+        self,
+        job_id: str,
+        document_id: str,
+        stage: str,
+        status: str,
+        error: str,
+        deleted_id: str,
+        deleted_data: str,
+    ) -> TransactionOp:
+        keys = self._keys(job_id, stage)
+        args: list[str | int] = [
+            document_id,
+            status,
+            error,
+            stage,
+            datetime.now(UTC).isoformat(),
+            str(uuid.uuid4()),
+            self.source,
+            self.ttl_s,
+            deleted_id,
+            deleted_data,
+        ]
+
+        def op(pipe: Pipeline) -> Any:
+            return self._mark(keys=keys, args=args, client=pipe)
+
+        return op
+
+    def dead_letter_ops(self, stage: str) -> DeadLetterOps:
+        """For ``StreamWorker(dead_letter_ops=...)``: a dead-lettered entry marks its
+        document failed at ``stage`` when its payload names a job and a document."""
+
+        def ops(fields: Fields, error: BaseException) -> Sequence[TransactionOp]:
+            ref = job_reference(fields)
+            if ref is None:
+                return ()
+            job_id, document_id = ref
+            message = f"{type(error).__name__}: {error}"
+            return (self.stage_failed(job_id, document_id, stage, message),)
+
+        return ops
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def status(self, job_id: str) -> JobStatus | None:
+        job = self.job_key(job_id)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(job)
+            pipe.hgetall(f"{job}:docs")
+            pipe.hgetall(f"{job}:state")
+            pipe.hgetall(f"{job}:failures")
+            for stage in STAGES:
+                pipe.hgetall(f"{job}:stage:{stage}")
+            replies: list[dict[bytes, bytes]] = await pipe.execute()
+        record, docs, states, failures = replies[:4]
+        if not record:
+            return None
+        stage_maps = dict(zip(STAGES, replies[4:], strict=True))
+        items: list[DocumentStatus] = []
+        for raw_doc, raw_ref in docs.items():
+            kind, _, version = raw_ref.decode().partition("|")
+            failure = failures.get(raw_doc)
+            items.append(
+                DocumentStatus(
+                    document_id=raw_doc.decode(),
+                    kind=kind,
+                    version=version,
+                    state=states.get(raw_doc, b"pending").decode(),
+                    stages={
+                        stage: marks[raw_doc].decode()
+                        for stage, marks in stage_maps.items()
+                        if raw_doc in marks
+                    },
+                    error=json.loads(failure) if failure else None,
+                )
+            )
+        items.sort(key=lambda d: d.version)
+        text = {k.decode(): v.decode() for k, v in record.items()}
+        return JobStatus(
+            job_id=text["id"],
+            state=text["state"],
+            documents=int(text["documents"]),
+            done=int(text["done"]),
+            failed=int(text["failed"]),
+            created_at=text["created_at"],
+            finished_at=text.get("finished_at"),
+            items=items,
+        )
+
+
+def job_reference(fields: Fields) -> tuple[str, str] | None:
+    """(job_id, document_id) from an entry's payload, or None if it has none."""
+    data = fields.get(b"data")
+    if not data:
+        return None
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(payload, dict):
+        return None
+    job_id, document_id = payload.get("job_id"), payload.get("document_id")
+    if isinstance(job_id, str) and isinstance(document_id, str):
+        return job_id, document_id
+    return None

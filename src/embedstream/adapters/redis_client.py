@@ -1,0 +1,23 @@
+"""Building the Redis client a process uses (never at module level)."""
+
+from __future__ import annotations
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+
+from embedstream.config import RedisSettings
+
+
+def create_redis(settings: RedisSettings, *, max_connections: int | None = None) -> redis.Redis:
+    """A client that retries a command a few times over brief connection losses; longer
+    outages surface to the caller (the worker loop backs off and reconnects)."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
+        retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
+        health_check_interval=30,
+        socket_connect_timeout=5,
+        max_connections=max_connections,
+    )
