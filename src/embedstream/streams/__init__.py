@@ -1,0 +1,1 @@
+"""The Redis Streams consumer runtime: names, messages, consumer operations, run loop."""

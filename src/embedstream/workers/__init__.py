@@ -1,0 +1,1 @@
+"""Stage workers: embed, index, persist. Each is a batch handler run by the stream runtime."""
