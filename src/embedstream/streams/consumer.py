@@ -88,7 +88,9 @@ class StreamConsumer:
         return True
 
     def is_nogroup(self, exc: ResponseError) -> bool:
-        return str(exc).startswith("NOGROUP")
+        """NOGROUP, or "no such key" (what XINFO answers when the stream is missing)."""
+        text = str(exc)
+        return text.startswith("NOGROUP") or text.startswith("no such key")
 
     def group_missing(self) -> GroupMissingError:
         return GroupMissingError(self.stream, self.group)
@@ -104,8 +106,14 @@ class StreamConsumer:
         entries: list[tuple[bytes, Fields]] = reply[0][1]
         return [(_text(entry_id), fields, 1) for entry_id, fields in entries if fields]
 
-    async def claim_own(self, count: int) -> list[RawEntry]:
-        rows = await self._claim_own(keys=[self.stream], args=[self.group, self.consumer, count])
+    async def claim_own(self, count: int, after: str | None = None) -> list[RawEntry]:
+        """Take back up to ``count`` of this consumer's own pending entries with ids above
+        ``after`` (all of them from the start when None). Page with the last id returned:
+        entries already taken stay pending under this consumer while they are handled."""
+        start = "-" if after is None else f"({after}"
+        rows = await self._claim_own(
+            keys=[self.stream], args=[self.group, self.consumer, count, start]
+        )
         return [(_text(r[0]), _fields(r[1]), int(r[2])) for r in rows]
 
     async def claim_idle(

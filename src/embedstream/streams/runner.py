@@ -16,9 +16,9 @@ import dataclasses
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import redis.asyncio as redis
 from redis.exceptions import BusyLoadingError, ResponseError
@@ -31,11 +31,13 @@ from embedstream.logging import get_logger
 from embedstream.streams.consumer import Dead, RawEntry, StreamConsumer, split_outcomes
 from embedstream.streams.messages import (
     Ack,
+    DeadLetter,
     DeadLetterOps,
     Decoder,
     Handler,
     Message,
     Outcome,
+    Retry,
     decode_envelope,
     outcome_for,
 )
@@ -105,6 +107,7 @@ class StreamWorker(Generic[T]):
             stream=stream, group=group, consumer=settings.consumer_name
         )
         self._own_done = False
+        self._own_cursor: str | None = None
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
         self._backoff = _Backoff()
@@ -124,6 +127,9 @@ class StreamWorker(Generic[T]):
         try:
             while not stop.is_set():
                 await slots.acquire()
+                if stop.is_set():  # stopped while every slot was busy: read nothing more
+                    slots.release()
+                    break
                 entries = await self._next_entries(stop, burst)
                 if not entries:
                     slots.release()
@@ -132,7 +138,7 @@ class StreamWorker(Generic[T]):
                             break
                         await asyncio.sleep(0.02)
                     continue
-                task = asyncio.create_task(self._process(entries))
+                task = asyncio.create_task(self._process_batch(entries))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
                 task.add_done_callback(lambda _t: slots.release())
@@ -163,8 +169,9 @@ class StreamWorker(Generic[T]):
         count = self.settings.batch_size
         try:
             if not self._own_done:
-                own = await self.consumer.claim_own(count)
+                own = await self.consumer.claim_own(count, self._own_cursor)
                 if own:
+                    self._own_cursor = own[-1][0]
                     return own
                 self._own_done = True
             if burst or time.monotonic() >= self._next_claim:
@@ -214,6 +221,17 @@ class StreamWorker(Generic[T]):
 
     # -- one batch -------------------------------------------------------------------
 
+    async def _process_batch(self, entries: list[RawEntry]) -> None:
+        """``_process``, logging what it could not handle: such entries stay pending and
+        are redelivered after the visibility timeout."""
+        try:
+            await self._process(entries)
+        except Exception:
+            self.log.exception(
+                "batch failed; its entries will be redelivered",
+                messages=[entry_id for entry_id, _, _ in entries],
+            )
+
     async def _process(self, entries: list[RawEntry]) -> None:
         self.stats.batches += 1
         ready: list[Message[T]] = []
@@ -250,9 +268,9 @@ class StreamWorker(Generic[T]):
 
         if self.dead_letter_ops is not None:
             dead = [self._with_dead_letter_ops(item) for item in dead]
-        await asyncio.shield(self._finish(done, dead))
+        await _complete(self._finish(done, dead))
         if retry_later:
-            await asyncio.shield(self._schedule_retries(retry_later))
+            await _complete(self._schedule_retries(retry_later))
         self.stats.acked += len(done)
         self.stats.dead_lettered += len(dead)
         self.stats.retried += len(retry_later)
@@ -283,6 +301,9 @@ class StreamWorker(Generic[T]):
                 raise RuntimeError(
                     f"handler returned {len(outcomes)} outcomes for {len(ready)} messages"
                 )
+            wrong = [o for o in outcomes if not isinstance(o, Ack | Retry | DeadLetter)]
+            if wrong:
+                raise TypeError(f"handler returned {wrong[0]!r}, not Ack, Retry or DeadLetter")
             return outcomes
         except asyncio.CancelledError:
             await asyncio.shield(self._hand_back(ids))
@@ -386,6 +407,19 @@ class StreamWorker(Generic[T]):
         except ResponseError as exc:
             if not self.consumer.is_nogroup(exc):
                 raise
+
+
+async def _complete(write: Coroutine[Any, Any, None]) -> None:
+    """Run a write (acks, dead letters, retry schedules) to its end even when the batch is
+    cancelled at the end of a drain: the write is bounded by its own deadline, and
+    finishing it keeps a handled batch from being handled again."""
+    task = asyncio.ensure_future(write)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

@@ -23,10 +23,11 @@ end
 return {res[1], out}
 """
 
-# Take back this consumer's own pending entries (after a restart under a stable name).
-# ARGV: group, consumer, count
+# Take back this consumer's own pending entries (after a restart under a stable name),
+# from ARGV[4] on ('-', or '(id' to continue after the last entry taken).
+# ARGV: group, consumer, count, start
 CLAIM_OWN = """
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[3], ARGV[2])
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[4], '+', ARGV[3], ARGV[2])
 local out = {}
 for _, p in ipairs(pending) do
   local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, p[1])

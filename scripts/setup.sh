@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine of this kind: checks (or starts) Redis and PostgreSQL, creates
+# .venv and installs embedstream with its dev extra. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+ensure_redis() {
+  if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return; fi
+  log "Redis does not answer on 127.0.0.1:6379; starting it"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
+    --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  for _ in $(seq 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && return; sleep 0.2; done
+  echo "Redis did not start; see /var/log/redis/ci.log" >&2; exit 1
+}
+
+ensure_postgres() {
+  if pg_isready -h 127.0.0.1 -p 5432 -q; then return; fi
+  log "PostgreSQL does not answer on 127.0.0.1:5432; starting it"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+  for _ in $(seq 50); do pg_isready -h 127.0.0.1 -p 5432 -q && return; sleep 0.2; done
+  echo "PostgreSQL did not start; check 'pg_lsclusters'" >&2; exit 1
+}
+
+ensure_redis
+ensure_postgres
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  "$PY" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+stamp=.venv/.embedstream-installed
+want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  log "installing dependencies (torch CPU wheel first, then the project)"
+  pip install -q --upgrade pip
+  # The CPU build of torch must come first: any other resolution pulls a CUDA build.
+  pip install -q torch==2.13.0
+  pip install -q -e '.[workers,dev]'
+  echo "$want" > "$stamp"
+fi
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ANONYMIZED_TELEMETRY=False PACT_DO_NOT_TRACK=true
+log "ready: $(python --version), Redis and PostgreSQL answer"

@@ -1,0 +1,281 @@
+"""The ``embedstream`` command: api | worker KIND | dev | status | dlq | migrate | ingest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from embedstream.config import Settings
+from embedstream.logging import configure_logging
+
+app = typer.Typer(
+    help="embedstream: an event-driven embedding pipeline on Redis Streams.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+dlq_app = typer.Typer(help="Inspect and replay dead letters.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+console = Console()
+T = TypeVar("T")
+
+
+class WorkerKind(str, Enum):
+    embed = "embed"
+    index = "index"
+    persist = "persist"
+
+
+def _settings() -> Settings:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    settings = Settings()
+    configure_logging(settings.app.log_level, json=settings.app.json_logs)
+    return settings
+
+
+def _with_redis(settings: Settings, body: Callable[[Any], Awaitable[T]]) -> T:
+    from embedstream.adapters.redis_client import create_redis
+
+    async def run() -> T:
+        client = create_redis(settings.redis)
+        try:
+            return await body(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP ingress (uvicorn)."""
+    from embedstream.api.app import run_api
+
+    run_api(_settings())
+
+
+@app.command()
+def worker(
+    kind: Annotated[WorkerKind, typer.Argument(help="which stage to run")],
+    burst: Annotated[bool, typer.Option(help="process what is there, then exit")] = False,
+) -> None:
+    """Run one worker replica. Start more processes to scale a stage."""
+    settings = _settings()
+
+    async def main() -> None:
+        from embedstream.streams.runner import install_stop_signals
+
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        if kind is WorkerKind.embed:
+            from embedstream.workers import embed as module
+        elif kind is WorkerKind.index:
+            from embedstream.workers import index as module  # type: ignore[no-redef]
+        else:
+            from embedstream.workers import persist as module  # type: ignore[no-redef]
+        await module.run(settings, stop, burst=burst)
+
+    asyncio.run(main())
+
+
+@app.command()
+def migrate() -> None:
+    """Apply PostgreSQL migrations (safe to run from several processes at once)."""
+    settings = _settings()
+    from embedstream.adapters.postgres.migrate import migrate as apply
+
+    applied = asyncio.run(apply(settings.postgres.database_url, settings.postgres.database_schema))
+    console.print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none needed'}")
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    watch: Annotated[float, typer.Option(help="refresh every N seconds (0: once)")] = 0.0,
+) -> None:
+    """Per stream and group: length, lag, pending, oldest pending age, consumers, DLQ."""
+    from embedstream.streams.status import collect_status
+
+    settings = _settings()
+    while True:
+        report = _with_redis(settings, lambda c: collect_status(c, settings.redis.names))
+        if as_json:
+            print(json.dumps(report.as_dict(), indent=2))
+        else:
+            _print_status(report)
+        if watch <= 0:
+            return
+        time.sleep(watch)
+
+
+def _age(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms}ms"
+    if ms < 120_000:
+        return f"{ms / 1000:.1f}s"
+    return f"{ms / 60_000:.1f}m"
+
+
+def _print_status(report: Any) -> None:
+    table = Table(title=f"embedstream streams (prefix {report.prefix})")
+    for column in ("stream", "length", "group", "lag", "pending", "oldest pending", "dlq"):
+        table.add_column(column, justify="left" if column in ("stream", "group") else "right")
+    table.add_column("consumers (idle)")
+    for stream in report.streams:
+        if not stream.groups:
+            length = str(stream.length) if stream.exists else "(none)"
+            table.add_row(stream.stream, length, "-", "-", "-", "-", "-", "")
+        for group in stream.groups:
+            consumers = ", ".join(f"{c.name} ({_age(c.idle_ms)})" for c in group.consumers)
+            table.add_row(
+                stream.stream,
+                str(stream.length),
+                group.name,
+                "?" if group.lag is None else str(group.lag),
+                str(group.pending),
+                _age(group.oldest_pending_age_ms),
+                str(group.dead_letters),
+                consumers or "-",
+            )
+    console.print(table)
+    console.print(f"dead letters in {report.dead_letter_stream}: {report.dead_letters_total}")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    count: Annotated[int, typer.Option(help="how many")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show dead letters: where they came from, why, after how many attempts."""
+    from embedstream.streams.dlq import list_dead_letters
+
+    settings = _settings()
+    views = _with_redis(
+        settings, lambda c: list_dead_letters(c, settings.redis.names, count=count)
+    )
+    if as_json:
+        print(json.dumps([asdict(v) for v in views], indent=2))
+        return
+    table = Table(title="dead letters")
+    for column in ("id", "stream", "stage", "attempts", "type", "error"):
+        table.add_column(column)
+    for v in views:
+        table.add_row(
+            v.id,
+            v.meta.get("stream", "?"),
+            v.meta.get("stage", "?"),
+            v.meta.get("attempts", "?"),
+            v.fields.get("type", "?"),
+            v.meta.get("error", "")[:120],
+        )
+    console.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ids: Annotated[list[str], typer.Argument(help="dead-letter entry ids (see `dlq list`)")],
+) -> None:
+    """Move dead letters back to their stream (as new entries) after fixing the cause."""
+    from embedstream.streams.dlq import replay_dead_letter
+
+    settings = _settings()
+
+    async def replay_all(client: Any) -> int:
+        failures = 0
+        for entry_id in ids:
+            moved = await replay_dead_letter(client, settings.redis.names, entry_id)
+            if moved is None:
+                console.print(f"[red]{entry_id}: no such dead letter[/red]")
+                failures += 1
+            else:
+                console.print(f"{entry_id} -> {moved[0]} {moved[1]}")
+        return failures
+
+    if _with_redis(settings, replay_all):
+        raise typer.Exit(1)
+
+
+@app.command()
+def dev(
+    replicas: Annotated[int, typer.Option(help="replicas of each worker")] = 1,
+) -> None:
+    """Run the API and one replica of each worker as child processes (Ctrl-C stops all)."""
+    settings = _settings()
+    commands = [["api"]] + [
+        ["worker", kind.value] for kind in WorkerKind for _ in range(replicas)
+    ]
+    env = dict(os.environ)
+    procs: list[subprocess.Popen[bytes]] = []
+    if settings.chroma.chroma_url is None:
+        settings.chroma.chroma_path.mkdir(parents=True, exist_ok=True)
+    for command in commands:
+        procs.append(
+            subprocess.Popen([sys.executable, "-m", "embedstream", *command], env=env)
+        )
+    console.print(
+        f"started api on http://{settings.api.host}:{settings.api.port} and "
+        f"{len(procs) - 1} workers; Ctrl-C stops them"
+    )
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    while not stopping:
+        for proc in procs:
+            if proc.poll() is not None:
+                console.print(f"[red]{proc.args!r} exited with {proc.returncode}; stopping[/red]")
+                stopping, code = True, 1
+        time.sleep(0.3)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + settings.consumer.drain_timeout_s + 5
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    raise typer.Exit(code)
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path, typer.Argument(help="folder of .txt/.md files", exists=True)],
+    url: Annotated[str, typer.Option(help="API base URL")] = "http://127.0.0.1:8000",
+    batch: Annotated[int, typer.Option(help="documents per request")] = 50,
+    wait: Annotated[bool, typer.Option(help="wait for every job to finish")] = True,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for results")] = 600.0,
+) -> None:
+    """Post a folder of documents in batches and wait for the job results."""
+    from embedstream.ingest import ingest_folder
+
+    _settings()
+    ok = ingest_folder(path, url=url, batch=batch, wait=wait, timeout=timeout, console=console)
+    if not ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,116 @@
+"""The operator view: per stream and group, length, lag, pending, oldest pending age,
+consumers with their idle time, and dead letters."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import ResponseError
+
+from embedstream.streams.names import StreamNames
+
+
+@dataclass
+class ConsumerView:
+    name: str
+    pending: int
+    idle_ms: int
+
+
+@dataclass
+class GroupView:
+    name: str
+    lag: int | None
+    pending: int
+    oldest_pending_age_ms: int | None
+    last_delivered_id: str
+    dead_letters: int
+    consumers: list[ConsumerView] = field(default_factory=list)
+
+
+@dataclass
+class StreamView:
+    stream: str
+    length: int
+    exists: bool
+    groups: list[GroupView] = field(default_factory=list)
+
+
+@dataclass
+class StatusReport:
+    prefix: str
+    streams: list[StreamView]
+    dead_letter_stream: str
+    dead_letters_total: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id_age_ms(entry_id: str, now_ms: int) -> int:
+    return max(0, now_ms - int(entry_id.partition("-")[0]))
+
+
+async def collect_status(client: redis.Redis, names: StreamNames) -> StatusReport:
+    """Read the state of every embedstream stream under ``names.prefix``."""
+    streams = list(names.pipeline_streams())
+    async for key in client.scan_iter(match=f"{names.prefix}:*", _type="stream", count=500):
+        stream = _text(key)
+        if stream not in streams and stream != names.dlq:
+            streams.append(stream)
+    dlq_counts_raw: dict[Any, Any] = await client.hgetall(names.dlq_counts)
+    dlq_counts = {_text(k): int(v) for k, v in dlq_counts_raw.items()}
+    now_ms = int(time.time() * 1000)
+    views = [await _stream_view(client, stream, dlq_counts, now_ms) for stream in streams]
+    return StatusReport(
+        prefix=names.prefix,
+        streams=views,
+        dead_letter_stream=names.dlq,
+        dead_letters_total=int(await client.xlen(names.dlq)),
+    )
+
+
+async def _stream_view(
+    client: redis.Redis, stream: str, dlq_counts: dict[str, int], now_ms: int
+) -> StreamView:
+    exists = bool(await client.exists(stream))
+    if not exists:
+        return StreamView(stream=stream, length=0, exists=False)
+    view = StreamView(stream=stream, length=int(await client.xlen(stream)), exists=True)
+    try:
+        groups: list[dict[str, Any]] = await client.xinfo_groups(stream)
+    except ResponseError:
+        return view
+    for info in groups:
+        name = _text(info["name"])
+        pending = int(info["pending"])
+        oldest_age = None
+        if pending:
+            summary: dict[str, Any] = await client.xpending(stream, name)
+            oldest_age = _id_age_ms(_text(summary["min"]), now_ms)
+        consumers: list[dict[str, Any]] = await client.xinfo_consumers(stream, name)
+        lag = info.get("lag")
+        view.groups.append(
+            GroupView(
+                name=name,
+                lag=None if lag is None else int(lag),
+                pending=pending,
+                oldest_pending_age_ms=oldest_age,
+                last_delivered_id=_text(info["last-delivered-id"]),
+                dead_letters=dlq_counts.get(f"{stream}|{name}", 0),
+                consumers=[
+                    ConsumerView(
+                        name=_text(c["name"]), pending=int(c["pending"]), idle_ms=int(c["idle"])
+                    )
+                    for c in consumers
+                ],
+            )
+        )
+    return view
