@@ -10,8 +10,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-import redis.asyncio as redis
 import redis as sync_redis
+import redis.asyncio as redis
+from tests.conftest import REDIS_URL
+from tests.support.streams import (
+    Item,
+    Recorder,
+    acked_counts,
+    acked_key,
+    consumer_names,
+    dlq_entries,
+    pending_count,
+    pending_rows,
+    produce,
+    settings,
+    wait_until,
+)
 
 from embedstream.config import ConsumerSettings
 from embedstream.errors import GroupMissingError, PermanentError, RetryableError
@@ -28,20 +42,6 @@ from embedstream.streams.messages import (
 )
 from embedstream.streams.names import StreamNames
 from embedstream.streams.runner import StreamWorker
-from tests.conftest import REDIS_URL
-from tests.support.streams import (
-    Item,
-    Recorder,
-    acked_counts,
-    acked_key,
-    consumer_names,
-    dlq_entries,
-    pending_count,
-    pending_rows,
-    produce,
-    settings,
-    wait_until,
-)
 
 pytestmark = pytest.mark.integration
 
@@ -58,9 +58,9 @@ def worker(
     return StreamWorker(client, names, names.ingest, GROUP, handler, cfg, **kwargs)
 
 
-async def stop_after(task: asyncio.Task[Any], stop: asyncio.Event, timeout: float = 15) -> Any:
+async def stop_after(task: asyncio.Task[Any], stop: asyncio.Event) -> Any:
     stop.set()
-    return await asyncio.wait_for(task, timeout)
+    return await asyncio.wait_for(task, 15)
 
 
 # -- 1. groups ----------------------------------------------------------------------
@@ -132,7 +132,7 @@ async def test_poison_entry_mid_batch_is_dead_lettered_and_neighbours_acked(
 ) -> None:
     before = await produce(redis_client, names.ingest, 2)
     poison_fields = {"garbage": b"\xff\xfe", "type": "nope"}
-    poison_id = (await redis_client.xadd(names.ingest, poison_fields)).decode()  # type: ignore[arg-type]
+    poison_id = (await redis_client.xadd(names.ingest, poison_fields)).decode()  # type: ignore
     after = await produce(redis_client, names.ingest, 2, start=2)
     rec = Recorder(names, "c1")
 
@@ -384,7 +384,8 @@ async def test_burst_returns_when_everything_including_retries_is_done(
         assert rec.attempts(entry_id) == [1, 2, 3]
     assert await pending_count(redis_client, names.ingest, GROUP) == 0
     assert (stats.acked, stats.retried, stats.dead_lettered) == (25, 10, 0)
-    assert blocks and set(blocks) == {None}  # burst mode never blocks
+    assert blocks
+    assert set(blocks) == {None}  # burst mode never blocks
 
 
 async def test_burst_with_nothing_to_do_returns(
@@ -496,7 +497,7 @@ async def test_lease_renewal_keeps_long_batches_from_being_stolen(
     async def all_acked() -> bool:
         return len(await acked_counts(redis_client, names, "slow")) == len(ids)
 
-    await wait_until(all_acked, timeout=20, what="the slow consumer to ack its batch")
+    await wait_until(all_acked, within=20, what="the slow consumer to ack its batch")
     await stop_after(slow_task, stop)
     await asyncio.wait_for(thief_task, 15)
 
@@ -522,7 +523,7 @@ async def test_housekeeping_reaps_idle_consumers_and_their_entries_are_processed
         rows = await redis_client.xinfo_consumers(names.ingest, GROUP)
         return any(r["name"] == b"dead" and r["idle"] > 1_200 for r in rows)
 
-    await wait_until(dead_is_idle, timeout=10, what="the dead consumer to idle")
+    await wait_until(dead_is_idle, within=10, what="the dead consumer to idle")
     fresh = await produce(redis_client, names.ingest, 1, start=3)
     await redis_client.xreadgroup(GROUP, "busy", {names.ingest: ">"}, count=1)
 
