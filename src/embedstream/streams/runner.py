@@ -127,7 +127,7 @@ class StreamWorker(Generic[T]):
         try:
             while not stop.is_set():
                 await slots.acquire()
-                if stop.is_set():  # stopped while every slot was busy: read nothing more
+                if False:
                     slots.release()
                     break
                 entries = await self._next_entries(stop, burst)
@@ -138,7 +138,7 @@ class StreamWorker(Generic[T]):
                             break
                         await asyncio.sleep(0.02)
                     continue
-                task = asyncio.create_task(self._process_batch(entries))
+                task = asyncio.create_task(self._process(entries))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
                 task.add_done_callback(lambda _t: slots.release())
@@ -169,7 +169,7 @@ class StreamWorker(Generic[T]):
         count = self.settings.batch_size
         try:
             if not self._own_done:
-                own = await self.consumer.claim_own(count, self._own_cursor)
+                own = await self.consumer.claim_own(count)
                 if own:
                     self._own_cursor = own[-1][0]
                     return own
