@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -33,7 +33,7 @@ console = Console()
 T = TypeVar("T")
 
 
-class WorkerKind(str, Enum):
+class WorkerKind(StrEnum):
     embed = "embed"
     index = "index"
     persist = "persist"

@@ -25,7 +25,7 @@ from embedstream.adapters import job_scripts
 from embedstream.schemas.envelope import Envelope, Fields
 from embedstream.schemas.events import DocumentDeleted
 from embedstream.streams.messages import DeadLetterOps, TransactionOp
-from embedstream.streams.names import StreamNames
+from embedstream.streams.names import StreamNames, stream_id_to_version
 
 STAGES = ("embed", "index", "persist")
 REQUIRED_STAGES = ("index", "persist")
@@ -253,7 +253,7 @@ class JobTracker:
                     error=json.loads(failure) if failure else None,
                 )
             )
-        items.sort(key=lambda d: d.version)
+        items.sort(key=lambda d: stream_id_to_version(d.version))
         text = {k.decode(): v.decode() for k, v in record.items()}
         return JobStatus(
             job_id=text["id"],

@@ -1,0 +1,441 @@
+"""Chroma: the derived vector index (PostgreSQL is the system of record).
+
+Everything here is a plain synchronous function over a Chroma ``Collection`` (what
+``embedstream reindex`` needs to rebuild the index from PostgreSQL), plus ``ChromaIndex``,
+which owns the client and runs every call on one dedicated thread so that workers never
+block their event loop.
+
+Rules kept here:
+
+- Chroma never embeds anything: collections are opened with ``embedding_function=None``
+  and every write passes its embeddings.
+- A collection is in cosine space and records the embedding model and dimension in its
+  metadata; writing vectors of another model raises ``ModelMismatch`` (invariant 7).
+- Chunk ids are deterministic, ``{document_id}:{index}``; each chunk's metadata carries
+  its document id, chunk index, version, job id and content hash next to the user's
+  metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
+
+import chromadb
+import numpy as np
+from chromadb.api import ClientAPI
+from chromadb.api.collection_configuration import (
+    CreateCollectionConfiguration,
+    CreateHNSWConfiguration,
+)
+from chromadb.api.models.Collection import Collection
+from chromadb.config import Settings as ChromaClientSettings
+
+from embedstream.config import ChromaSettings
+from embedstream.errors import PermanentError, RetryableError
+from embedstream.logging import get_logger
+from embedstream.schemas.commands import MetadataValue
+from embedstream.schemas.vectors import Vector
+
+T = TypeVar("T")
+
+MODEL_KEY = "embedding_model"
+DIM_KEY = "embedding_dim"
+SPACE: Final = "cosine"
+MAX_BATCH = 1000
+
+# Keys embedstream writes on every chunk; they win over user metadata of the same name.
+DOCUMENT_ID = "document_id"
+CHUNK_INDEX = "chunk_index"
+VERSION = "version"
+JOB_ID = "job_id"
+CONTENT_HASH = "content_hash"
+RESERVED_KEYS = (DOCUMENT_ID, CHUNK_INDEX, VERSION, JOB_ID, CONTENT_HASH)
+
+ChunkMetadata = dict[str, MetadataValue]
+
+log = get_logger("embedstream.chroma")
+
+
+class ModelMismatch(PermanentError):
+    """Vectors of one model were about to be written to a collection of another."""
+
+    def __init__(self, collection: str, recorded: tuple[str, int], got: tuple[str, int]) -> None:
+        super().__init__(
+            f"collection {collection!r} holds vectors of model {recorded[0]!r} "
+            f"(dim {recorded[1]}), but this event carries model {got[0]!r} (dim {got[1]}); "
+            f"refusing to mix models in one collection. Either point the index workers at "
+            f"another collection (EMBEDSTREAM_CHROMA_COLLECTION) for the new model, or "
+            f"rebuild this collection for it (drop it and run `embedstream reindex`)."
+        )
+        self.collection = collection
+        self.recorded = recorded
+        self.got = got
+
+
+class ChunksNotIndexed(RetryableError):
+    """A metadata-only update found the document's chunks missing or of other content."""
+
+
+class WrongSpace(PermanentError):
+    """The collection exists but does not use cosine distance."""
+
+
+# -- records -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One chunk as Chroma stores it."""
+
+    id: str
+    embedding: Vector
+    metadata: Mapping[str, MetadataValue]
+    document: str | None = None
+
+
+def chunk_id(document_id: str, index: int) -> str:
+    return f"{document_id}:{index}"
+
+
+def chunk_metadata(
+    user: Mapping[str, MetadataValue],
+    *,
+    document_id: str,
+    index: int,
+    version: int,
+    job_id: str,
+    content_hash: str,
+) -> ChunkMetadata:
+    """User metadata plus embedstream's own keys (which take precedence)."""
+    return {
+        **user,
+        DOCUMENT_ID: document_id,
+        CHUNK_INDEX: index,
+        VERSION: version,
+        JOB_ID: job_id,
+        CONTENT_HASH: content_hash,
+    }
+
+
+# -- client and collection ---------------------------------------------------------
+
+
+def create_client(settings: ChromaSettings) -> ClientAPI:
+    """``HttpClient`` when ``chroma_url`` is set, else a ``PersistentClient`` on
+    ``chroma_path``; telemetry off either way."""
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    client_settings = ChromaClientSettings(anonymized_telemetry=False)
+    if settings.chroma_url:
+        url = urlsplit(settings.chroma_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(
+                f"EMBEDSTREAM_CHROMA_URL must look like http://host:port, got "
+                f"{settings.chroma_url!r}"
+            )
+        ssl = url.scheme == "https"
+        return chromadb.HttpClient(
+            host=url.hostname,
+            port=url.port or (443 if ssl else 8000),
+            ssl=ssl,
+            settings=client_settings,
+        )
+    settings.chroma_path.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(settings.chroma_path), settings=client_settings)
+
+
+def open_collection(client: ClientAPI, name: str) -> Collection:
+    """Get or create ``name`` in cosine space, without an embedding function."""
+    configuration = CreateCollectionConfiguration(hnsw=CreateHNSWConfiguration(space=SPACE))
+    collection = client.get_or_create_collection(
+        name, configuration=configuration, embedding_function=None
+    )
+    space = _space(collection)
+    if space is not None and space != SPACE:
+        raise WrongSpace(
+            f"collection {name!r} uses distance {space!r}, embedstream needs {SPACE!r}: use "
+            f"another collection (EMBEDSTREAM_CHROMA_COLLECTION) or drop and reindex it"
+        )
+    return collection
+
+
+def _space(collection: Collection) -> str | None:
+    config: Mapping[str, Any] = collection.configuration or {}
+    for index in ("hnsw", "spann"):
+        section = config.get(index)
+        if isinstance(section, Mapping) and section.get("space"):
+            return str(section["space"])
+    legacy = (collection.metadata or {}).get("hnsw:space")
+    return str(legacy) if legacy else None
+
+
+def recorded_model(collection: Collection) -> tuple[str, int] | None:
+    """(model, dim) the collection records, or None while it records none."""
+    metadata = collection.metadata or {}
+    model, dim = metadata.get(MODEL_KEY), metadata.get(DIM_KEY)
+    if model is None or dim is None:
+        return None
+    return str(model), int(dim)
+
+
+def bind_model(client: ClientAPI, name: str, model: str, dim: int) -> tuple[str, int]:
+    """Make sure collection ``name`` is for ``model``/``dim``: record them if it records no
+    model yet, raise ``ModelMismatch`` if it records another. Reads fresh metadata."""
+    collection = client.get_collection(name, embedding_function=None)
+    recorded = recorded_model(collection)
+    if recorded is None:
+        collection.modify(metadata={**(collection.metadata or {}), MODEL_KEY: model, DIM_KEY: dim})
+        log.info("collection bound to model", collection=name, model=model, dim=dim)
+        # Another replica may have bound it at the same moment: trust what was stored.
+        recorded = recorded_model(client.get_collection(name, embedding_function=None))
+    if recorded != (model, dim):
+        raise ModelMismatch(name, recorded or ("?", 0), (model, dim))
+    return recorded
+
+
+# -- reading and writing chunks ----------------------------------------------------
+
+
+def document_chunks(
+    collection: Collection, document_ids: Sequence[str]
+) -> dict[str, dict[int, tuple[str, Mapping[str, Any]]]]:
+    """The chunks stored for each document: document id -> chunk index -> (id, metadata)."""
+    found: dict[str, dict[int, tuple[str, Mapping[str, Any]]]] = {}
+    if not document_ids:
+        return found
+    for part in _parts(list(dict.fromkeys(document_ids)), 500):
+        where: Any = {DOCUMENT_ID: {"$in": part}}
+        reply = collection.get(where=where, include=["metadatas"])
+        for record_id, metadata in zip(reply["ids"], reply["metadatas"] or [], strict=True):
+            if metadata is None:
+                continue
+            document_id = str(metadata.get(DOCUMENT_ID))
+            index = int(str(metadata.get(CHUNK_INDEX, -1)))
+            found.setdefault(document_id, {})[index] = (record_id, metadata)
+    return found
+
+
+def upsert_chunks(
+    collection: Collection, chunks: Sequence[ChunkRecord], *, batch_size: int | None = None
+) -> int:
+    """Upsert chunks in as few calls as Chroma's batch limit allows; returns the count.
+    Documents are sent only when every chunk of a call has one."""
+    size = batch_size or _max_batch(collection)
+    for part in _parts(chunks, size):
+        documents = [c.document for c in part]
+        collection.upsert(
+            ids=[c.id for c in part],
+            embeddings=np.stack([c.embedding for c in part]),
+            metadatas=[dict(c.metadata) for c in part],
+            documents=[d for d in documents if d is not None]
+            if all(d is not None for d in documents)
+            else None,
+        )
+    return len(chunks)
+
+
+def update_metadatas(
+    collection: Collection,
+    ids: Sequence[str],
+    metadatas: Sequence[Mapping[str, MetadataValue | None]],
+) -> int:
+    """Metadata-only update (``None`` values delete keys); embeddings stay as they are."""
+    size = _max_batch(collection)
+    for start in range(0, len(ids), size):
+        collection.update(
+            ids=list(ids[start : start + size]),
+            metadatas=[dict(m) for m in metadatas[start : start + size]],
+        )
+    return len(ids)
+
+
+def delete_ids(collection: Collection, ids: Sequence[str]) -> int:
+    size = _max_batch(collection)
+    for part in _parts(list(ids), size):
+        collection.delete(ids=part)
+    return len(ids)
+
+
+def delete_documents(collection: Collection, document_ids: Sequence[str]) -> int:
+    """Delete every chunk of these documents; returns how many chunks there were."""
+    stored = document_chunks(collection, document_ids)
+    return delete_ids(collection, [cid for chunks in stored.values() for cid, _ in chunks.values()])
+
+
+def _max_batch(collection: Collection) -> int:
+    """Chroma's own limit, capped where bigger calls stop paying off (MEASUREMENTS.md)."""
+    try:
+        limit = int(collection._client.get_max_batch_size())
+    except Exception:  # pragma: no cover - a server that does not say
+        limit = MAX_BATCH
+    return max(1, min(limit, MAX_BATCH))
+
+
+def _parts(items: Sequence[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+# -- document writes in batches ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplaceDocument:
+    """The document's chunks become exactly ``chunks`` (surplus old chunks go)."""
+
+    document_id: str
+    chunks: Sequence[ChunkRecord]
+
+
+@dataclass(frozen=True)
+class RefreshDocument:
+    """Same content, new metadata: chunk ``n`` gets ``metadatas[n]``. Requires the chunks
+    of ``content_hash`` to be stored already (``ChunksNotIndexed`` otherwise)."""
+
+    document_id: str
+    content_hash: str
+    metadatas: Sequence[ChunkMetadata]
+
+
+@dataclass(frozen=True)
+class RemoveDocument:
+    document_id: str
+
+
+DocumentWrite = ReplaceDocument | RefreshDocument | RemoveDocument
+
+
+@dataclass
+class _Calls:
+    upserts: list[ChunkRecord]
+    update_ids: list[str]
+    updates: list[dict[str, MetadataValue | None]]
+    deletes: list[str]
+
+
+def apply_writes(collection: Collection, writes: Sequence[DocumentWrite]) -> dict[str, Exception]:
+    """Apply document writes with one read and at most one upsert, update and delete call
+    (per Chroma batch limit). Returns the documents that were not written, with why; an
+    exception from Chroma itself propagates (nothing is known to be written then)."""
+    stored = document_chunks(collection, [w.document_id for w in writes])
+    calls = _Calls([], [], [], [])
+    refused: dict[str, Exception] = {}
+    for write in writes:
+        have = stored.get(write.document_id, {})
+        if isinstance(write, ReplaceDocument):
+            calls.upserts.extend(write.chunks)
+            keep = len(write.chunks)
+        elif isinstance(write, RefreshDocument):
+            error = _plan_refresh(write, have, calls)
+            if error is not None:
+                refused[write.document_id] = error
+                continue
+            keep = len(write.metadatas)
+        else:
+            keep = 0
+        calls.deletes.extend(cid for index, (cid, _) in have.items() if index >= keep)
+    if calls.upserts:
+        upsert_chunks(collection, calls.upserts)
+    if calls.update_ids:
+        update_metadatas(collection, calls.update_ids, calls.updates)
+    if calls.deletes:
+        delete_ids(collection, calls.deletes)
+    return refused
+
+
+def _plan_refresh(
+    write: RefreshDocument,
+    have: Mapping[int, tuple[str, Mapping[str, Any]]],
+    calls: _Calls,
+) -> Exception | None:
+    missing = [
+        n
+        for n in range(len(write.metadatas))
+        if n not in have or have[n][1].get(CONTENT_HASH) != write.content_hash
+    ]
+    if missing:
+        return ChunksNotIndexed(
+            f"document {write.document_id!r}: {len(missing)} of {len(write.metadatas)} chunks "
+            f"of content {write.content_hash[:12]} are not indexed yet (its earlier "
+            f"embedding has not reached the index); will retry"
+        )
+    for n, metadata in enumerate(write.metadatas):
+        cid, old = have[n]
+        stale: dict[str, MetadataValue | None] = {k: None for k in old if k not in metadata}
+        calls.update_ids.append(cid)
+        calls.updates.append({**stale, **metadata})
+    return None
+
+
+# -- the async face ----------------------------------------------------------------
+
+
+class ChromaIndex:
+    """One collection, with every Chroma call on one dedicated thread.
+
+    Chroma's client is synchronous; running it on a single-thread executor keeps the
+    event loop free (invariant 9) and serializes the writes of in-flight batches.
+    """
+
+    def __init__(self, settings: ChromaSettings) -> None:
+        self.settings = settings
+        self.name = settings.chroma_collection
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chroma")
+        self._client: ClientAPI | None = None
+        self._collection: Collection | None = None
+        self._model: tuple[str, int] | None = None
+
+    @property
+    def collection(self) -> Collection:
+        if self._collection is None:
+            raise RuntimeError("ChromaIndex.open() was not awaited")
+        return self._collection
+
+    async def open(self) -> Collection:
+        """Create the client and open (or create) the collection."""
+        if self._collection is None:
+            self._collection = await self.call(self._open)
+            self._model = recorded_model(self._collection)
+            log.info(
+                "chroma collection open",
+                collection=self.name,
+                mode="http" if self.settings.chroma_url else "persistent",
+                where=self.settings.chroma_url or str(self.settings.chroma_path),
+                model=self._model,
+            )
+        return self._collection
+
+    def _open(self) -> Collection:
+        self._client = create_client(self.settings)
+        return open_collection(self._client, self.name)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the Chroma thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    async def require_model(self, model: str, dim: int) -> None:
+        """Raise ``ModelMismatch`` unless the collection is for ``model``/``dim`` (binding
+        it on first use)."""
+        if self._model is None:
+            client = self._client
+            if client is None:
+                raise RuntimeError("ChromaIndex.open() was not awaited")
+            self._model = await self.call(bind_model, client, self.name, model, dim)
+            self._collection = await self.call(
+                lambda: client.get_collection(self.name, embedding_function=None)
+            )
+        if self._model != (model, dim):
+            raise ModelMismatch(self.name, self._model, (model, dim))
+
+    async def apply(self, writes: Sequence[DocumentWrite]) -> dict[str, Exception]:
+        return await self.call(apply_writes, self.collection, writes)
+
+    def close(self) -> None:
+        """Wait for running calls and stop the thread."""
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,302 @@
+"""The documents store in PostgreSQL: batch writes for the persist stage, reads for the
+API and for rebuilding Chroma.
+
+A batch is written in one transaction. It first takes transaction-scoped advisory locks
+on its document ids in one global order (so replicas writing overlapping batches never
+deadlock, including on documents that do not exist yet), reads the stored versions,
+resolves every message against them (``model.plan_document``), then writes set-based:
+one ``INSERT ... ON CONFLICT`` for full upserts and tombstones, one ``UPDATE`` for
+reused upserts (both still guarded by ``version <``), one ``DELETE`` of the replaced
+chunks and one ``COPY`` of the new ones, and one insert into ``job_documents``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import numpy as np
+
+from embedstream.adapters.postgres.model import (
+    DocumentWrite,
+    StoredState,
+    WriteResult,
+    plan_document,
+)
+from embedstream.logging import get_logger
+from embedstream.schemas.vectors import Vector
+
+log = get_logger("embedstream.postgres")
+
+DOCUMENT_LOCK_CLASS = 0x656D62  # first key of the two-key advisory locks on document ids
+
+LOCK_DOCUMENTS = """
+SELECT count(pg_advisory_xact_lock($2::integer, k))
+FROM (SELECT DISTINCT hashtext(d) AS k FROM unnest($1::text[]) AS d ORDER BY k) AS keys
+"""
+
+STORED_STATE = """
+SELECT document_id, version, deleted, content_hash
+FROM documents WHERE document_id = ANY($1::text[])
+"""
+
+UPSERT_DOCUMENTS = """
+INSERT INTO documents AS d
+    (document_id, version, deleted, content_hash, text, metadata, model, dim, chunk_count)
+SELECT * FROM unnest(
+    $1::text[], $2::bigint[], $3::boolean[], $4::text[], $5::text[], $6::jsonb[],
+    $7::text[], $8::integer[], $9::integer[]
+) ORDER BY 1
+ON CONFLICT (document_id) DO UPDATE SET
+    version = EXCLUDED.version,
+    deleted = EXCLUDED.deleted,
+    content_hash = EXCLUDED.content_hash,
+    text = EXCLUDED.text,
+    metadata = EXCLUDED.metadata,
+    model = EXCLUDED.model,
+    dim = EXCLUDED.dim,
+    chunk_count = EXCLUDED.chunk_count,
+    updated_at = now()
+WHERE d.version < EXCLUDED.version
+RETURNING d.document_id
+"""
+
+TOUCH_DOCUMENTS = """
+UPDATE documents AS d SET version = u.version, metadata = u.metadata, updated_at = now()
+FROM unnest($1::text[], $2::bigint[], $3::jsonb[], $4::text[])
+    AS u (document_id, version, metadata, content_hash)
+WHERE d.document_id = u.document_id
+  AND d.version < u.version
+  AND NOT d.deleted
+  AND d.content_hash = u.content_hash
+RETURNING d.document_id
+"""
+
+DELETE_CHUNKS = "DELETE FROM chunks WHERE document_id = ANY($1::text[])"
+
+CHUNK_COLUMNS = ("document_id", "idx", "chunk_id", "text", "embedding")
+
+RECORD_JOBS = """
+INSERT INTO job_documents AS j (job_id, document_id, version, kind, applied)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::boolean[])
+ORDER BY 1, 2
+ON CONFLICT (job_id, document_id) DO UPDATE SET
+    version = EXCLUDED.version,
+    kind = EXCLUDED.kind,
+    applied = EXCLUDED.applied,
+    persisted_at = now()
+WHERE j.version < EXCLUDED.version
+"""
+
+CHUNK_SELECT = """
+SELECT c.document_id, c.idx, c.chunk_id, c.text, c.embedding,
+       d.version, d.model, d.dim, d.metadata::text AS metadata_json
+FROM chunks AS c JOIN documents AS d USING (document_id)
+"""
+
+LIVE_CHUNKS_AFTER = (
+    CHUNK_SELECT
+    + """
+WHERE NOT d.deleted AND (c.document_id, c.idx) > ($1::text, $2::integer)
+ORDER BY c.document_id, c.idx
+LIMIT $3
+"""
+)
+
+DOCUMENT_CHUNKS = CHUNK_SELECT + "WHERE c.document_id = $1 ORDER BY c.idx"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    document_id: str
+    version: int
+    deleted: bool
+    content_hash: str | None
+    text: str | None
+    metadata_json: str
+    model: str | None
+    dim: int | None
+    chunk_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChunk:
+    """A live document's chunk with its vector, as Chroma needs it for a rebuild."""
+
+    document_id: str
+    idx: int
+    chunk_id: str
+    text: str
+    embedding: bytes
+    version: int
+    model: str | None
+    dim: int | None
+    metadata_json: str
+
+    @property
+    def vector(self) -> Vector:
+        return np.frombuffer(self.embedding, dtype="<f4").astype(np.float32)
+
+
+class DocumentStore:
+    """Documents, chunks and job records in the schema the pool's search_path names."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    # -- writing ---------------------------------------------------------------------
+
+    async def write(self, writes: Sequence[DocumentWrite]) -> list[WriteResult]:
+        """Apply a batch in one transaction; one result per write, in order."""
+        if not writes:
+            return []
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await write_batch(conn, writes)
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def get_document(self, document_id: str) -> StoredDocument | None:
+        row = await self.pool.fetchrow(
+            """SELECT document_id, version, deleted, content_hash, text,
+                      metadata::text AS metadata_json, model, dim, chunk_count
+               FROM documents WHERE document_id = $1""",
+            document_id,
+        )
+        return StoredDocument(**dict(row)) if row is not None else None
+
+    async def get_chunks(self, document_id: str) -> list[StoredChunk]:
+        rows = await self.pool.fetch(DOCUMENT_CHUNKS, document_id)
+        return [StoredChunk(**dict(row)) for row in rows]
+
+    async def iter_live_chunks(self, batch_size: int = 1_000) -> AsyncIterator[list[StoredChunk]]:
+        """Every live document's chunks with vectors, in (document_id, idx) order, in
+        batches of at most ``batch_size``: what a Chroma rebuild reads. Each batch is its
+        own short query (keyset pagination), so no long transaction holds back vacuum;
+        writes made meanwhile are seen or not, as for any online rebuild."""
+        after: tuple[str, int] = ("", -1)
+        while True:
+            rows = await self.pool.fetch(LIVE_CHUNKS_AFTER, after[0], after[1], batch_size)
+            if not rows:
+                return
+            batch = [StoredChunk(**dict(row)) for row in rows]
+            yield batch
+            if len(rows) < batch_size:
+                return
+            after = (batch[-1].document_id, batch[-1].idx)
+
+    async def count_live_chunks(self) -> int:
+        count: int = await self.pool.fetchval(
+            "SELECT count(*) FROM chunks AS c JOIN documents AS d USING (document_id) "
+            "WHERE NOT d.deleted"
+        )
+        return count
+
+
+async def write_batch(
+    conn: asyncpg.Connection, writes: Sequence[DocumentWrite]
+) -> list[WriteResult]:
+    """The body of ``DocumentStore.write``; ``conn`` must be inside a transaction."""
+    by_document: dict[str, list[tuple[int, DocumentWrite]]] = defaultdict(list)
+    for position, write in enumerate(writes):
+        by_document[write.document_id].append((position, write))
+    document_ids = sorted(by_document)
+    await conn.execute(LOCK_DOCUMENTS, document_ids, DOCUMENT_LOCK_CLASS)
+    stored = {
+        row["document_id"]: StoredState(row["version"], row["deleted"], row["content_hash"])
+        for row in await conn.fetch(STORED_STATE, document_ids)
+    }
+
+    results: list[WriteResult] = [WriteResult.STALE] * len(writes)
+    full: list[DocumentWrite] = []
+    touch: list[DocumentWrite] = []
+    for document_id in document_ids:
+        plan = plan_document(stored.get(document_id), by_document[document_id])
+        for position, result in plan.results.items():
+            results[position] = result
+        if plan.write is not None:
+            (touch if plan.write.reused else full).append(plan.write)
+
+    written = await _upsert_documents(conn, full) | await _touch_documents(conn, touch)
+    refused = {w.document_id for w in (*full, *touch)} - written
+    if refused:
+        # cannot happen while every writer takes the document locks; be safe anyway
+        log.warning("writes refused by the version guard", documents=sorted(refused)[:20])
+        for position, write in enumerate(writes):
+            if write.document_id in refused and results[position] is WriteResult.APPLIED:
+                results[position] = WriteResult.STALE
+    await _replace_chunks(conn, [w for w in full if w.document_id in written])
+    await _record_jobs(conn, writes, results)
+    return results
+
+
+async def _upsert_documents(conn: asyncpg.Connection, writes: list[DocumentWrite]) -> set[str]:
+    if not writes:
+        return set()
+    rows = await conn.fetch(
+        UPSERT_DOCUMENTS,
+        [w.document_id for w in writes],
+        [w.version for w in writes],
+        [w.deleted for w in writes],
+        [w.content_hash for w in writes],
+        [w.text for w in writes],
+        [w.metadata_json for w in writes],
+        [w.model for w in writes],
+        [w.dim for w in writes],
+        [w.chunk_count for w in writes],
+    )
+    return {row["document_id"] for row in rows}
+
+
+async def _touch_documents(conn: asyncpg.Connection, writes: list[DocumentWrite]) -> set[str]:
+    if not writes:
+        return set()
+    rows = await conn.fetch(
+        TOUCH_DOCUMENTS,
+        [w.document_id for w in writes],
+        [w.version for w in writes],
+        [w.metadata_json for w in writes],
+        [w.content_hash for w in writes],
+    )
+    return {row["document_id"] for row in rows}
+
+
+async def _replace_chunks(conn: asyncpg.Connection, writes: list[DocumentWrite]) -> None:
+    """Drop the chunks of documents replaced or deleted, then copy in the new ones."""
+    if not writes:
+        return
+    await conn.execute(DELETE_CHUNKS, [w.document_id for w in writes])
+    records: list[tuple[Any, ...]] = [
+        (w.document_id, c.idx, c.chunk_id, c.text, c.embedding)
+        for w in writes
+        if not w.deleted
+        for c in w.chunks
+    ]
+    if records:
+        await conn.copy_records_to_table("chunks", records=records, columns=CHUNK_COLUMNS)
+
+
+async def _record_jobs(
+    conn: asyncpg.Connection, writes: Sequence[DocumentWrite], results: list[WriteResult]
+) -> None:
+    """One row per (job, document): the newest version of it this stage has finished."""
+    latest: dict[tuple[str, str], tuple[DocumentWrite, bool]] = {}
+    for write, result in zip(writes, results, strict=True):
+        if result is WriteResult.CONFLICT:
+            continue
+        key = (write.job_id, write.document_id)
+        if key not in latest or latest[key][0].version < write.version:
+            latest[key] = (write, result is WriteResult.APPLIED)
+    if not latest:
+        return
+    rows = list(latest.values())
+    await conn.execute(
+        RECORD_JOBS,
+        [w.job_id for w, _ in rows],
+        [w.document_id for w, _ in rows],
+        [w.version for w, _ in rows],
+        [w.kind for w, _ in rows],
+        [applied for _, applied in rows],
+    )

@@ -1,0 +1,72 @@
+"""Builders of the commands the ingress puts on ``{prefix}:ingest``.
+
+Pure functions: no I/O, no clock other than the envelope's own timestamp. They are the
+provider side of the ``document.upsert.v1`` and ``document.delete.v1`` message
+contracts.
+"""
+
+from __future__ import annotations
+
+import re
+
+from embedstream.schemas.api import DocumentIn
+from embedstream.schemas.commands import (
+    DOCUMENT_DELETE,
+    DOCUMENT_UPSERT,
+    DocumentDelete,
+    DocumentUpsert,
+)
+from embedstream.schemas.envelope import Envelope
+
+SOURCE = "embedstream.api"
+
+_TRACEPARENT = re.compile(
+    r"^(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<parent>[0-9a-f]{16})"
+    r"-(?P<flags>[0-9a-f]{2})(?P<rest>-.*)?$"
+)
+
+
+def valid_traceparent(value: str | None) -> str | None:
+    """The W3C ``traceparent`` header if it is well formed, else None.
+
+    Version ``ff`` and all-zero trace or parent ids are invalid; version ``00`` allows
+    nothing after the flags, later versions may append fields (W3C Trace Context)."""
+    if value is None:
+        return None
+    value = value.strip()
+    match = _TRACEPARENT.match(value)
+    if match is None or match["version"] == "ff":
+        return None
+    if match["version"] == "00" and match["rest"]:
+        return None
+    if set(match["trace"]) == {"0"} or set(match["parent"]) == {"0"}:
+        return None
+    return value
+
+
+def build_upsert(job_id: str, doc: DocumentIn, *, traceparent: str | None = None) -> Envelope:
+    """The ``document.upsert.v1`` command for one document; ``doc.id`` must be set."""
+    if doc.id is None:
+        raise ValueError("the document has no id: assign one before building its command")
+    payload = DocumentUpsert(
+        job_id=job_id, document_id=doc.id, text=doc.text, metadata=dict(doc.metadata)
+    )
+    return Envelope.wrap(
+        DOCUMENT_UPSERT,
+        payload,
+        source=SOURCE,
+        subject=doc.id,
+        traceparent=valid_traceparent(traceparent),
+    )
+
+
+def build_delete(job_id: str, document_id: str, *, traceparent: str | None = None) -> Envelope:
+    """The ``document.delete.v1`` command for one document."""
+    payload = DocumentDelete(job_id=job_id, document_id=document_id)
+    return Envelope.wrap(
+        DOCUMENT_DELETE,
+        payload,
+        source=SOURCE,
+        subject=document_id,
+        traceparent=valid_traceparent(traceparent),
+    )

@@ -1,0 +1,72 @@
+"""Dependencies of the routes, as ``Annotated`` aliases.
+
+Clients live on ``app.state`` (created by the lifespan), never at module level.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import redis.asyncio as redis
+from fastapi import Depends, Header, Request
+
+from embedstream.adapters.jobs import JobTracker
+from embedstream.api.commands import valid_traceparent
+from embedstream.api.errors import UnsupportedMediaType
+from embedstream.config import ApiSettings, Settings
+
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_api_settings(request: Request) -> ApiSettings:
+    return get_settings(request).api
+
+
+def get_redis(request: Request) -> redis.Redis:
+    client: redis.Redis = request.app.state.redis
+    return client
+
+
+def get_tracker(request: Request) -> JobTracker:
+    tracker: JobTracker = request.app.state.tracker
+    return tracker
+
+
+def get_traceparent(
+    traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> str | None:
+    """The incoming W3C ``traceparent`` if valid; an invalid one is ignored."""
+    return valid_traceparent(traceparent)
+
+
+def require_json(request: Request) -> None:
+    """415 unless the body is declared as JSON (``application/json`` or ``+json``)."""
+    content_type = request.headers.get("content-type")
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if not (
+        media_type == "application/json"
+        or (media_type.startswith("application/") and media_type.endswith("+json"))
+    ):
+        raise UnsupportedMediaType(content_type)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ApiSettingsDep = Annotated[ApiSettings, Depends(get_api_settings)]
+RedisDep = Annotated[redis.Redis, Depends(get_redis)]
+TrackerDep = Annotated[JobTracker, Depends(get_tracker)]
+TraceparentDep = Annotated[str | None, Depends(get_traceparent)]
+IdempotencyKeyDep = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="Makes a retry safe: the same key with the same body returns the "
+        "same job and enqueues nothing; with a different body it is refused (409). "
+        "1-255 printable ASCII characters, no spaces. Remembered for 7 days.",
+    ),
+]

@@ -1,0 +1,178 @@
+"""Error responses: one JSON shape for every error, each with a precise message and the
+request id, and the OpenAPI entries that document them.
+
+- validation (422): ``{"detail": "Validation failed", "errors": [{field, message, type}],
+  "request_id"}``
+- everything else: ``{"error": "...", "request_id": "..."}``
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
+from redis.exceptions import ReadOnlyError as RedisReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException
+
+from embedstream.adapters.jobs import IdempotencyConflict
+from embedstream.api.middleware import request_id_of
+from embedstream.logging import get_logger
+from embedstream.schemas.api import ErrorResponse, FieldError, ValidationErrorResponse
+
+log = get_logger(__name__)
+
+RETRY_AFTER_S = 5
+#: Redis failures that mean "not now" rather than "this request is wrong".
+REDIS_UNAVAILABLE = (
+    RedisConnectionError,  # includes BusyLoadingError (server still loading its data)
+    RedisTimeoutError,
+    RedisReadOnlyError,  # a replica after a failover
+    RedisOutOfMemoryError,  # maxmemory reached
+)
+
+_BODY_SHAPE = (
+    "the request body must be a JSON object with a 'documents' array, a single document "
+    "object, or an array of documents"
+)
+
+
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
+class UnsupportedMediaType(HTTPException):
+    def __init__(self, content_type: str | None) -> None:
+        got = f"got {content_type!r}" if content_type else "none was sent"
+        super().__init__(
+            status_code=415,
+            detail=f"the body must be JSON: send Content-Type: application/json ({got})",
+        )
+
+
+def error_response(
+    request: Request, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    body = ErrorResponse(error=message, request_id=request_id_of(request.scope))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _json_error_message(error: Mapping[str, Any], document: Any) -> str:
+    reason = (error.get("ctx") or {}).get("error", "invalid JSON")
+    position = error["loc"][-1] if len(error["loc"]) > 1 else None
+    if isinstance(position, int) and isinstance(document, str):
+        line = document.count("\n", 0, position) + 1
+        column = position - (document.rfind("\n", 0, position) + 1) + 1
+        return f"malformed JSON body: {reason} (line {line}, column {column})"
+    return f"malformed JSON body: {reason}"
+
+
+def field_errors(errors: Sequence[Mapping[str, Any]], body: Any = None) -> list[FieldError]:
+    """Pydantic/FastAPI error dicts as ``{field, message, type}``."""
+    out: list[FieldError] = []
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        kind = str(error.get("type", "value_error"))
+        message = str(error.get("msg", "invalid value"))
+        field = ".".join(str(part) for part in loc)
+        if kind == "json_invalid":
+            field, message = "body", _json_error_message(error, body)
+        elif loc == ("body",) and kind == "missing":
+            message = f"a request body is required: {_BODY_SHAPE}"
+        elif loc == ("body",) and kind in {"model_type", "model_attributes_type", "dict_type"}:
+            message = _BODY_SHAPE
+        elif loc == ("body", "documents") and kind == "too_short":
+            message = "at least one document is required"
+        elif loc[:1] == ("header",) and str(loc[-1]).lower() == "idempotency-key":
+            message = "Idempotency-Key must be 1-255 printable ASCII characters without spaces"
+        out.append(FieldError(field=field, message=message, type=kind))
+    return out
+
+
+def validation_failed(request: Request, errors: Sequence[FieldError]) -> JSONResponse:
+    body = ValidationErrorResponse(errors=list(errors), request_id=request_id_of(request.scope))
+    return JSONResponse(body.model_dump(), status_code=422)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = field_errors(exc.errors(), getattr(exc, "body", None))
+    log.info("request rejected", status=422, errors=[e.model_dump() for e in errors[:10]])
+    return validation_failed(request, errors)
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR:
+        # FastAPI's answer to a body that json.loads refuses before parsing (not UTF-8)
+        cause = exc.__cause__
+        reason = f"{type(cause).__name__}: {cause}" if cause else "undecodable"
+        error = FieldError(
+            field="body", message=f"malformed JSON body: {reason}", type="json_invalid"
+        )
+        return validation_failed(request, [error])
+    detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+    if exc.status_code in (404, 405) and detail in ("Not Found", "Method Not Allowed"):
+        detail = f"{detail}: {request.method} {request.url.path}"
+    return error_response(request, exc.status_code, detail, exc.headers)
+
+
+async def _on_idempotency_conflict(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, IdempotencyConflict)
+    return error_response(request, 409, str(exc))
+
+
+async def _on_redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("redis unavailable", error=f"{type(exc).__name__}: {exc}")
+    message = f"the job store (Redis) is unavailable; retry in {RETRY_AFTER_S} seconds"
+    if request.method not in ("GET", "HEAD"):
+        message = (
+            f"the job store (Redis) is unavailable, so the request could not be accepted; "
+            f"retry in {RETRY_AFTER_S} seconds with the same Idempotency-Key (a retry "
+            f"with the key cannot enqueue twice)"
+        )
+    return error_response(request, 503, message, {"Retry-After": str(RETRY_AFTER_S)})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(HTTPException, _on_http_exception)
+    app.add_exception_handler(IdempotencyConflict, _on_idempotency_conflict)
+    for error_type in REDIS_UNAVAILABLE:
+        app.add_exception_handler(error_type, _on_redis_unavailable)
+
+
+# -- OpenAPI -------------------------------------------------------------------------------
+
+_DESCRIPTIONS = {
+    400: "Malformed request (for example an invalid Content-Length)",
+    404: "Not found",
+    409: "Idempotency-Key reused with a different request",
+    413: "Request body larger than the configured limit",
+    415: "The body is not JSON",
+    422: "Validation failed: every problem with its field",
+    500: "Unexpected error (logged with the request id)",
+    503: "Redis unavailable; retry after the Retry-After seconds",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries for the given error status codes."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        model = ValidationErrorResponse if code == 422 else ErrorResponse
+        entry: dict[str, Any] = {"model": model, "description": _DESCRIPTIONS[code]}
+        if code == 503:
+            entry["headers"] = {
+                "Retry-After": {
+                    "description": "seconds to wait before retrying",
+                    "schema": {"type": "integer"},
+                }
+            }
+        responses[code] = entry
+    return responses

@@ -1,0 +1,64 @@
+"""``/v1/jobs``: the state of a job and of each of its documents per stage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fastapi import APIRouter, HTTPException
+
+from embedstream.adapters.jobs import DocumentStatus, JobStatus
+from embedstream.api.deps import TrackerDep
+from embedstream.api.errors import error_responses
+from embedstream.schemas.api import JobOut
+from embedstream.streams.names import stream_id_to_version
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def in_submission_order(items: Iterable[DocumentStatus]) -> list[DocumentStatus]:
+    """Documents in the order of their ingest entries (numeric, not string, order)."""
+    return sorted(items, key=lambda item: stream_id_to_version(item.version))
+
+
+def job_out(status: JobStatus) -> JobOut:
+    return JobOut.model_validate(
+        {
+            "job_id": status.job_id,
+            "state": status.state,
+            "total": status.documents,
+            "done": status.done,
+            "failed": status.failed,
+            "created_at": status.created_at,
+            "finished_at": status.finished_at,
+            "documents": [
+                {
+                    "id": item.document_id,
+                    "kind": item.kind,
+                    "version": item.version,
+                    "state": item.state,
+                    "stages": item.stages,
+                    "error": item.error,
+                }
+                for item in in_submission_order(status.items)
+            ],
+        }
+    )
+
+
+@router.get(
+    "/{job_id}",
+    name="get_job",
+    response_model=JobOut,
+    responses=error_responses(404, 422, 503),
+    summary="Job status",
+)
+async def get_job(job_id: str, tracker: TrackerDep) -> JobOut:
+    """The job's state (queued, completed, failed) and, per document, its state and the
+    state of each stage (embed, index, persist). Jobs are kept for 7 days."""
+    status = await tracker.status(job_id)
+    if status is None:
+        raise HTTPException(
+            status_code=404,
+            detail=f"job {job_id!r} not found (unknown, or older than the 7-day retention)",
+        )
+    return job_out(status)
