@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import signal
@@ -11,10 +12,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -33,10 +34,7 @@ console = Console()
 T = TypeVar("T")
 
 
-class WorkerKind(StrEnum):
-    embed = "embed"
-    index = "index"
-    persist = "persist"
+WORKER_KINDS = ("embed", "index", "persist")
 
 
 def _settings() -> Settings:
@@ -71,7 +69,9 @@ def api() -> None:
 
 @app.command()
 def worker(
-    kind: Annotated[WorkerKind, typer.Argument(help="which stage to run")],
+    kind: Annotated[
+        str, typer.Argument(help="which stage to run", click_type=click.Choice(WORKER_KINDS))
+    ],
     burst: Annotated[bool, typer.Option(help="process what is there, then exit")] = False,
 ) -> None:
     """Run one worker replica. Start more processes to scale a stage."""
@@ -82,12 +82,7 @@ def worker(
 
         stop = asyncio.Event()
         install_stop_signals(stop)
-        if kind is WorkerKind.embed:
-            from embedstream.workers import embed as module
-        elif kind is WorkerKind.index:
-            from embedstream.workers import index as module  # type: ignore[no-redef]
-        else:
-            from embedstream.workers import persist as module  # type: ignore[no-redef]
+        module = importlib.import_module(f"embedstream.workers.{kind}")
         await module.run(settings, stop, burst=burst)
 
     asyncio.run(main())
@@ -219,7 +214,7 @@ def dev(
     """Run the API and one replica of each worker as child processes (Ctrl-C stops all)."""
     settings = _settings()
     commands = [["api"]] + [
-        ["worker", kind.value] for kind in WorkerKind for _ in range(replicas)
+        ["worker", kind] for kind in WORKER_KINDS for _ in range(replicas)
     ]
     env = dict(os.environ)
     procs: list[subprocess.Popen[bytes]] = []

@@ -1,0 +1,284 @@
+"""The persist stage: ``document.embedded`` / ``document.removed`` from ``{prefix}:embedded``
+(group ``persister``) into PostgreSQL, the system of record.
+
+Each batch is one transaction (see ``adapters.postgres.repository``); every message then
+gets its own outcome: acked with its job bookkeeping when its effect is durable or it was
+refused as older than what is stored, dead-lettered when it is poison, retried when the
+database is unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import asyncpg
+import redis.asyncio as redis
+
+from embedstream.adapters.jobs import JobTracker
+from embedstream.adapters.postgres import (
+    ChunkRow,
+    DocumentStore,
+    DocumentWrite,
+    WriteResult,
+    connect_pool,
+    is_transient,
+    migrate,
+)
+from embedstream.adapters.redis_client import create_redis
+from embedstream.config import ConsumerSettings, Settings
+from embedstream.errors import PermanentError, PoisonMessage, RetryableError
+from embedstream.logging import get_logger
+from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.events import (
+    DOCUMENT_EMBEDDED,
+    DOCUMENT_REMOVED,
+    DocumentEmbedded,
+    DocumentRemoved,
+)
+from embedstream.streams.messages import Ack, DeadLetter, Message, Outcome, Retry
+from embedstream.streams.names import PERSISTER_GROUP, StreamNames
+from embedstream.streams.runner import RunStats, StreamWorker
+
+STAGE = "persist"
+MAX_BIGINT = 2**63 - 1
+MAX_INTEGER = 2**31 - 1
+DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+"""PostgreSQL refused the data itself: retrying the same batch cannot help."""
+
+log = get_logger("embedstream.persist")
+
+
+class PersistHandler:
+    """The batch handler: one ``Outcome`` per message, in order."""
+
+    def __init__(self, store: DocumentStore, tracker: JobTracker) -> None:
+        self.store = store
+        self.tracker = tracker
+
+    async def __call__(self, messages: Sequence[Message[Envelope]]) -> list[Outcome]:
+        started = time.perf_counter()
+        outcomes: list[Outcome | None] = [None] * len(messages)
+        positions: list[int] = []
+        writes: list[DocumentWrite] = []
+        for position, message in enumerate(messages):
+            try:
+                writes.append(to_write(message.body))
+                positions.append(position)
+            except PoisonMessage as exc:
+                outcomes[position] = DeadLetter(exc)
+        for position, outcome in zip(positions, await self._write(writes), strict=True):
+            outcomes[position] = outcome
+        done = [outcome for outcome in outcomes if outcome is not None]
+        log.debug(
+            "batch persisted",
+            messages=len(messages),
+            acked=sum(isinstance(o, Ack) for o in done),
+            retried=sum(isinstance(o, Retry) for o in done),
+            dead_lettered=sum(isinstance(o, DeadLetter) for o in done),
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return done
+
+    async def _write(self, writes: list[DocumentWrite]) -> list[Outcome]:
+        if not writes:
+            return []
+        try:
+            results = await self.store.write(writes)
+        except DATA_ERRORS as exc:
+            log.warning(
+                "postgres refused the batch; writing its documents one by one",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return await self._write_each(writes)
+        except Exception as exc:
+            return [self._retry(exc)] * len(writes)
+        return [self._outcome(write, result) for write, result in zip(writes, results, strict=True)]
+
+    async def _write_each(self, writes: list[DocumentWrite]) -> list[Outcome]:
+        """Isolate the messages PostgreSQL refuses: one transaction per document."""
+        groups: dict[str, list[int]] = defaultdict(list)
+        for position, write in enumerate(writes):
+            groups[write.document_id].append(position)
+        outcomes: list[Outcome | None] = [None] * len(writes)
+        for positions in groups.values():
+            group = [writes[p] for p in positions]
+            group_outcomes: Iterable[Outcome]
+            try:
+                results = await self.store.write(group)
+                group_outcomes = (self._outcome(w, r) for w, r in zip(group, results, strict=True))
+            except DATA_ERRORS as exc:
+                error = PermanentError(
+                    f"postgres refused the document: {type(exc).__name__}: {exc}"
+                )
+                group_outcomes = [DeadLetter(error)] * len(group)
+            except Exception as exc:
+                group_outcomes = [self._retry(exc)] * len(group)
+            for position, outcome in zip(positions, group_outcomes, strict=True):
+                outcomes[position] = outcome
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _outcome(self, write: DocumentWrite, result: WriteResult) -> Outcome:
+        if result is WriteResult.CONFLICT:
+            # the full version this reused one builds on may still be on its way (another
+            # batch, another replica): retry; after max_deliveries it is dead-lettered
+            return Retry(
+                RetryableError(
+                    f"document {write.document_id!r} version {write.version} reuses an "
+                    f"embedding of content {write.content_hash!r}, but the stored document "
+                    "is missing, deleted or has other content"
+                )
+            )
+        deleted_version = write.version if write.deleted else None
+        return Ack(
+            ops=(
+                self.tracker.stage_done(
+                    write.job_id, write.document_id, STAGE, deleted_version=deleted_version
+                ),
+            )
+        )
+
+    def _retry(self, exc: Exception) -> Retry:
+        if is_transient(exc):
+            log.warning("postgres unavailable; batch will be retried", error=f"{exc!r}")
+        else:
+            log.exception("persisting the batch failed; it will be retried")
+        return Retry(exc)
+
+
+# -- messages to writes ------------------------------------------------------------------
+
+
+def to_write(envelope: Envelope) -> DocumentWrite:
+    """The write a message stands for; anything unusable raises ``PoisonMessage``."""
+    if envelope.type == DOCUMENT_EMBEDDED:
+        return embedded_write(envelope.payload(DocumentEmbedded))
+    if envelope.type == DOCUMENT_REMOVED:
+        return removed_write(envelope.payload(DocumentRemoved))
+    raise PoisonMessage(f"unexpected message type {envelope.type!r} for the persist stage")
+
+
+def removed_write(event: DocumentRemoved) -> DocumentWrite:
+    _check_version(event.version)
+    _check_texts(event.job_id, event.document_id)
+    return DocumentWrite(
+        job_id=event.job_id, document_id=event.document_id, version=event.version, deleted=True
+    )
+
+
+def embedded_write(event: DocumentEmbedded) -> DocumentWrite:
+    _check_version(event.version)
+    if event.dim > MAX_INTEGER or event.chunk_count > MAX_INTEGER:
+        raise PoisonMessage(f"dim {event.dim} or chunk_count {event.chunk_count} out of range")
+    _check_texts(event.job_id, event.document_id, event.content_hash, event.model, event.text)
+    _check_texts(*event.metadata, *(v for v in event.metadata.values() if isinstance(v, str)))
+    try:
+        metadata_json = json.dumps(event.metadata, allow_nan=False, separators=(",", ":"))
+    except ValueError as exc:
+        raise PoisonMessage(f"metadata is not storable as JSON: {exc}") from exc
+    chunks = () if event.reused else _chunk_rows(event)
+    return DocumentWrite(
+        job_id=event.job_id,
+        document_id=event.document_id,
+        version=event.version,
+        reused=event.reused,
+        content_hash=event.content_hash,
+        text=event.text,
+        metadata_json=metadata_json,
+        model=event.model,
+        dim=event.dim,
+        chunk_count=event.chunk_count,
+        chunks=chunks,
+    )
+
+
+def _chunk_rows(event: DocumentEmbedded) -> tuple[ChunkRow, ...]:
+    indexes = sorted(chunk.index for chunk in event.chunks)
+    if indexes != list(range(event.chunk_count)):
+        raise PoisonMessage(
+            f"chunk indexes {indexes[:10]} do not match chunk_count={event.chunk_count}"
+        )
+    rows: list[ChunkRow] = []
+    for chunk in event.chunks:
+        _check_texts(chunk.id, chunk.text)
+        try:
+            raw = base64.b64decode(chunk.vector, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise PoisonMessage(f"chunk {chunk.index}: vector is not base64: {exc}") from exc
+        if len(raw) != event.dim * 4:
+            raise PoisonMessage(
+                f"chunk {chunk.index}: vector has {len(raw) / 4:g} float32 values, "
+                f"expected dim={event.dim}"
+            )
+        rows.append(ChunkRow(chunk.index, chunk.id, chunk.text, raw))
+    return tuple(rows)
+
+
+def _check_version(version: int) -> None:
+    if version > MAX_BIGINT:
+        raise PoisonMessage(f"version {version} does not fit a bigint")
+
+
+def _check_texts(*texts: str) -> None:
+    """PostgreSQL text cannot hold NUL characters."""
+    for text in texts:
+        if "\x00" in text:
+            raise PoisonMessage(f"text contains a NUL character: {text[:40]!r}")
+
+
+# -- running -----------------------------------------------------------------------------
+
+
+def build_persist_worker(
+    client: redis.Redis,
+    pool: asyncpg.Pool,
+    names: StreamNames,
+    settings: ConsumerSettings,
+    *,
+    tracker: JobTracker | None = None,
+) -> StreamWorker[Envelope]:
+    """The persist stage's stream worker over an open Redis client and pool."""
+    tracker = tracker or JobTracker(client, names)
+    handler = PersistHandler(DocumentStore(pool), tracker)
+    return StreamWorker[Envelope](
+        client,
+        names,
+        names.embedded,
+        PERSISTER_GROUP,
+        handler,
+        settings,
+        stage=STAGE,
+        dead_letter_ops=tracker.dead_letter_ops(STAGE),
+    )
+
+
+async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -> RunStats:
+    """Run the persist stage until ``stop`` is set (or, with ``burst``, until the stream
+    has nothing left): connect, migrate, consume, close."""
+    client = create_redis(settings.redis)
+    try:
+        pool = await connect_pool(settings.postgres, stop)
+        if pool is None:
+            return RunStats()
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn, settings.postgres.database_schema)
+            worker = build_persist_worker(client, pool, settings.redis.names, settings.consumer)
+            return await worker.run(stop, burst=burst)
+        finally:
+            await _close_pool(pool)
+    finally:
+        await client.aclose()
+
+
+async def _close_pool(pool: asyncpg.Pool, timeout_s: float = 10.0) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), timeout_s)
+    except TimeoutError:
+        log.warning("postgres pool did not close in time; terminating its connections")
+        pool.terminate()

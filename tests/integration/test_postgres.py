@@ -1,0 +1,340 @@
+"""The PostgreSQL adapter on the real server: migrations (once, idempotent, concurrent,
+history checks) and the documents store (version guards, tombstones, reuse, chunk
+replacement, no deadlocks between overlapping batches, the rebuild iterator).
+
+Each test gets its own schema ``t_<random>`` in the database ``test``, dropped after."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import numpy as np
+import pytest
+
+from embedstream.adapters.postgres import (
+    ChunkRow,
+    DocumentStore,
+    DocumentWrite,
+    Migration,
+    MigrationError,
+    WriteResult,
+    available_migrations,
+    create_pool,
+    migrate,
+)
+from embedstream.adapters.postgres.model import StoredState, plan_document
+from embedstream.config import PostgresSettings
+
+pytestmark = pytest.mark.integration
+
+PG_DSN = os.environ.get(
+    "EMBEDSTREAM_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+DIM = 4
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def pool(schema: str) -> AsyncIterator[asyncpg.Pool]:
+    await migrate(PG_DSN, schema)
+    settings = PostgresSettings(database_url=PG_DSN, database_schema=schema, pool_max_size=4)
+    pg = await create_pool(settings)
+    yield pg
+    await pg.close()
+
+
+@pytest.fixture
+def store(pool: asyncpg.Pool) -> DocumentStore:
+    return DocumentStore(pool)
+
+
+def vector(seed: int) -> bytes:
+    return np.random.default_rng(seed).standard_normal(DIM).astype("<f4").tobytes()
+
+
+def upsert(
+    doc: str,
+    version: int,
+    chunks: int = 2,
+    *,
+    text: str = "hello",
+    job: str = "j",
+    reused: bool = False,
+    meta: str = "{}",
+) -> DocumentWrite:
+    return DocumentWrite(
+        job_id=job,
+        document_id=doc,
+        version=version,
+        reused=reused,
+        content_hash=f"h:{text}",
+        text=text,
+        metadata_json=meta,
+        model="m",
+        dim=DIM,
+        chunk_count=chunks,
+        chunks=()
+        if reused
+        else tuple(
+            ChunkRow(i, f"{doc}:{i}", f"{text} {i}", vector(version * 100 + i))
+            for i in range(chunks)
+        ),
+    )
+
+
+def delete(doc: str, version: int, *, job: str = "j") -> DocumentWrite:
+    return DocumentWrite(job_id=job, document_id=doc, version=version, deleted=True)
+
+
+# -- migrations ------------------------------------------------------------------------
+
+
+async def tables(schema: str) -> set[str]:
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        rows = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
+        )
+        return {row["table_name"] for row in rows}
+    finally:
+        await conn.close()
+
+
+async def test_migrations_apply_once_then_nothing(schema: str) -> None:
+    assert await migrate(PG_DSN, schema) == ["0001_initial"]
+    assert await migrate(PG_DSN, schema) == []
+    assert await tables(schema) == {"schema_migrations", "documents", "chunks", "job_documents"}
+
+
+async def test_migrate_over_an_open_connection(schema: str) -> None:
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        assert await migrate(conn, schema) == ["0001_initial"]
+        assert await migrate(conn, schema) == []
+        # the session lock was released: another session can take it at once
+        key = "embedstream.migrate:" + schema
+        assert await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key)
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_migrations_apply_each_file_once(schema: str) -> None:
+    results = await asyncio.gather(*(migrate(PG_DSN, schema) for _ in range(6)))
+    assert sorted(results) == [[]] * 5 + [["0001_initial"]]
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        assert await conn.fetchval(f'SELECT count(*) FROM "{schema}".schema_migrations') == 1
+    finally:
+        await conn.close()
+
+
+async def test_new_migrations_apply_in_order_and_edited_ones_are_refused(schema: str) -> None:
+    shipped = available_migrations()
+    assert [m.id for m in shipped][:1] == ["0001_initial"]
+    await migrate(PG_DSN, schema)
+    extra = [
+        Migration(3, "third", "ALTER TABLE documents ADD COLUMN c3 integer"),
+        Migration(2, "second", "ALTER TABLE documents ADD COLUMN c2 integer"),
+    ]
+    ordered = sorted([*shipped, *extra], key=lambda m: m.version)
+    assert await migrate(PG_DSN, schema, migrations=ordered) == ["0002_second", "0003_third"]
+    edited = [*shipped, Migration(2, "second", "SELECT 1"), extra[0]]
+    with pytest.raises(MigrationError, match="0002_second was changed"):
+        await migrate(PG_DSN, schema, migrations=edited)
+
+
+async def test_a_failing_migration_leaves_nothing_behind(schema: str) -> None:
+    await migrate(PG_DSN, schema)
+    broken = [
+        *available_migrations(),
+        Migration(2, "broken", "CREATE TABLE half (x int); SELECT no_such_function()"),
+    ]
+    with pytest.raises(asyncpg.UndefinedFunctionError):
+        await migrate(PG_DSN, schema, migrations=broken)
+    assert "half" not in await tables(schema)
+    assert await migrate(PG_DSN, schema) == []
+
+
+async def test_schema_names_are_quoted() -> None:
+    odd = f'T "odd" {uuid.uuid4().hex[:6]}'
+    try:
+        assert await migrate(PG_DSN, odd) == ["0001_initial"]
+        settings = PostgresSettings(database_url=PG_DSN, database_schema=odd)
+        pg = await create_pool(settings)
+        try:
+            assert await DocumentStore(pg).write([upsert("a", 1)]) == [WriteResult.APPLIED]
+        finally:
+            await pg.close()
+    finally:
+        conn = await asyncpg.connect(PG_DSN)
+        await conn.execute('DROP SCHEMA IF EXISTS "{}" CASCADE'.format(odd.replace('"', '""')))
+        await conn.close()
+
+
+# -- planning (pure) -------------------------------------------------------------------
+
+
+def test_plan_resolves_a_batch_like_one_message_at_a_time() -> None:
+    full, reused = upsert("d", 2, text="a"), upsert("d", 3, text="a", reused=True, meta='{"x":1}')
+    plan = plan_document(None, [(0, reused), (1, full)])
+    assert plan.results == {0: WriteResult.APPLIED, 1: WriteResult.APPLIED}
+    assert plan.write is not None
+    assert not plan.write.reused
+    assert (plan.write.version, plan.write.metadata_json, plan.write.chunks) == (
+        3,
+        '{"x":1}',
+        full.chunks,
+    )
+    stored = StoredState(5, False, "h:a")
+    plan = plan_document(stored, [(0, full), (1, delete("d", 4)), (2, delete("d", 6))])
+    assert plan.results == {0: WriteResult.STALE, 1: WriteResult.STALE, 2: WriteResult.APPLIED}
+    plan = plan_document(StoredState(1, True, None), [(0, upsert("d", 2, reused=True))])
+    assert plan == type(plan)(None, {0: WriteResult.CONFLICT})
+
+
+# -- the store -------------------------------------------------------------------------
+
+
+async def test_upsert_stores_document_chunks_and_job(store: DocumentStore) -> None:
+    assert await store.write([upsert("a", 10, chunks=3, meta='{"lang":"en"}')]) == [
+        WriteResult.APPLIED
+    ]
+    doc = await store.get_document("a")
+    assert doc is not None
+    assert (doc.version, doc.deleted, doc.text, doc.chunk_count, doc.dim) == (
+        10,
+        False,
+        "hello",
+        3,
+        4,
+    )
+    assert doc.metadata_json == '{"lang": "en"}'
+    chunks = await store.get_chunks("a")
+    assert [(c.idx, c.chunk_id, c.text) for c in chunks] == [
+        (i, f"a:{i}", f"hello {i}") for i in range(3)
+    ]
+    for c in chunks:
+        expected = np.frombuffer(vector(1000 + c.idx), dtype="<f4")
+        np.testing.assert_array_equal(c.vector, expected)
+    row = await store.pool.fetchrow("SELECT * FROM job_documents")
+    assert (row["job_id"], row["document_id"], row["version"], row["kind"], row["applied"]) == (
+        "j",
+        "a",
+        10,
+        "upsert",
+        True,
+    )
+
+
+async def test_versions_never_go_backwards(store: DocumentStore) -> None:
+    assert await store.write([upsert("a", 5, chunks=4)]) == [WriteResult.APPLIED]
+    assert await store.write([upsert("a", 4, chunks=1, text="old")]) == [WriteResult.STALE]
+    assert await store.write([upsert("a", 5, chunks=1, text="same")]) == [WriteResult.STALE]
+    assert await store.write([delete("a", 3)]) == [WriteResult.STALE]
+    doc = await store.get_document("a")
+    assert doc is not None
+    assert (doc.version, doc.text, doc.chunk_count) == (5, "hello", 4)
+    assert len(await store.get_chunks("a")) == 4
+    assert await store.write([delete("a", 7)]) == [WriteResult.APPLIED]
+    assert await store.write([upsert("a", 6)]) == [WriteResult.STALE]
+    doc = await store.get_document("a")
+    assert doc is not None
+    assert (doc.version, doc.deleted, doc.text) == (7, True, None)
+    assert await store.get_chunks("a") == []
+
+
+async def test_shrinking_removes_surplus_chunks(store: DocumentStore) -> None:
+    await store.write([upsert("a", 1, chunks=5)])
+    await store.write([upsert("a", 2, chunks=2, text="short")])
+    assert [c.text for c in await store.get_chunks("a")] == ["short 0", "short 1"]
+
+
+async def test_one_batch_applies_the_newest_message_per_document(store: DocumentStore) -> None:
+    batch = [upsert("a", 3, chunks=3), upsert("a", 1), delete("b", 2), upsert("b", 4, chunks=1)]
+    results = await store.write(batch)
+    # resolved as if one at a time in version order, whatever the batching: a:1 and b:2
+    # count as taken effect (then replaced in the same batch); only a:3 and b:4 are written
+    assert results == [WriteResult.APPLIED] * 4
+    assert await store.write([upsert("a", 2)]) == [WriteResult.STALE]
+    a, b = await store.get_document("a"), await store.get_document("b")
+    assert a is not None
+    assert b is not None
+    assert (a.version, a.chunk_count, b.version, b.deleted) == (3, 3, 4, False)
+    assert len(await store.get_chunks("b")) == 1
+
+
+async def test_reused_updates_metadata_and_version_only(store: DocumentStore) -> None:
+    await store.write([upsert("a", 1, chunks=3)])
+    before = await store.get_chunks("a")
+    reused = upsert("a", 2, chunks=3, reused=True, meta='{"v":2}')
+    assert await store.write([reused]) == [WriteResult.APPLIED]
+    doc = await store.get_document("a")
+    assert doc is not None
+    assert (doc.version, doc.metadata_json) == (2, '{"v": 2}')
+    assert [(c.idx, c.embedding) for c in await store.get_chunks("a")] == [
+        (c.idx, c.embedding) for c in before
+    ]
+    other = upsert("a", 3, reused=True, text="different content")
+    assert await store.write([other, upsert("b", 1, reused=True)]) == [
+        WriteResult.CONFLICT,
+        WriteResult.CONFLICT,
+    ]
+    assert await store.get_document("b") is None
+    assert await store.pool.fetchval("SELECT count(*) FROM job_documents") == 1
+
+
+async def test_overlapping_batches_in_opposite_orders_do_not_deadlock(
+    store: DocumentStore,
+) -> None:
+    docs = [f"d{i:03d}" for i in range(60)]
+    for round_ in range(1, 6):
+        forward = [upsert(d, round_ * 2, chunks=2) for d in docs]
+        backward = [upsert(d, round_ * 2 + 1, chunks=1) for d in reversed(docs)]
+        await asyncio.gather(store.write(forward), store.write(backward), store.write(forward))
+    rows = await store.pool.fetch("SELECT version, chunk_count FROM documents")
+    assert {(r["version"], r["chunk_count"]) for r in rows} == {(11, 1)}
+    assert await store.pool.fetchval("SELECT count(*) FROM chunks") == 60
+
+
+async def test_batches_mixing_full_and_reused_writes_do_not_deadlock(
+    store: DocumentStore,
+) -> None:
+    # full upserts and reused ones are two statements: without the up-front document
+    # locks, these two batches would lock a then b, and b then a
+    docs = [f"d{i:03d}" for i in range(40)]
+    await store.write([upsert(d, 1) for d in docs])
+    half = len(docs) // 2
+    for round_ in range(1, 6):
+        v = round_ * 10
+        one = [upsert(d, v) for d in docs[:half]] + [
+            upsert(d, v + 1, reused=True) for d in docs[half:]
+        ]
+        two = [upsert(d, v + 2) for d in docs[half:]] + [
+            upsert(d, v + 3, reused=True) for d in docs[:half]
+        ]
+        await asyncio.gather(store.write(one), store.write(two))
+    assert await store.pool.fetchval("SELECT count(*) FROM chunks") == 80
+
+
+async def test_iter_live_chunks_pages_through_live_documents(store: DocumentStore) -> None:
+    await store.write([upsert(f"d{i}", 1, chunks=3) for i in range(5)] + [delete("d2", 2)])
+    batches = [batch async for batch in store.iter_live_chunks(batch_size=4)]
+    assert [len(b) for b in batches] == [4, 4, 4]
+    keys = [(c.document_id, c.idx) for b in batches for c in b]
+    assert keys == [(f"d{i}", n) for i in (0, 1, 3, 4) for n in range(3)]
+    assert all(c.vector.shape == (DIM,) and c.model == "m" for b in batches for c in b)
+    assert await store.count_live_chunks() == 12
