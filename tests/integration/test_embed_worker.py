@@ -1,0 +1,425 @@
+"""The embed worker on the real Redis with the real all-MiniLM-L6-v2 model, run in burst
+mode: commands on the ingest stream become events on the embedded stream."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import redis.asyncio as redis
+from tests.conftest import REDIS_URL
+
+from embedstream.adapters.embedder import PACKAGED_MODEL_NAME, Embedder
+from embedstream.adapters.jobs import JobStatus, JobTracker, Submission
+from embedstream.config import ConsumerSettings, EmbedSettings, Settings
+from embedstream.schemas.commands import (
+    DOCUMENT_DELETE,
+    DOCUMENT_UPSERT,
+    DocumentDelete,
+    DocumentUpsert,
+)
+from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.events import (
+    DOCUMENT_EMBEDDED,
+    DOCUMENT_REMOVED,
+    DocumentEmbedded,
+    DocumentRemoved,
+)
+from embedstream.schemas.vectors import decode_vector
+from embedstream.streams.messages import Ack, Message
+from embedstream.streams.names import StreamNames, stream_id_to_version
+from embedstream.streams.runner import RunStats
+from embedstream.workers import embed as embed_worker
+from embedstream.workers.embed import build_embed_worker
+
+pytestmark = pytest.mark.integration
+
+LONG_TEXT = " ".join(
+    f"Paragraph {i}: Redis Streams deliver commands to consumer groups, and the embed "
+    "worker turns each document into overlapping token windows before encoding them."
+    for i in range(40)
+)
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Iterator[Embedder]:
+    """The real model, loaded once per test session."""
+    loaded = Embedder.load(EmbedSettings())
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture
+def tracker(redis_client: redis.Redis, names: StreamNames) -> JobTracker:
+    return JobTracker(redis_client, names)
+
+
+async def submit(
+    tracker: JobTracker, commands: list[DocumentUpsert | DocumentDelete | Envelope]
+) -> str:
+    """One job with these commands (an ``Envelope`` goes in as it is)."""
+    job_id = f"job-{uuid.uuid4().hex[:8]}"
+    subs: list[Submission] = []
+    for i, command in enumerate(commands):
+        if isinstance(command, Envelope):
+            subs.append(Submission(command.subject or f"raw{i}", "upsert", command))
+            continue
+        command = command.model_copy(update={"job_id": job_id})
+        kind = "upsert" if isinstance(command, DocumentUpsert) else "delete"
+        etype = DOCUMENT_UPSERT if kind == "upsert" else DOCUMENT_DELETE
+        envelope = Envelope.wrap(etype, command, source="test", subject=command.document_id)
+        subs.append(Submission(command.document_id, kind, envelope))
+    await tracker.submit(job_id, subs)
+    return job_id
+
+
+def upsert(document_id: str, text: str, **metadata: str | int) -> DocumentUpsert:
+    return DocumentUpsert(job_id="-", document_id=document_id, text=text, metadata=metadata)
+
+
+async def run_worker(
+    client: redis.Redis,
+    names: StreamNames,
+    embedder: Embedder,
+    settings: ConsumerSettings,
+    embed: EmbedSettings | None = None,
+) -> RunStats:
+    worker = build_embed_worker(client, names, embedder, settings, embed)
+    return await asyncio.wait_for(worker.run(burst=True), 120)
+
+
+async def events(client: redis.Redis, names: StreamNames) -> list[Envelope]:
+    return [Envelope.from_fields(f) for _, f in await client.xrange(names.embedded)]
+
+
+async def embedded(client: redis.Redis, names: StreamNames) -> dict[str, DocumentEmbedded]:
+    """The latest document.embedded event per document."""
+    out: dict[str, DocumentEmbedded] = {}
+    for env in await events(client, names):
+        if env.type == DOCUMENT_EMBEDDED:
+            event = env.payload(DocumentEmbedded)
+            assert env.subject == event.document_id
+            out[event.document_id] = event
+    return out
+
+
+async def versions(tracker: JobTracker, job_id: str) -> dict[str, int]:
+    status = await tracker.status(job_id)
+    assert status is not None
+    return {item.document_id: stream_id_to_version(item.version) for item in status.items}
+
+
+async def job(tracker: JobTracker, job_id: str) -> JobStatus:
+    status = await tracker.status(job_id)
+    assert status is not None
+    return status
+
+
+async def test_upserts_are_chunked_and_embedded_in_one_call(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    embedder: Embedder,
+    tracker: JobTracker,
+    fast_settings: ConsumerSettings,
+) -> None:
+    job_id = await submit(
+        tracker,
+        [upsert("long", LONG_TEXT, lang="en"), upsert("short", "Hello, vector world!", n=1)],
+    )
+    calls = embedder.stats.calls
+    stats = await run_worker(redis_client, names, embedder, fast_settings)
+
+    assert stats.acked == 2
+    assert embedder.stats.calls == calls + 1  # every chunk of the batch in one call
+    by_doc = await embedded(redis_client, names)
+    expected_versions = await versions(tracker, job_id)
+    long, short = by_doc["long"], by_doc["short"]
+    for event in (long, short):
+        assert event.job_id == job_id
+        assert event.model == PACKAGED_MODEL_NAME
+        assert event.dim == 384
+        assert event.reused is False
+        assert event.version == expected_versions[event.document_id]
+        assert event.chunk_count == len(event.chunks)
+        assert [c.id for c in event.chunks] == [
+            f"{event.document_id}:{i}" for i in range(event.chunk_count)
+        ]
+        assert [c.index for c in event.chunks] == list(range(event.chunk_count))
+    assert long.metadata == {"lang": "en"}
+    assert long.text == LONG_TEXT
+    assert long.chunk_count > 3
+    assert all(c.text in LONG_TEXT for c in long.chunks)
+    assert short.chunk_count == 1
+    assert short.chunks[0].text == "Hello, vector world!"
+
+    chunks = long.chunks + short.chunks
+    direct = embedder.model.encode([c.text for c in chunks], normalize_embeddings=True)
+    for chunk, reference in zip(chunks, direct, strict=True):
+        vector = decode_vector(chunk.vector, 384)
+        assert float(np.linalg.norm(vector)) == pytest.approx(1.0, abs=1e-4)
+        assert float(vector @ reference) == pytest.approx(1.0, abs=1e-4)
+
+    status = await job(tracker, job_id)
+    assert {item.document_id: item.stages for item in status.items} == {
+        "long": {"embed": "done"},
+        "short": {"embed": "done"},
+    }
+    assert await redis_client.xpending(names.ingest, "embedder") == {
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }
+
+
+async def test_delete_is_forwarded_with_its_version(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    embedder: Embedder,
+    tracker: JobTracker,
+    fast_settings: ConsumerSettings,
+) -> None:
+    job_id = await submit(tracker, [DocumentDelete(job_id="-", document_id="gone")])
+    calls = embedder.stats.calls
+    await run_worker(redis_client, names, embedder, fast_settings)
+
+    [env] = await events(redis_client, names)
+    assert env.type == DOCUMENT_REMOVED
+    assert env.subject == "gone"
+    removed = env.payload(DocumentRemoved)
+    assert removed == DocumentRemoved(
+        job_id=job_id, document_id="gone", version=(await versions(tracker, job_id))["gone"]
+    )
+    assert embedder.stats.calls == calls  # nothing to encode
+    stored = await redis_client.hget(names.key("embed", "hashes"), "gone")
+    assert stored is not None
+    assert stored.decode().startswith("deleted|")
+    assert (await job(tracker, job_id)).items[0].stages == {"embed": "done"}
+
+
+async def test_unchanged_text_is_reused_and_changed_text_is_embedded_again(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    embedder: Embedder,
+    tracker: JobTracker,
+    fast_settings: ConsumerSettings,
+) -> None:
+    await submit(tracker, [upsert("doc", LONG_TEXT, rev=1)])
+    await run_worker(redis_client, names, embedder, fast_settings)
+    first = (await embedded(redis_client, names))["doc"]
+
+    # same text, new metadata: reused, without encoding
+    calls, chunks = embedder.stats.calls, embedder.stats.chunks
+    job_id = await submit(tracker, [upsert("doc", LONG_TEXT, rev=2)])
+    await run_worker(redis_client, names, embedder, fast_settings)
+    assert (embedder.stats.calls, embedder.stats.chunks) == (calls, chunks)
+    reused = (await embedded(redis_client, names))["doc"]
+    assert reused.reused is True
+    assert reused.chunks == []
+    assert reused.chunk_count == first.chunk_count
+    assert reused.content_hash == first.content_hash
+    assert reused.metadata == {"rev": 2}
+    assert reused.text == LONG_TEXT
+    assert reused.version == (await versions(tracker, job_id))["doc"] > first.version
+    assert (await job(tracker, job_id)).items[0].stages == {"embed": "done"}
+
+    # changed text: embedded again
+    await submit(tracker, [upsert("doc", LONG_TEXT + " One more sentence.")])
+    await run_worker(redis_client, names, embedder, fast_settings)
+    changed = (await embedded(redis_client, names))["doc"]
+    assert embedder.stats.calls == calls + 1
+    assert changed.reused is False
+    assert changed.content_hash != first.content_hash
+    assert changed.chunk_count == len(changed.chunks) > 0
+
+    # deleted, then the same text again: embedded again (stores dropped the chunks)
+    await submit(tracker, [DocumentDelete(job_id="-", document_id="doc")])
+    await submit(tracker, [upsert("doc", LONG_TEXT + " One more sentence.")])
+    await run_worker(redis_client, names, embedder, fast_settings)
+    again = (await embedded(redis_client, names))["doc"]
+    assert again.reused is False
+    assert again.chunk_count == changed.chunk_count
+    assert embedder.stats.calls == calls + 2
+
+
+async def test_repeats_within_one_batch_are_embedded_once_and_never_reused(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    embedder: Embedder,
+    tracker: JobTracker,
+    fast_settings: ConsumerSettings,
+) -> None:
+    await submit(tracker, [upsert("a", "Same words."), upsert("b", "Same words.")])
+    await submit(tracker, [upsert("a", "Same words.")])
+    chunks = embedder.stats.chunks
+    await run_worker(redis_client, names, embedder, fast_settings)
+    evts = [e.payload(DocumentEmbedded) for e in await events(redis_client, names)]
+    assert [(e.document_id, e.reused, e.chunk_count) for e in evts] == [
+        ("a", False, 1),
+        ("b", False, 1),
+        ("a", False, 1),  # not reused: a's first embedding is not stored yet
+    ]
+    assert embedder.stats.chunks == chunks + 1  # one distinct text, one chunk encoded
+    assert evts[0].chunks[0].vector == evts[1].chunks[0].vector == evts[2].chunks[0].vector
+    assert evts[1].chunks[0].id == "b:0"
+
+
+async def test_poison_and_blank_documents_are_dead_lettered_alone(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    embedder: Embedder,
+    tracker: JobTracker,
+    fast_settings: ConsumerSettings,
+) -> None:
+    bad_payload = Envelope(
+        id="e-bad",
+        source="test",
+        type=DOCUMENT_UPSERT,
+        time="2026-01-01T00:00:00Z",
+        subject="bad",
+        data=b'{"job_id": "JOB", "document_id": "bad", "text": 42}',
+    )
+    job_id = await submit(
+        tracker,
+        [
+            upsert("first", "The first document is fine."),
+            bad_payload,
+            upsert("blank", " \n\t "),
+            upsert("last", "The last document is fine too."),
+        ],
+    )
+    # the raw envelope names its job: point it at the job just created
+    [(entry_id, fields)] = [
+        (i, f) for i, f in await redis_client.xrange(names.ingest) if f[b"id"] == b"e-bad"
+    ]
+    await redis_client.xdel(names.ingest, entry_id)
+    fields[b"data"] = fields[b"data"].replace(b"JOB", job_id.encode())
+    await redis_client.xadd(names.ingest, fields)
+    unknown = Envelope.wrap("document.frobnicate.v1", upsert("x", "y"), source="test")
+    await redis_client.xadd(names.ingest, unknown.to_fields())
+
+    stats = await run_worker(redis_client, names, embedder, fast_settings)
+    assert (stats.acked, stats.dead_lettered, stats.retried) == (2, 3, 0)
+    assert set(await embedded(redis_client, names)) == {"first", "last"}
+
+    dead = {f[b"id"].decode(): f for _, f in await redis_client.xrange(names.dlq)}
+    assert len(dead) == 3
+    by_subject = {f.get(b"subject", b"").decode(): f for f in dead.values()}
+    assert set(by_subject) == {"bad", "blank", ""}
+    assert by_subject["bad"][b"dlq_error_type"] == b"PoisonMessage"
+    assert b"text" in by_subject["bad"][b"dlq_error"]
+    assert by_subject["blank"][b"dlq_error_type"] == b"PermanentError"
+    assert b"whitespace" in by_subject["blank"][b"dlq_error"]
+    assert by_subject["blank"][b"dlq_stage"] == b"embed"
+    assert dead[unknown.id][b"dlq_error_type"] == b"PoisonMessage"
+    assert b"unknown command type" in dead[unknown.id][b"dlq_error"]
+
+    status = await job(tracker, job_id)
+    states = {item.document_id: (item.state, item.stages) for item in status.items}
+    assert states == {
+        "first": ("pending", {"embed": "done"}),
+        "bad": ("failed", {"embed": "failed"}),
+        "blank": ("failed", {"embed": "failed"}),
+        "last": ("pending", {"embed": "done"}),
+    }
+    assert status.failed == 2
+
+
+async def test_stored_hash_never_moves_backwards(
+    redis_client: redis.Redis, names: StreamNames, embedder: Embedder, tracker: JobTracker
+) -> None:
+    handler = embed_worker.EmbedHandler(redis_client, names, embedder, embedder.chunker(), tracker)
+    key = names.key("embed", "hashes")
+    big = stream_id_to_version("1767225600000-5")  # beyond a Lua double's exact range
+    for version, digest in [(big, "new"), (big - 1, "older"), (big, "same"), (big + 1, "newer")]:
+        stored = embed_worker.StoredEmbedding(digest, version, 3, "p")
+        async with redis_client.pipeline(transaction=True) as pipe:
+            await handler._store_op("doc", stored)(pipe)
+            await pipe.execute()
+    assert await redis_client.hget(key, "doc") == f"newer|{big + 1}|3|p".encode()
+
+
+async def test_run_loads_the_model_and_closes_what_it_opened(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    embedder: Embedder,
+    tracker: JobTracker,
+    fast_settings: ConsumerSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EMBEDSTREAM_REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("EMBEDSTREAM_STREAM_PREFIX", names.prefix)
+    settings = Settings()
+    settings.__dict__["consumer"] = fast_settings
+    opened: list[Embedder] = []
+
+    async def load(_: EmbedSettings) -> Embedder:  # the session's model, a fresh embedder
+        opened.append(
+            Embedder(
+                embedder.model,
+                embedder.tokenizer,
+                name=embedder.name,
+                dim=embedder.dim,
+                max_seq_length=embedder.max_seq_length,
+            )
+        )
+        return opened[-1]
+
+    monkeypatch.setattr(embed_worker, "load_embedder", load)
+    await submit(tracker, [upsert("one", "Run me once.")])
+    stats = await asyncio.wait_for(embed_worker.run(settings, asyncio.Event(), burst=True), 120)
+    assert stats.acked == 1
+    assert set(await embedded(redis_client, names)) == {"one"}
+    assert opened[0]._executor._shutdown  # closed in finally
+
+
+async def test_documents_busy_in_another_batch_are_not_reused(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    embedder: Embedder,
+    tracker: JobTracker,
+    fast_settings: ConsumerSettings,
+) -> None:
+    """A batch whose ack is not written yet may be about to change a document: another
+    batch of the same process embeds that document afresh instead of reusing."""
+    await submit(tracker, [upsert("doc", "Stable text.")])
+    await run_worker(redis_client, names, embedder, fast_settings)
+    handler = embed_worker.EmbedHandler(redis_client, names, embedder, embedder.chunker(), tracker)
+
+    def message(entry_id: str, command: DocumentUpsert | DocumentDelete) -> Message[Envelope]:
+        etype = DOCUMENT_UPSERT if isinstance(command, DocumentUpsert) else DOCUMENT_DELETE
+        envelope = Envelope.wrap(etype, command, source="test", subject=command.document_id)
+        return Message(entry_id, names.ingest, {}, envelope, 1)
+
+    acked = asyncio.Event()
+
+    async def first_batch() -> None:  # handled, its ack not yet written
+        await handler([message("9999999999998-0", DocumentDelete(job_id="j", document_id="doc"))])
+        await acked.wait()
+
+    first = asyncio.create_task(first_batch())
+    await asyncio.sleep(0.05)
+    # each batch runs in its own task, as in the runtime
+    [busy] = await asyncio.create_task(
+        handler([message("9999999999999-0", upsert("doc", "Stable text."))])
+    )
+    acked.set()
+    await first
+    [free] = await asyncio.create_task(
+        handler([message("9999999999999-1", upsert("doc", "Stable text."))])
+    )
+    assert isinstance(busy, Ack)
+    assert isinstance(free, Ack)
+    assert reused_flag(busy) is False
+    assert reused_flag(free) is True  # nothing busy, the stored hash still matches
+
+
+def reused_flag(ack: Ack) -> bool:
+    [publish] = ack.publish
+    fields = {
+        k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in publish.fields.items()
+    }
+    return Envelope.from_fields(fields).payload(DocumentEmbedded).reused
