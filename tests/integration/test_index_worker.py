@@ -1,0 +1,757 @@
+"""The index worker on the real Redis and a real Chroma (PersistentClient in tmp_path,
+and once a ``chroma run`` server): ids and metadata, shrink, delete, per-document order
+across versions, batches and replicas, model mismatch, reused embeddings, poison,
+busy locks and a cosine query.
+
+Events are produced here directly on ``{prefix}:embedded``; jobs are submitted with
+``JobTracker.submit`` so the index stage marks are checked too."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import chromadb
+import httpx
+import numpy as np
+import pytest
+import redis.asyncio as redis
+from chromadb.config import Settings as ChromaClientSettings
+from redis.exceptions import ResponseError
+from tests.conftest import REDIS_URL
+from tests.support.streams import wait_until
+
+from embedstream.adapters import chroma as chroma_adapter
+from embedstream.adapters.chroma import ChromaIndex, DocumentWrite
+from embedstream.adapters.jobs import JobTracker, Submission
+from embedstream.config import ChromaSettings, ConsumerSettings, Settings
+from embedstream.schemas.commands import (
+    DOCUMENT_DELETE,
+    DOCUMENT_UPSERT,
+    DocumentDelete,
+    DocumentUpsert,
+    MetadataValue,
+)
+from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.events import (
+    DOCUMENT_EMBEDDED,
+    DOCUMENT_REMOVED,
+    DocumentEmbedded,
+    DocumentRemoved,
+    EmbeddedChunk,
+)
+from embedstream.schemas.vectors import decode_vector, encode_vector
+from embedstream.streams.names import INDEXER_GROUP, StreamNames
+from embedstream.streams.runner import RunStats
+from embedstream.workers import index as index_worker
+from embedstream.workers.index import build_index_worker
+
+pytestmark = pytest.mark.integration
+
+DIM = 8
+MODEL = "test-model"
+COLLECTION = "test-index"
+rng = np.random.default_rng(7)
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def unit(vector: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
+    array = np.asarray(vector, dtype=np.float32)
+    return (array / np.linalg.norm(array)).astype(np.float32)
+
+
+def embedded(
+    job_id: str,
+    document_id: str,
+    version: int,
+    texts: Sequence[str] = ("alpha", "beta"),
+    *,
+    metadata: dict[str, MetadataValue] | None = None,
+    model: str = MODEL,
+    dim: int = DIM,
+    vectors: Sequence[Any] | None = None,
+    reused: bool = False,
+    content_hash: str | None = None,
+) -> DocumentEmbedded:
+    vectors = vectors or [unit(rng.standard_normal(dim)) for _ in texts]
+    chunks = [
+        EmbeddedChunk(id=f"{document_id}:{n}", index=n, text=text, vector=encode_vector(vec))
+        for n, (text, vec) in enumerate(zip(texts, vectors, strict=True))
+    ]
+    return DocumentEmbedded(
+        job_id=job_id,
+        document_id=document_id,
+        version=version,
+        content_hash=content_hash or f"h-{'|'.join(texts)}",
+        model=model,
+        dim=dim,
+        text=" ".join(texts),
+        metadata=metadata or {},
+        chunk_count=len(texts),
+        reused=reused,
+        chunks=[] if reused else chunks,
+    )
+
+
+def reused(
+    job_id: str,
+    document_id: str,
+    version: int,
+    texts: Sequence[str],
+    metadata: dict[str, MetadataValue] | None = None,
+) -> DocumentEmbedded:
+    return embedded(job_id, document_id, version, texts, metadata=metadata, reused=True)
+
+
+def removed(job_id: str, document_id: str, version: int) -> DocumentRemoved:
+    return DocumentRemoved(job_id=job_id, document_id=document_id, version=version)
+
+
+async def publish(
+    client: redis.Redis, names: StreamNames, *events: DocumentEmbedded | DocumentRemoved
+) -> None:
+    for event in events:
+        kind = DOCUMENT_REMOVED if isinstance(event, DocumentRemoved) else DOCUMENT_EMBEDDED
+        env = Envelope.wrap(kind, event, source="tests", subject=event.document_id)
+        await client.xadd(names.embedded, env.to_fields())  # type: ignore[arg-type]
+
+
+async def submit(tracker: JobTracker, job_id: str, docs: dict[str, str]) -> None:
+    """A job with ``docs``: document id -> "upsert" | "delete"."""
+    subs = []
+    for doc, kind in docs.items():
+        payload: DocumentUpsert | DocumentDelete
+        if kind == "upsert":
+            payload, type_ = (
+                DocumentUpsert(job_id=job_id, document_id=doc, text="x"),
+                DOCUMENT_UPSERT,
+            )
+        else:
+            payload, type_ = DocumentDelete(job_id=job_id, document_id=doc), DOCUMENT_DELETE
+        env = Envelope.wrap(type_, payload, source="tests", subject=doc)
+        subs.append(Submission(doc, kind, env))
+    await tracker.submit(job_id, subs)
+
+
+async def dead_letters(client: redis.Redis, names: StreamNames) -> list[dict[bytes, bytes]]:
+    rows: Any = await client.xrange(names.dlq)
+    return [dict(fields) for _, fields in rows]
+
+
+async def index_stage(tracker: JobTracker, job_id: str) -> dict[str, str | None]:
+    status = await tracker.status(job_id)
+    assert status is not None
+    return {item.document_id: item.stages.get("index") for item in status.items}
+
+
+def records(index: ChromaIndex, document_id: str | None = None) -> dict[str, Any]:
+    """id -> {"metadata", "embedding", "document"} straight from the collection."""
+    where: Any = {"document_id": document_id} if document_id else None
+    reply: Any = index.collection.get(where=where, include=["metadatas", "embeddings", "documents"])
+    embeddings = reply["embeddings"] if reply["embeddings"] is not None else []
+    return {
+        rid: {"metadata": meta, "embedding": np.asarray(emb), "document": doc}
+        for rid, meta, emb, doc in zip(
+            reply["ids"],
+            reply["metadatas"] or [],
+            embeddings,
+            reply["documents"] or [None for _ in reply["ids"]],
+            strict=True,
+        )
+    }
+
+
+async def run_worker(
+    client: redis.Redis,
+    names: StreamNames,
+    cfg: ConsumerSettings,
+    index: ChromaIndex,
+    **kwargs: Any,
+) -> RunStats:
+    worker = build_index_worker(client, names, cfg, index, **kwargs)
+    return await asyncio.wait_for(worker.run(burst=True), 60)
+
+
+@pytest.fixture
+def tracker(redis_client: redis.Redis, names: StreamNames) -> JobTracker:
+    return JobTracker(redis_client, names)
+
+
+@pytest.fixture
+async def index(tmp_path: Path) -> AsyncIterator[ChromaIndex]:
+    settings = ChromaSettings(
+        chroma_path=tmp_path / "chroma", chroma_url=None, chroma_collection=COLLECTION
+    )
+    idx = ChromaIndex(settings)
+    await idx.open()
+    yield idx
+    idx.close()
+
+
+# -- writes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store_documents", [False, True])
+async def test_chunks_land_with_ids_and_metadata(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    fast_settings: ConsumerSettings,
+    index: ChromaIndex,
+    tracker: JobTracker,
+    store_documents: bool,
+) -> None:
+    await submit(tracker, "j1", {"doc-a": "upsert", "doc-b": "upsert"})
+    a = embedded("j1", "doc-a", 10, ("one", "two", "three"), metadata={"lang": "en", "n": 3})
+    b = embedded("j1", "doc-b", 11, ("solo",))
+    await publish(redis_client, names, a, b)
+
+    stats = await run_worker(
+        redis_client, names, fast_settings, index, store_documents=store_documents
+    )
+
+    assert (stats.acked, stats.dead_lettered, stats.retried) == (2, 0, 0)
+    stored = records(index)
+    assert set(stored) == {"doc-a:0", "doc-a:1", "doc-a:2", "doc-b:0"}
+    assert stored["doc-a:1"]["metadata"] == {
+        "lang": "en",
+        "n": 3,
+        "document_id": "doc-a",
+        "chunk_index": 1,
+        "version": 10,
+        "job_id": "j1",
+        "content_hash": a.content_hash,
+    }
+    for chunk in a.chunks:
+        got = stored[f"doc-a:{chunk.index}"]
+        expected = decode_vector(chunk.vector, DIM)
+        np.testing.assert_allclose(got["embedding"], expected, rtol=1e-6)
+        assert got["document"] == (chunk.text if store_documents else None)
+    assert await index_stage(tracker, "j1") == {"doc-a": "done", "doc-b": "done"}
+    assert index.collection.metadata == {"embedding_model": MODEL, "embedding_dim": DIM}
+    assert await redis_client.hgetall(names.key("index", "versions")) == {
+        b"doc-a": b"10",
+        b"doc-b": b"11",
+    }
+
+
+async def test_shrinking_document_loses_surplus_chunks(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    fast_settings: ConsumerSettings,
+    index: ChromaIndex,
+    tracker: JobTracker,
+) -> None:
+    await publish(redis_client, names, embedded("j1", "d", 1, ("a", "b", "c", "d")))
+    await run_worker(redis_client, names, fast_settings, index)
+    assert len(records(index, "d")) == 4
+
+    await publish(redis_client, names, embedded("j2", "d", 2, ("a2", "b2")))
+    await run_worker(redis_client, names, fast_settings, index)
+
+    stored = records(index, "d")
+    assert set(stored) == {"d:0", "d:1"}
+    assert {r["metadata"]["version"] for r in stored.values()} == {2}
+
+
+async def test_removal_deletes_every_chunk_and_only_that_document(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    fast_settings: ConsumerSettings,
+    index: ChromaIndex,
+    tracker: JobTracker,
+) -> None:
+    await publish(
+        redis_client,
+        names,
+        embedded("j1", "gone", 1, ("a", "b", "c")),
+        embedded("j1", "kept", 2, ("k",)),
+    )
+    await run_worker(redis_client, names, fast_settings, index)
+    await submit(tracker, "j2", {"gone": "delete"})
+    await publish(redis_client, names, removed("j2", "gone", 3))
+
+    stats = await run_worker(redis_client, names, fast_settings, index)
+
+    assert stats.acked == 1
+    assert set(records(index)) == {"kept:0"}
+    assert await index_stage(tracker, "j2") == {"gone": "done"}
+    tombstone = await redis_client.hget(names.key("index", "versions"), "gone")
+    assert tombstone == b"3"
+
+
+# -- order -------------------------------------------------------------------------
+
+
+async def test_older_versions_are_refused_after_newer_ones(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    fast_settings: ConsumerSettings,
+    index: ChromaIndex,
+    tracker: JobTracker,
+) -> None:
+    await publish(
+        redis_client,
+        names,
+        embedded("j2", "d", 20, ("new",)),
+        removed("j3", "e", 30),
+    )
+    await run_worker(redis_client, names, fast_settings, index)
+
+    # the older upsert of d, and an upsert of e older than e's delete, arrive late
+    await submit(tracker, "j1", {"d": "upsert", "e": "upsert"})
+    await publish(
+        redis_client,
+        names,
+        embedded("j1", "d", 10, ("old", "older")),
+        embedded("j1", "e", 29, ("resurrected",)),
+    )
+    stats = await run_worker(redis_client, names, fast_settings, index)
+
+    assert (stats.acked, stats.dead_lettered) == (2, 0)  # acknowledged as superseded
+    stored = records(index)
+    assert set(stored) == {"d:0"}
+    assert stored["d:0"]["metadata"]["version"] == 20
+    assert await index_stage(tracker, "j1") == {"d": "done", "e": "done"}
+    versions = await redis_client.hgetall(names.key("index", "versions"))
+    assert versions == {b"d": b"20", b"e": b"30"}
+
+
+async def test_one_batch_applies_only_the_newest_version(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    fast_settings: ConsumerSettings,
+    index: ChromaIndex,
+    tracker: JobTracker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writes: list[list[DocumentWrite]] = []
+    original = ChromaIndex.apply
+
+    async def spy(self: ChromaIndex, batch: Sequence[DocumentWrite]) -> dict[str, Exception]:
+        writes.append(list(batch))
+        return await original(self, batch)
+
+    monkeypatch.setattr(ChromaIndex, "apply", spy)
+    await publish(
+        redis_client,
+        names,
+        embedded("j1", "d", 3, ("three",)),
+        embedded("j1", "d", 1, ("one", "one")),
+        removed("j1", "x", 5),
+        embedded("j1", "d", 2, ("two", "two", "two")),
+        embedded("j1", "x", 4, ("x",)),
+    )
+    stats = await run_worker(redis_client, names, fast_settings, index)
+
+    assert (stats.batches, stats.acked) == (1, 5)
+    assert len(writes) == 1  # every document of the batch in one apply
+    assert sorted(type(w).__name__ for w in writes[0]) == ["RemoveDocument", "ReplaceDocument"]
+    stored = records(index)
+    assert set(stored) == {"d:0"}
+    assert stored["d:0"]["metadata"]["version"] == 3
+
+
+async def test_replicas_apply_each_document_in_version_order(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    fast_settings: ConsumerSettings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    applied: list[tuple[str, int]] = []
+    original = ChromaIndex.apply
+
+    async def slow_apply(self: ChromaIndex, batch: Sequence[DocumentWrite]) -> dict[str, Exception]:
+        await asyncio.sleep(0.01)
+        result = await original(self, batch)
+        for write in batch:
+            if write.document_id not in result:
+                applied.append((write.document_id, versions_of[id(write)]))
+        return result
+
+    # remember each write's version via the plans the handler builds
+    versions_of: dict[int, int] = {}
+    original_plan = index_worker.IndexHandler._plan_write
+
+    def plan_write(self: Any, plan: Any) -> DocumentWrite:
+        write = original_plan(self, plan)
+        versions_of[id(write)] = plan.latest.version
+        return write
+
+    monkeypatch.setattr(ChromaIndex, "apply", slow_apply)
+    monkeypatch.setattr(index_worker.IndexHandler, "_plan_write", plan_write)
+
+    docs = ["p", "q", "r"]
+    events: list[DocumentEmbedded | DocumentRemoved] = []
+    for version in range(1, 61):
+        doc = docs[version % 3]
+        if version % 7 == 0:
+            events.append(removed("j", doc, version))
+        else:
+            events.append(embedded("j", doc, version, [f"{doc}{version}"] * (1 + version % 4)))
+    await publish(redis_client, names, *events)
+
+    cfg = ChromaSettings(chroma_path=tmp_path / "c", chroma_url=None, chroma_collection=COLLECTION)
+    replicas = [ChromaIndex(cfg), ChromaIndex(cfg)]
+    for replica in replicas:
+        await replica.open()
+    try:
+        runs = [
+            run_worker(
+                redis_client,
+                names,
+                fast_settings.model_copy(
+                    # a visibility timeout well above the batch time keeps the runner's
+                    # lease renewal out of the way (see the report on its cancel handling)
+                    update={
+                        "consumer_name": f"r{n}",
+                        "batch_size": 4,
+                        "visibility_timeout_ms": 5_000,
+                    }
+                ),
+                replica,
+            )
+            for n, replica in enumerate(replicas)
+        ]
+        stats = await asyncio.gather(*runs)
+        assert sum(s.acked for s in stats) == 60
+        assert sum(s.dead_lettered for s in stats) == 0
+
+        for doc in docs:
+            versions = [v for d, v in applied if d == doc]
+            assert versions == sorted(versions), f"{doc} went backwards: {versions}"
+            newest = max(e.version for e in events if e.document_id == doc)
+            stored = records(replicas[0], doc)
+            assert {r["metadata"]["version"] for r in stored.values()} == {newest}
+    finally:
+        for replica in replicas:
+            replica.close()
+
+
+async def test_busy_document_lock_is_retried_then_written(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    fast_settings: ConsumerSettings,
+    index: ChromaIndex,
+) -> None:
+    await redis_client.set(names.key("index", "lock", "d"), "someone-else", px=100)
+    await publish(redis_client, names, embedded("j", "d", 1, ("a",)))
+    cfg = fast_settings.model_copy(update={"max_deliveries": 10})
+
+    stats = await run_worker(redis_client, names, cfg, index, lock_wait_s=0.01)
+
+    assert stats.retried >= 1
+    assert (stats.acked, stats.dead_lettered) == (1, 0)
+    assert set(records(index)) == {"d:0"}
+    assert await redis_client.get(names.key("index", "lock", "d")) is None
+
+
+# -- model, reuse, poison ----------------------------------------------------------
+
+
+async def test_other_model_is_dead_lettered(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    fast_settings: ConsumerSettings,
+    index: ChromaIndex,
+    tracker: JobTracker,
+) -> None:
+    await publish(redis_client, names, embedded("j1", "d", 1, ("a",)))
+    await run_worker(redis_client, names, fast_settings, index)
+    await submit(tracker, "j2", {"e": "upsert"})
+    await publish(redis_client, names, embedded("j2", "e", 2, ("b",), model="other-model", dim=4))
+
+    stats = await run_worker(redis_client, names, fast_settings, index)
+
+    assert (stats.acked, stats.dead_lettered) == (0, 1)
+    [fields] = await dead_letters(redis_client, names)
+    error = fields[b"dlq_error"].decode()
+    for needed in ("test-model", "other-model", "EMBEDSTREAM_CHROMA_COLLECTION", "reindex"):
+        assert needed in error
+    assert fields[b"dlq_stage"] == b"index"
+    assert fields[b"type"] == DOCUMENT_EMBEDDED.encode()
+    assert DocumentEmbedded.model_validate_json(fields[b"data"]).document_id == "e"
+    assert await index_stage(tracker, "j2") == {"e": "failed"}
+    assert set(records(index)) == {"d:0"}
+
+
+async def test_reused_embedding_updates_metadata_only(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    fast_settings: ConsumerSettings,
+    index: ChromaIndex,
+    tracker: JobTracker,
+) -> None:
+    texts = ("same", "text")
+    await publish(
+        redis_client, names, embedded("j1", "d", 1, texts, metadata={"lang": "en", "old": 1})
+    )
+    await run_worker(redis_client, names, fast_settings, index, store_documents=True)
+    before = records(index, "d")
+
+    await submit(tracker, "j2", {"d": "upsert"})
+    await publish(redis_client, names, reused("j2", "d", 2, texts, metadata={"lang": "fr"}))
+    stats = await run_worker(redis_client, names, fast_settings, index, store_documents=True)
+
+    assert (stats.acked, stats.retried) == (1, 0)
+    after = records(index, "d")
+    assert set(after) == set(before) == {"d:0", "d:1"}
+    for rid in after:
+        np.testing.assert_array_equal(after[rid]["embedding"], before[rid]["embedding"])
+        assert after[rid]["document"] == before[rid]["document"]
+        meta = after[rid]["metadata"]
+        assert meta["lang"] == "fr"
+        assert "old" not in meta
+        assert (meta["version"], meta["job_id"]) == (2, "j2")
+    assert await index_stage(tracker, "j2") == {"d": "done"}
+
+
+async def test_reused_embedding_waits_for_its_base(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    fast_settings: ConsumerSettings,
+    index: ChromaIndex,
+) -> None:
+    """A reuse read before the embedding it reuses is retried until that one is indexed."""
+    texts = ("same",)
+    await publish(redis_client, names, reused("j2", "late", 2, texts, {"tag": "v2"}))
+    cfg = fast_settings.model_copy(update={"max_deliveries": 50})
+    worker = asyncio.create_task(run_worker(redis_client, names, cfg, index))
+
+    async def retried() -> bool:
+        try:
+            rows = await redis_client.xpending_range(names.embedded, INDEXER_GROUP, "-", "+", 1)
+        except ResponseError:  # the group is not there yet
+            return False
+        return bool(rows) and int(rows[0]["times_delivered"]) >= 2
+
+    await wait_until(retried, what="the reuse to be retried")
+    await publish(redis_client, names, embedded("j1", "late", 1, texts, metadata={"tag": "v1"}))
+    stats = await worker
+
+    assert (stats.acked, stats.dead_lettered) == (2, 0)
+    assert stats.retried >= 1
+    [meta] = [r["metadata"] for r in records(index, "late").values()]
+    assert (meta["tag"], meta["version"], meta["job_id"]) == ("v2", 2, "j2")
+
+
+async def test_reused_embedding_folds_onto_its_base_in_one_batch(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    fast_settings: ConsumerSettings,
+    index: ChromaIndex,
+) -> None:
+    texts = ("same", "words")
+    base = embedded("j1", "fold", 1, texts, metadata={"tag": "v1"})
+    await publish(redis_client, names, base, reused("j2", "fold", 2, texts, {"tag": "v2"}))
+
+    stats = await run_worker(redis_client, names, fast_settings, index)
+
+    assert (stats.batches, stats.acked, stats.retried) == (1, 2, 0)
+    stored = records(index, "fold")
+    assert {(r["metadata"]["tag"], r["metadata"]["version"]) for r in stored.values()} == {
+        ("v2", 2)
+    }
+    np.testing.assert_allclose(
+        stored["fold:1"]["embedding"], decode_vector(base.chunks[1].vector, DIM), rtol=1e-6
+    )
+
+
+async def test_reuse_of_other_content_is_not_applied_to_old_chunks(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    fast_settings: ConsumerSettings,
+    index: ChromaIndex,
+) -> None:
+    """v1 (text A) is indexed, v2 (text B) is still on its way, v3 reuses B: v3 must not
+    relabel A's chunks as the current version."""
+    await publish(redis_client, names, embedded("j1", "d", 1, ("A",)))
+    await run_worker(redis_client, names, fast_settings, index)
+    await publish(redis_client, names, reused("j3", "d", 3, ("B",)))
+    cfg = fast_settings.model_copy(update={"max_deliveries": 2})
+
+    stats = await run_worker(redis_client, names, cfg, index)
+
+    assert stats.dead_lettered == 1  # B's chunks never arrived here
+    [meta] = [r["metadata"] for r in records(index, "d").values()]
+    assert meta["version"] == 1
+
+
+async def test_poison_is_dead_lettered_alone(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    fast_settings: ConsumerSettings,
+    index: ChromaIndex,
+) -> None:
+    good = embedded("j", "good", 1, ("fine",))
+    bad_vector = embedded("j", "bad", 2, ("x",)).model_copy(
+        update={
+            "chunks": [EmbeddedChunk(id="bad:0", index=0, text="x", vector=encode_vector([1.0]))]
+        }
+    )
+    wrong_count = embedded("j", "short", 3, ("x",)).model_copy(update={"chunk_count": 2})
+    await publish(redis_client, names, good, bad_vector, wrong_count)
+    unknown = Envelope.wrap("document.surprise.v1", good, source="tests", subject="good")
+    await redis_client.xadd(names.embedded, unknown.to_fields())  # type: ignore[arg-type]
+    invalid = Envelope.wrap(DOCUMENT_REMOVED, good, source="tests", subject="good")
+    await redis_client.xadd(names.embedded, invalid.to_fields())  # type: ignore[arg-type]
+
+    stats = await run_worker(redis_client, names, fast_settings, index)
+
+    assert (stats.acked, stats.dead_lettered, stats.retried) == (1, 4, 0)
+    errors = [f[b"dlq_error_type"] for f in await dead_letters(redis_client, names)]
+    assert errors == [b"PoisonMessage"] * 4
+    assert set(records(index)) == {"good:0"}
+
+
+async def test_query_by_embedding_finds_the_document_by_cosine(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    fast_settings: ConsumerSettings,
+    index: ChromaIndex,
+) -> None:
+    basis = np.eye(DIM, dtype=np.float32)
+    events = [
+        embedded("j", f"doc-{n}", n + 1, (f"text {n}",), vectors=[basis[n]]) for n in range(DIM)
+    ]
+    await publish(redis_client, names, *events)
+    await run_worker(redis_client, names, fast_settings, index)
+
+    # far from doc-5 in L2 (length 10) but pointing the same way: cosine finds doc-5
+    query = basis[5] * 10 + 0.5 * basis[2]
+    reply = index.collection.query(query_embeddings=[query], n_results=2, include=["metadatas"])
+    metadatas = reply["metadatas"]
+    assert metadatas is not None
+    assert [m["document_id"] for m in metadatas[0]] == ["doc-5", "doc-2"]
+    assert chroma_adapter.SPACE == "cosine"
+    config: Any = index.collection.configuration
+    assert config["hnsw"]["space"] == "cosine"
+
+
+# -- server mode -------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def chroma_server(tmp_path: Path) -> Iterator[str]:
+    binary = Path(sys.executable).parent / "chroma"
+    if not binary.exists():
+        found = shutil.which("chroma")
+        if found is None:
+            pytest.fail("the `chroma` command (from the chromadb wheel) is not installed")
+        binary = Path(found)
+    port = _free_port()
+    log = (tmp_path / "chroma-server.log").open("wb")
+    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
+    proc = subprocess.Popen(
+        [str(binary), "run", "--path", str(tmp_path / "server"), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"chroma server did not start: {(tmp_path / 'chroma-server.log').read_text()}"
+                )
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+async def test_run_against_a_chroma_server(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    prefix: str,
+    chroma_server: str,
+    tracker: JobTracker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in {
+        "EMBEDSTREAM_REDIS_URL": REDIS_URL,
+        "EMBEDSTREAM_STREAM_PREFIX": prefix,
+        "EMBEDSTREAM_CHROMA_URL": chroma_server,
+        "EMBEDSTREAM_CHROMA_COLLECTION": "server-test",
+        "EMBEDSTREAM_CONSUMER_NAME": "server-c1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    await submit(tracker, "j1", {"a": "upsert", "b": "delete"})
+    await publish(
+        redis_client,
+        names,
+        embedded("j0", "b", 1, ("to", "delete")),
+        embedded("j1", "a", 2, ("hello", "server"), metadata={"k": "v"}),
+        removed("j1", "b", 3),
+    )
+
+    stats = await asyncio.wait_for(index_worker.run(Settings(), asyncio.Event(), burst=True), 60)
+
+    assert (stats.acked, stats.dead_lettered) == (3, 0)
+    host, port = chroma_server.removeprefix("http://").split(":")
+    client = chromadb.HttpClient(
+        host=host, port=int(port), settings=ChromaClientSettings(anonymized_telemetry=False)
+    )
+    collection = client.get_collection("server-test", embedding_function=None)
+    got = collection.get(include=["metadatas"])
+    assert sorted(got["ids"]) == ["a:0", "a:1"]
+    assert got["metadatas"] is not None
+    assert {m["k"] for m in got["metadatas"]} == {"v"}
+    assert collection.metadata == {"embedding_model": MODEL, "embedding_dim": DIM}
+    assert await index_stage(tracker, "j1") == {"a": "done", "b": "done"}
+    pending = await redis_client.xpending(names.embedded, INDEXER_GROUP)
+    assert pending["pending"] == 0
+
+
+def test_adapter_functions_rebuild_a_collection(tmp_path: Path) -> None:
+    """What `embedstream reindex` uses: upsert_chunks and delete_documents, synchronously."""
+    client = chroma_adapter.create_client(
+        ChromaSettings(chroma_path=tmp_path / "c", chroma_url=None)
+    )
+    collection = chroma_adapter.open_collection(client, "rebuild")
+    chroma_adapter.bind_model(client, "rebuild", MODEL, DIM)
+    chunks = [
+        chroma_adapter.ChunkRecord(
+            id=chroma_adapter.chunk_id(doc, n),
+            embedding=unit(rng.standard_normal(DIM)),
+            metadata=chroma_adapter.chunk_metadata(
+                {}, document_id=doc, index=n, version=1, job_id="j", content_hash="h"
+            ),
+        )
+        for doc in ("a", "b")
+        for n in range(3)
+    ]
+    assert chroma_adapter.upsert_chunks(collection, chunks, batch_size=4) == 6
+    assert chroma_adapter.delete_documents(collection, ["a", "missing"]) == 3
+    assert sorted(collection.get()["ids"]) == ["b:0", "b:1", "b:2"]
+    with pytest.raises(chroma_adapter.ModelMismatch, match="other"):
+        chroma_adapter.bind_model(client, "rebuild", "other", DIM)
