@@ -12,10 +12,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -27,6 +27,7 @@ app = typer.Typer(
     help="embedstream: an event-driven embedding pipeline on Redis Streams.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,
 )
 dlq_app = typer.Typer(help="Inspect and replay dead letters.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
@@ -34,7 +35,10 @@ console = Console()
 T = TypeVar("T")
 
 
-WORKER_KINDS = ("embed", "index", "persist")
+class WorkerKind(Enum):
+    embed = "embed"
+    index = "index"
+    persist = "persist"
 
 
 def _settings() -> Settings:
@@ -69,9 +73,7 @@ def api() -> None:
 
 @app.command()
 def worker(
-    kind: Annotated[
-        str, typer.Argument(help="which stage to run", click_type=click.Choice(WORKER_KINDS))
-    ],
+    kind: Annotated[WorkerKind, typer.Argument(help="which stage to run")],
     burst: Annotated[bool, typer.Option(help="process what is there, then exit")] = False,
 ) -> None:
     """Run one worker replica. Start more processes to scale a stage."""
@@ -82,7 +84,7 @@ def worker(
 
         stop = asyncio.Event()
         install_stop_signals(stop)
-        module = importlib.import_module(f"embedstream.workers.{kind}")
+        module = importlib.import_module(f"embedstream.workers.{kind.value}")
         await module.run(settings, stop, burst=burst)
 
     asyncio.run(main())
@@ -214,7 +216,7 @@ def dev(
     """Run the API and one replica of each worker as child processes (Ctrl-C stops all)."""
     settings = _settings()
     commands = [["api"]] + [
-        ["worker", kind] for kind in WORKER_KINDS for _ in range(replicas)
+        ["worker", kind.value] for kind in WorkerKind for _ in range(replicas)
     ]
     env = dict(os.environ)
     procs: list[subprocess.Popen[bytes]] = []

