@@ -1,6 +1,6 @@
 """A realistic corpus without a download: technical English from the standard library's
 own documentation (module, class and function docstrings), cut into documents of
-200–1,000 words. Deterministic for a given Python version.
+200-1,000 words. Deterministic for a given Python version.
 
     python -m bench.corpus OUT_DIR --count 200
 """
@@ -14,12 +14,47 @@ import random
 import re
 from pathlib import Path
 
-MODULES = (
-    "argparse asyncio collections contextlib csv dataclasses datetime decimal difflib "
-    "email enum fractions functools heapq http.client inspect ipaddress itertools json "
-    "logging pathlib pickle queue random re shutil socket sqlite3 statistics string "
-    "subprocess tarfile textwrap threading typing unittest urllib.parse uuid zipfile"
-).split()
+MODULES = [
+    "argparse",
+    "asyncio",
+    "collections",
+    "contextlib",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "email",
+    "enum",
+    "fractions",
+    "functools",
+    "heapq",
+    "http.client",
+    "inspect",
+    "ipaddress",
+    "itertools",
+    "json",
+    "logging",
+    "pathlib",
+    "pickle",
+    "queue",
+    "random",
+    "re",
+    "shutil",
+    "socket",
+    "sqlite3",
+    "statistics",
+    "string",
+    "subprocess",
+    "tarfile",
+    "textwrap",
+    "threading",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "uuid",
+    "zipfile",
+]
 
 
 def _paragraphs() -> list[str]:
@@ -41,8 +76,10 @@ def _paragraphs() -> list[str]:
     return list(dict.fromkeys(paragraphs))
 
 
-def generate(count: int, *, seed: int = 7, min_words: int = 200, max_words: int = 1000) -> list[str]:
-    """``count`` documents, each 200–1,000 words of paragraphs drawn in order."""
+def generate(
+    count: int, *, seed: int = 7, min_words: int = 200, max_words: int = 1000
+) -> list[str]:
+    """``count`` documents, each 200-1,000 words of paragraphs drawn in order."""
     paragraphs = _paragraphs()
     rng = random.Random(seed)
     documents = []

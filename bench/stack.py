@@ -1,0 +1,136 @@
+"""Start and stop embedstream processes (API and workers) on this machine, isolated by a
+fresh key prefix, PostgreSQL schema and Chroma folder. Used by the end-to-end tests and
+the pipeline benchmark."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from embedstream.streams.names import StreamNames
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Stack:
+    """A running deployment: start and kill processes, reach the API and the stores."""
+
+    env: dict[str, str]
+    url: str
+    names: StreamNames
+    schema: str
+    chroma_path: Path
+    log_dir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, *args: str, **extra_env: str) -> subprocess.Popen[bytes]:
+        env = {**self.env, "EMBEDSTREAM_CONSUMER_NAME": name, **extra_env}
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "embedstream", *args], env=env, stdout=log, stderr=log
+        )
+        self.procs[name] = proc
+        return proc
+
+    def start_worker(self, kind: str, name: str | None = None) -> subprocess.Popen[bytes]:
+        return self.start(name or f"{kind}-{len(self.procs)}", "worker", kind)
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def stop_all(self) -> dict[str, int | None]:
+        codes: dict[str, int | None] = {}
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = None
+        self.procs.clear()
+        return codes
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+            for p in sorted(self.log_dir.glob("*.log"))
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise AssertionError(f"{name} exited with {proc.returncode}\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"the API did not become ready\n{self.logs()}")
+
+
+def stack_env(
+    tmp: Path, *, redis_url: str, database_url: str, **overrides: str
+) -> tuple[dict[str, str], StreamNames, str, int]:
+    """Environment for an isolated deployment: (env, names, schema, api port)."""
+    prefix = f"e2e{uuid.uuid4().hex[:10]}"
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    port = free_port()
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "ANONYMIZED_TELEMETRY": "False",
+        "EMBEDSTREAM_ENV": "test",
+        "EMBEDSTREAM_LOG_LEVEL": "INFO",
+        "EMBEDSTREAM_REDIS_URL": redis_url,
+        "EMBEDSTREAM_STREAM_PREFIX": prefix,
+        "EMBEDSTREAM_DATABASE_URL": database_url,
+        "EMBEDSTREAM_DATABASE_SCHEMA": schema,
+        "EMBEDSTREAM_CHROMA_PATH": str(tmp / "chroma"),
+        "EMBEDSTREAM_PORT": str(port),
+        **overrides,
+    }
+    env.pop("EMBEDSTREAM_CHROMA_URL", None)
+    return env, StreamNames(prefix), schema, port
+
+
+def create_stack(tmp: Path, *, redis_url: str, database_url: str, **overrides: str) -> Stack:
+    """Migrate a fresh schema and return a Stack ready to start processes."""
+    env, names, schema, port = stack_env(
+        tmp, redis_url=redis_url, database_url=database_url, **overrides
+    )
+    log_dir = tmp / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "embedstream", "migrate"], env=env, check=True, capture_output=True
+    )
+    return Stack(
+        env=env,
+        url=f"http://127.0.0.1:{port}",
+        names=names,
+        schema=schema,
+        chroma_path=tmp / "chroma",
+        log_dir=log_dir,
+    )
