@@ -164,9 +164,7 @@ def dlq_list(
     from embedstream.streams.dlq import list_dead_letters
 
     settings = _settings()
-    views = _with_redis(
-        settings, lambda c: list_dead_letters(c, settings.redis.names, count=count)
-    )
+    views = _with_redis(settings, lambda c: list_dead_letters(c, settings.redis.names, count=count))
     if as_json:
         print(json.dumps([asdict(v) for v in views], indent=2))
         return
@@ -215,17 +213,13 @@ def dev(
 ) -> None:
     """Run the API and one replica of each worker as child processes (Ctrl-C stops all)."""
     settings = _settings()
-    commands = [["api"]] + [
-        ["worker", kind.value] for kind in WorkerKind for _ in range(replicas)
-    ]
+    commands = [["api"]] + [["worker", kind.value] for kind in WorkerKind for _ in range(replicas)]
     env = dict(os.environ)
     procs: list[subprocess.Popen[bytes]] = []
     if settings.chroma.chroma_url is None:
         settings.chroma.chroma_path.mkdir(parents=True, exist_ok=True)
     for command in commands:
-        procs.append(
-            subprocess.Popen([sys.executable, "-m", "embedstream", *command], env=env)
-        )
+        procs.append(subprocess.Popen([sys.executable, "-m", "embedstream", *command], env=env))
     console.print(
         f"started api on http://{settings.api.host}:{settings.api.port} and "
         f"{len(procs) - 1} workers; Ctrl-C stops them"
@@ -272,6 +266,45 @@ def ingest(
     ok = ingest_folder(path, url=url, batch=batch, wait=wait, timeout=timeout, console=console)
     if not ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="what to look for")],
+    limit: Annotated[int, typer.Option(help="how many chunks")] = 5,
+) -> None:
+    """Embed a query and show the nearest chunks (Chroma) with their text (PostgreSQL)."""
+    from embedstream.search import search as run_search
+
+    settings = _settings()
+    hits = asyncio.run(run_search(settings, query, limit))
+    table = Table(title=f"nearest chunks to {query!r}")
+    for column in ("chunk", "distance", "text"):
+        table.add_column(column)
+    for hit in hits:
+        text = " ".join(hit.text.split())
+        table.add_row(hit.chunk_id, f"{hit.distance:.3f}", text[:160] + ("…" * (len(text) > 160)))
+    console.print(table)
+
+
+@app.command()
+def reindex(
+    batch: Annotated[int, typer.Option(help="chunks per Chroma upsert")] = 500,
+) -> None:
+    """Rebuild the Chroma collection from PostgreSQL. Stop the index workers first."""
+    from rich.progress import Progress
+
+    from embedstream.search import reindex as run_reindex
+
+    settings = _settings()
+    with Progress(console=console) as progress:
+        task = progress.add_task("reindexing", total=None)
+
+        def report(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        written = asyncio.run(run_reindex(settings, batch_size=batch, progress=report))
+    console.print(f"rebuilt {settings.chroma.chroma_collection!r}: {written} chunks")
 
 
 def main() -> None:

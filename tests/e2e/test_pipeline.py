@@ -4,6 +4,9 @@ and an embedded Chroma."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import time
 
 import httpx
@@ -79,6 +82,17 @@ async def test_two_hundred_documents_one_job_completed(
     records = chroma_records(stack.chroma_path)
     assert set(records) == expected
     assert all(records[c]["document_id"] == c.rsplit(":", 1)[0] for c in records)
+
+    # Chroma is derived: lose it, rebuild it from PostgreSQL, get the same records back.
+    shutil.rmtree(stack.chroma_path)
+    subprocess.run(
+        [sys.executable, "-m", "embedstream", "reindex"], env=stack.env, check=True, timeout=300
+    )
+    rebuilt = chroma_records(stack.chroma_path)
+    assert set(rebuilt) == expected
+    assert {k: (v["version"], v["content_hash"]) for k, v in rebuilt.items()} == {
+        k: (v["version"], v["content_hash"]) for k, v in records.items()
+    }
 
 
 async def test_update_shrink_and_delete(stack: Stack, results_reader: redis.Redis) -> None:

@@ -433,6 +433,16 @@ class ChromaIndex:
         if self._model != (model, dim):
             raise ModelMismatch(self.name, self._model, (model, dim))
 
+    async def reset(self) -> Collection:
+        """Drop the collection and create it empty (for a rebuild from PostgreSQL)."""
+        await self.open()
+        client = self._client
+        if client is None:
+            raise RuntimeError("ChromaIndex.open() was not awaited")
+        await self.call(client.delete_collection, self.name)
+        self._collection, self._model = None, None
+        return await self.open()
+
     async def apply(self, writes: Sequence[DocumentWrite]) -> dict[str, Exception]:
         return await self.call(apply_writes, self.collection, writes)
 

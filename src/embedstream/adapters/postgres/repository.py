@@ -91,7 +91,7 @@ WHERE j.version < EXCLUDED.version
 
 CHUNK_SELECT = """
 SELECT c.document_id, c.idx, c.chunk_id, c.text, c.embedding,
-       d.version, d.model, d.dim, d.metadata::text AS metadata_json
+       d.version, d.model, d.dim, d.metadata::text AS metadata_json, d.content_hash
 FROM chunks AS c JOIN documents AS d USING (document_id)
 """
 
@@ -133,6 +133,7 @@ class StoredChunk:
     model: str | None
     dim: int | None
     metadata_json: str
+    content_hash: str | None = None
 
     @property
     def vector(self) -> Vector:
