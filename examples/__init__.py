@@ -1,0 +1,1 @@
+"""Examples built on embedstream's public APIs."""

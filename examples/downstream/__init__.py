@@ -1,0 +1,1 @@
+"""A sample downstream service on the subscriber kit (``embedstream.subscribe``)."""
