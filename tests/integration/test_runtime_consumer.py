@@ -12,23 +12,9 @@ from typing import Any
 import pytest
 import redis as sync_redis
 import redis.asyncio as redis
-from tests.conftest import REDIS_URL
-from tests.support.streams import (
-    Item,
-    Recorder,
-    acked_counts,
-    acked_key,
-    consumer_names,
-    dlq_entries,
-    pending_count,
-    pending_rows,
-    produce,
-    settings,
-    wait_until,
-)
 
 from embedstream.config import ConsumerSettings
-from embedstream.errors import GroupMissingError, PermanentError, RetryableError
+from embedstream.errors import GroupMissingError, PermanentError, PoisonMessage, RetryableError
 from embedstream.schemas.envelope import Envelope, Fields
 from embedstream.streams.consumer import StreamConsumer
 from embedstream.streams.messages import (
@@ -42,6 +28,19 @@ from embedstream.streams.messages import (
 )
 from embedstream.streams.names import StreamNames
 from embedstream.streams.runner import StreamWorker
+from tests.conftest import REDIS_URL
+from tests.support.streams import (
+    Item,
+    Recorder,
+    acked_counts,
+    consumer_names,
+    dlq_entries,
+    pending_count,
+    pending_rows,
+    produce,
+    settings,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -198,20 +197,23 @@ async def test_exception_for_the_whole_batch_retries_then_acks(
     redis_client: redis.Redis, names: StreamNames, fast_settings: ConsumerSettings
 ) -> None:
     ids = await produce(redis_client, names.ingest, 3)
-    calls = 0
+    rec = Recorder(names, "c1")
+    failed: list[str] = []
 
     async def handler(messages: Sequence[Message[Envelope]]) -> Sequence[Outcome]:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
+        if not failed:
+            failed.extend(m.id for m in messages)
             raise ConnectionResetError("downstream hiccup")
-        return [Ack() for _ in messages]
+        return await rec(messages)
 
     await worker(redis_client, names, handler, fast_settings).run(burst=True)
-    assert calls == 2
+
+    assert failed == ids  # the first batch raised as a whole
+    # every message was delivered again (attempt 2) and acked once
+    assert {i: rec.attempts(i) for i in ids} == {i: [2] for i in ids}
+    assert await acked_counts(redis_client, names, "c1") == {i: 1 for i in ids}
     assert await pending_count(redis_client, names.ingest, GROUP) == 0
     assert await redis_client.xlen(names.dlq) == 0
-    assert len(ids) == 3
 
 
 # -- 5. delivery cap ----------------------------------------------------------------
@@ -256,21 +258,24 @@ async def test_entry_claimed_beyond_the_cap_is_dead_lettered_without_handling(
         names.ingest, GROUP, "crashed", 0, [ids[0]], idle=60_000, retrycount=3
     )
     await redis_client.xclaim(names.ingest, GROUP, "crashed", 0, [ids[1]], idle=60_000)
-    rows = {r["message_id"]: r["times_delivered"] for r in await pending_rows(
-        redis_client, names.ingest, GROUP
-    )}
+    rows = {
+        r["message_id"]: r["times_delivered"]
+        for r in await pending_rows(redis_client, names.ingest, GROUP)
+    }
     assert rows == {ids[0]: 3, ids[1]: 2}
 
+    [(_, original)] = await redis_client.xrange(names.ingest, ids[0], ids[0])
     rec = Recorder(names, "survivor")
     await worker(redis_client, names, rec, cfg).run(burst=True)
 
     assert rec.deliveries == [(ids[1], 3)]  # within the cap: handled on its 3rd delivery
-    dlq = await dlq_entries(redis_client, names)
+    dlq = await redis_client.xrange(names.dlq)
     assert len(dlq) == 1
-    assert dlq[0]["dlq_id"] == ids[0]
-    assert dlq[0]["dlq_error_type"] == "DeliveryLimitExceeded"
-    assert dlq[0]["dlq_attempts"] == "3"
-    assert dlq[0]["type"] == "test.item.v1"  # the original payload travels with it
+    fields = dlq[0][1]
+    assert fields[b"dlq_id"] == ids[0].encode()
+    assert fields[b"dlq_error_type"] == b"DeliveryLimitExceeded"
+    assert fields[b"dlq_attempts"] == b"3"
+    assert {k: fields[k] for k in original} == original  # the original entry travels with it
     assert await pending_count(redis_client, names.ingest, GROUP) == 0
 
 
@@ -287,7 +292,10 @@ async def test_dead_letter_ops_run_in_the_dead_letter_transaction(
 
     def ops(fields: Fields, error: BaseException) -> Sequence[TransactionOp]:
         seen.append((fields, error))
-        key = fields.get(b"subject", b"no-subject").decode()
+        try:
+            key = Envelope.from_fields(fields).subject or "no-subject"
+        except PoisonMessage:
+            key = "poison"
         return [lambda pipe: pipe.hset(jobs, key, type(error).__name__)]
 
     def decide(m: Message[Envelope]) -> Outcome | None:
@@ -300,12 +308,10 @@ async def test_dead_letter_ops_run_in_the_dead_letter_transaction(
     assert sorted(d["dlq_id"] for d in dlq) == sorted([ids[2], poison_id])
     assert await redis_client.hgetall(jobs) == {
         b"doc-2": b"PermanentError",
-        b"no-subject": b"PoisonMessage",
+        b"poison": b"PoisonMessage",
     }
     assert len(seen) == 2
-    assert await acked_counts(redis_client, names, "c1") == {
-        ids[0]: 1, ids[1]: 1, ids[3]: 1
-    }
+    assert await acked_counts(redis_client, names, "c1") == {ids[0]: 1, ids[1]: 1, ids[3]: 1}
 
 
 async def test_aborted_dead_letter_transaction_writes_neither_and_is_redelivered(
@@ -449,7 +455,8 @@ async def test_drain_timeout_hands_unfinished_entries_back(
 ) -> None:
     ids = await produce(redis_client, names.ingest, 3)
     rec = Recorder(names, "c1", delay=60)
-    cfg = settings("c1", fast_settings, drain_timeout_s=0.2)
+    # one slot, busy: stop must still start the drain window at once
+    cfg = settings("c1", fast_settings, drain_timeout_s=0.2, max_in_flight=1)
     stop = asyncio.Event()
     task = asyncio.create_task(worker(redis_client, names, rec, cfg).run(stop))
     await asyncio.wait_for(rec.started.wait(), 10)
@@ -464,6 +471,65 @@ async def test_drain_timeout_hands_unfinished_entries_back(
     rec2 = Recorder(names, "c2")
     await worker(redis_client, names, rec2, settings("c2", fast_settings)).run(burst=True)
     assert rec2.counts == {i: 1 for i in ids}
+    assert await pending_count(redis_client, names.ingest, GROUP) == 0
+
+
+async def test_drain_ends_a_handler_busy_with_redis_calls(
+    redis_client: redis.Redis, names: StreamNames, fast_settings: ConsumerSettings
+) -> None:
+    """A handler that keeps calling Redis: with redis-py's default socket_timeout a
+    cancellation landing in a call is often lost on Python 3.11 (the handler carries on),
+    so one cancel() is not enough. The drain must still end the batch and hand its
+    entries back."""
+    ids = await produce(redis_client, names.ingest, 3)
+    started = asyncio.Event()
+    calls = 0
+
+    async def busy(messages: Sequence[Message[Envelope]]) -> Sequence[Outcome]:
+        nonlocal calls
+        started.set()
+        while True:  # keeps working in small steps, each a Redis call
+            await redis_client.ping()
+            calls += 1
+            await asyncio.sleep(0.005)
+
+    cfg = settings("c1", fast_settings, drain_timeout_s=0.2, max_in_flight=1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker(redis_client, names, busy, cfg).run(stop))
+    await asyncio.wait_for(started.wait(), 10)
+    stats = await stop_after(task, stop)
+
+    assert stats.acked == 0
+    assert calls > 0
+    rows = await pending_rows(redis_client, names.ingest, GROUP)
+    assert sorted(r["message_id"] for r in rows) == ids
+    assert all(r["idle"] >= cfg.visibility_timeout_ms for r in rows)
+
+
+async def test_drain_timeout_during_the_ack_write_still_completes_the_write(
+    redis_client: redis.Redis, names: StreamNames, fast_settings: ConsumerSettings
+) -> None:
+    """The drain window ends while a handled batch is writing its acks: the write is
+    finished before ``run`` returns, so the batch is not handled a second time."""
+    ids = await produce(redis_client, names.ingest, 3)
+    rec = Recorder(names, "c1")
+    cfg = settings("c1", fast_settings, drain_timeout_s=0.1)
+    w = worker(redis_client, names, rec, cfg)
+    finish = w.consumer.finish
+    writing = asyncio.Event()
+
+    async def slow_finish(*args: Any) -> None:
+        writing.set()
+        await asyncio.sleep(0.5)
+        await finish(*args)
+
+    w.consumer.finish = slow_finish  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(w.run(stop))
+    await asyncio.wait_for(writing.wait(), 10)
+    await stop_after(task, stop)
+
+    assert await acked_counts(redis_client, names, "c1") == {i: 1 for i in ids}
     assert await pending_count(redis_client, names.ingest, GROUP) == 0
 
 
@@ -626,7 +692,3 @@ async def test_housekeeping_trims_in_a_running_worker(
     await wait_until(trimmed, what="housekeeping to trim the three acked by both groups")
     await stop_after(task, stop)
     assert [i.decode() for i, _ in await redis_client.xrange(stream)] == ids[3:]
-
-
-async def test_acked_key_helper_is_per_consumer(names: StreamNames) -> None:
-    assert acked_key(names, "a") != acked_key(names, "b")

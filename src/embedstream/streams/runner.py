@@ -119,31 +119,33 @@ class StreamWorker(Generic[T]):
         stop = stop or asyncio.Event()
         await self._setup(stop)
         in_flight: set[asyncio.Task[None]] = set()
-        slots = asyncio.Semaphore(self.settings.max_in_flight)
-        housekeeping = None if burst else asyncio.create_task(self._housekeeping(stop))
+        halt = asyncio.Event()  # ends housekeeping however the loop ends
+        housekeeping = None if burst else asyncio.create_task(self._housekeeping(halt))
         if burst:
             await self._housekeep_once()
         self.log.info("consumer started", burst=burst)
+        stopped = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
-                await slots.acquire()
-                if False:
-                    slots.release()
-                    break
+                if len(in_flight) >= self.settings.max_in_flight:
+                    # every slot busy: wait for a batch to end, or for stop (so the drain
+                    # window starts now, not after the slowest batch)
+                    await asyncio.wait({*in_flight, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                    continue
                 entries = await self._next_entries(stop, burst)
                 if not entries:
-                    slots.release()
                     if burst:
                         if await self._burst_finished(in_flight):
                             break
                         await asyncio.sleep(0.02)
                     continue
-                task = asyncio.create_task(self._process(entries))
+                task = asyncio.create_task(self._process_batch(entries))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
-                task.add_done_callback(lambda _t: slots.release())
         finally:
+            stopped.cancel()
             await self._drain(in_flight)
+            halt.set()
             if housekeeping is not None:
                 housekeeping.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -169,7 +171,7 @@ class StreamWorker(Generic[T]):
         count = self.settings.batch_size
         try:
             if not self._own_done:
-                own = await self.consumer.claim_own(count)
+                own = await self.consumer.claim_own(count, self._own_cursor)
                 if own:
                     self._own_cursor = own[-1][0]
                     return own
@@ -306,7 +308,7 @@ class StreamWorker(Generic[T]):
                 raise TypeError(f"handler returned {wrong[0]!r}, not Ack, Retry or DeadLetter")
             return outcomes
         except asyncio.CancelledError:
-            await asyncio.shield(self._hand_back(ids))
+            await _complete(self._hand_back(ids))
             raise
         except Exception as exc:
             self.log.exception("handler failed for the whole batch", messages=len(ready))
@@ -317,9 +319,15 @@ class StreamWorker(Generic[T]):
         """Keep entries owned (idle reset to 0) while the handler works on them."""
         interval = self.settings.visibility_timeout_ms / 3000
 
+        released = asyncio.Event()
+
         async def renew() -> None:
-            while True:
-                await asyncio.sleep(interval)
+            while not released.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval):
+                        await released.wait()
+                if released.is_set():
+                    return
                 try:
                     await self.consumer.set_idle(ids, 0)
                 except TRANSIENT as exc:
@@ -329,9 +337,11 @@ class StreamWorker(Generic[T]):
         try:
             yield
         finally:
+            # The event, not only cancel(): a cancellation can be lost inside a redis-py
+            # call (see _CANCEL_NOTE), and the renewer must end all the same.
+            released.set()
             renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            await asyncio.wait({renewer})  # unlike awaiting it, keeps our own cancellation
 
     async def _finish(self, done: list[tuple[str, Ack]], dead: list[Dead]) -> None:
         """Write acks, follow-ups and dead letters, retrying through short outages. If
@@ -351,7 +361,11 @@ class StreamWorker(Generic[T]):
                 await asyncio.sleep(backoff.next_delay())
 
     async def _schedule_retries(self, retries: list[tuple[str, int, BaseException]]) -> None:
+        """Postpone each entry by its backoff: its idle time is set so that it becomes
+        reclaimable (by any replica) once the backoff has passed. Entries with the same
+        backoff are postponed in one call, so they also come back together."""
         vis = self.settings.visibility_timeout_ms
+        by_idle: dict[int, list[str]] = {}
         for entry_id, attempt, error in retries:
             backoff = min(
                 self.settings.retry_backoff_max_ms,
@@ -365,8 +379,10 @@ class StreamWorker(Generic[T]):
                 error_type=type(error).__name__,
                 error=str(error),
             )
+            by_idle.setdefault(vis - backoff, []).append(entry_id)
+        for idle_ms, ids in by_idle.items():
             with contextlib.suppress(*TRANSIENT):
-                await self.consumer.set_idle([entry_id], vis - backoff)
+                await self.consumer.set_idle(ids, idle_ms)
 
     async def _hand_back(self, ids: list[str]) -> None:
         """Make unfinished entries reclaimable by any replica at once."""
@@ -379,19 +395,29 @@ class StreamWorker(Generic[T]):
             return
         self.log.info("draining", batches=len(in_flight))
         _, pending = await asyncio.wait(set(in_flight), timeout=self.settings.drain_timeout_s)
-        for task in pending:
-            task.cancel()
+        if not pending:
+            return
+        self.log.warning("drain timeout: handing back unfinished batches", batches=len(pending))
+        # Cancel, and cancel again while a batch is still running: a cancellation that
+        # lands inside a redis-py call can be lost (see _CANCEL_NOTE). Bounded: what is
+        # still running after the grace period is left pending, to be reclaimed.
+        grace_until = time.monotonic() + _CANCEL_GRACE_S
+        while pending and time.monotonic() < grace_until:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
         if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+            self.log.error("batches ignored cancellation; their entries stay pending")
 
     # -- housekeeping ----------------------------------------------------------------
 
-    async def _housekeeping(self, stop: asyncio.Event) -> None:
+    async def _housekeeping(self, halt: asyncio.Event) -> None:
         interval = max(1.0, self.settings.claim_interval_ms / 1000)
-        while not stop.is_set():
+        while not halt.is_set():
             await self._housekeep_once()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await halt.wait()
 
     async def _housekeep_once(self) -> None:
         try:
@@ -409,17 +435,32 @@ class StreamWorker(Generic[T]):
                 raise
 
 
+_CANCEL_GRACE_S = 5.0
+
+# _CANCEL_NOTE: with redis-py's default socket_timeout, every command is sent through
+# asyncio.wait_for, which on Python 3.11 drops a cancellation that arrives as the send
+# completes: the cancelled task just carries on. The runtime therefore never relies on a
+# single cancel() to stop its own tasks.
+
+
 async def _complete(write: Coroutine[Any, Any, None]) -> None:
-    """Run a write (acks, dead letters, retry schedules) to its end even when the batch is
-    cancelled at the end of a drain: the write is bounded by its own deadline, and
-    finishing it keeps a handled batch from being handled again."""
+    """Run a write (acks, dead letters, hand-backs, retry schedules) to its end even when
+    the batch is cancelled (end of a drain), then re-raise the cancellation. Each write
+    is bounded by its own deadline; finishing it keeps a handled batch from being handled
+    again."""
     task = asyncio.ensure_future(write)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await task
-        raise
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+            continue
+        break
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
