@@ -37,6 +37,12 @@ class Stack:
     chroma_path: Path
     log_dir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    api_key: str = ""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The credential for the API (an admin key of tenant ``bench``)."""
+        return {"X-API-Key": self.api_key}
 
     def start(self, name: str, *args: str, **extra_env: str) -> subprocess.Popen[bytes]:
         env = {**self.env, "EMBEDSTREAM_CONSUMER_NAME": name, **extra_env}
@@ -126,7 +132,16 @@ def create_stack(tmp: Path, *, redis_url: str, database_url: str, **overrides: s
     subprocess.run(
         [sys.executable, "-m", "embedstream", "migrate"], env=env, check=True, capture_output=True
     )
+    created = subprocess.run(
+        [sys.executable, "-m", "embedstream", "keys", "create", "--tenant", "bench",
+         "--scope", "admin", "--name", "stack"],
+        env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    api_key = created.stdout.strip().splitlines()[-1]
+    env["EMBEDSTREAM_API_KEY"] = api_key  # for `embedstream ingest`
+    env.setdefault("EMBEDSTREAM_RATE_LIMIT", "")  # benchmarks and tests poll freely
     return Stack(
+        api_key=api_key,
         env=env,
         url=f"http://127.0.0.1:{port}",
         names=names,

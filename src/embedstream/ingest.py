@@ -3,6 +3,7 @@ job results, with progress bars. A producer's tool: it speaks HTTP only."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,9 @@ def ingest_folder(
     if not files:
         console.print(f"[red]no .txt or .md files under {root}[/red]")
         return False
-    with httpx.Client(base_url=url, timeout=30.0) as client:
+    key = os.environ.get("EMBEDSTREAM_API_KEY", "")  # see `embedstream keys create`
+    headers = {"X-API-Key": key} if key else {}
+    with httpx.Client(base_url=url, timeout=30.0, headers=headers) as client:
         started = time.monotonic()
         jobs = post_batches(client, root, files, batch, console)
         console.print(f"posted {len(files)} documents in {len(jobs)} job(s)")

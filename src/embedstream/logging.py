@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from embedstream.redaction import install_stdlib_redaction, redact_secrets
+
 
 def configure_logging(level: str = "INFO", json: bool = False) -> None:
     """Configure structlog and the standard library once per process."""
@@ -24,6 +26,7 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    shared.append(redact_secrets)  # last before rendering: nothing escapes it
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -31,6 +34,7 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(name)s %(message)s")
+    install_stdlib_redaction()
     for noisy in ("httpx", "chromadb", "sentence_transformers", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
 

@@ -15,7 +15,6 @@ import httpx
 import pytest
 import redis.asyncio as redis
 from structlog.testing import capture_logs
-from tests.conftest import REDIS_URL
 
 from embedstream.adapters.jobs import JobTracker
 from embedstream.api.app import create_app
@@ -24,6 +23,8 @@ from embedstream.config import ApiSettings, RedisSettings, Settings
 from embedstream.schemas.commands import DocumentDelete, DocumentUpsert
 from embedstream.schemas.envelope import Envelope
 from embedstream.streams.names import StreamNames
+from tests.conftest import REDIS_URL
+from tests.integration.conftest import ApiKeys, with_key_store
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +34,8 @@ MAX_CHARS = 2_000
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-def make_settings(prefix: str, redis_url: str = REDIS_URL) -> Settings:
-    settings = Settings()
+def make_settings(prefix: str, keys: ApiKeys, redis_url: str = REDIS_URL) -> Settings:
+    settings = with_key_store(Settings(), keys.schema)
     settings.redis = RedisSettings(redis_url=redis_url, stream_prefix=prefix)
     settings.api = ApiSettings(
         max_body_bytes=MAX_BODY,
@@ -44,21 +45,25 @@ def make_settings(prefix: str, redis_url: str = REDIS_URL) -> Settings:
     return settings
 
 
-async def open_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def open_client(settings: Settings, key: str) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://testserver",
+            headers={"X-API-Key": key},  # documents:write and jobs:read
         ) as client,
     ):
         yield client
 
 
 @pytest.fixture
-async def client(prefix: str, redis_client: redis.Redis) -> AsyncIterator[httpx.AsyncClient]:
+async def client(
+    prefix: str, redis_client: redis.Redis, api_keys: ApiKeys
+) -> AsyncIterator[httpx.AsyncClient]:
     # redis_client first: its teardown removes this test's keys after the app stops
-    async for c in open_client(make_settings(prefix)):
+    async for c in open_client(make_settings(prefix, api_keys), api_keys.full):
         yield c
 
 
@@ -580,9 +585,11 @@ async def test_probes_answer_when_redis_is_up(client: httpx.AsyncClient) -> None
     )
 
 
-async def test_redis_down_is_503_with_retry_after(closed_port: int, prefix: str) -> None:
-    settings = make_settings(prefix, redis_url=f"redis://127.0.0.1:{closed_port}/0")
-    async for client in open_client(settings):
+async def test_redis_down_is_503_with_retry_after(
+    closed_port: int, prefix: str, api_keys: ApiKeys
+) -> None:
+    settings = make_settings(prefix, api_keys, redis_url=f"redis://127.0.0.1:{closed_port}/0")
+    async for client in open_client(settings, api_keys.full):
         healthz = await client.get("/healthz")
         readyz = await client.get("/readyz")
         post = await client.post("/v1/documents", json={"text": "x"})

@@ -114,16 +114,26 @@ async def tables(schema: str) -> set[str]:
         await conn.close()
 
 
+SHIPPED = [m.id for m in available_migrations()]
+NEXT = max(m.version for m in available_migrations()) + 1
+
+
 async def test_migrations_apply_once_then_nothing(schema: str) -> None:
-    assert await migrate(PG_DSN, schema) == ["0001_initial"]
+    assert await migrate(PG_DSN, schema) == SHIPPED
     assert await migrate(PG_DSN, schema) == []
-    assert await tables(schema) == {"schema_migrations", "documents", "chunks", "job_documents"}
+    assert await tables(schema) == {
+        "schema_migrations",
+        "documents",
+        "chunks",
+        "job_documents",
+        "api_keys",
+    }
 
 
 async def test_migrate_over_an_open_connection(schema: str) -> None:
     conn = await asyncpg.connect(PG_DSN)
     try:
-        assert await migrate(conn, schema) == ["0001_initial"]
+        assert await migrate(conn, schema) == SHIPPED
         assert await migrate(conn, schema) == []
         # the session lock was released: another session can take it at once
         key = "embedstream.migrate:" + schema
@@ -134,10 +144,11 @@ async def test_migrate_over_an_open_connection(schema: str) -> None:
 
 async def test_concurrent_migrations_apply_each_file_once(schema: str) -> None:
     results = await asyncio.gather(*(migrate(PG_DSN, schema) for _ in range(6)))
-    assert sorted(results) == [[]] * 5 + [["0001_initial"]]
+    assert sorted(results) == [[]] * 5 + [SHIPPED]
     conn = await asyncpg.connect(PG_DSN)
     try:
-        assert await conn.fetchval(f'SELECT count(*) FROM "{schema}".schema_migrations') == 1
+        count = await conn.fetchval(f'SELECT count(*) FROM "{schema}".schema_migrations')
+        assert count == len(SHIPPED)
     finally:
         await conn.close()
 
@@ -147,13 +158,16 @@ async def test_new_migrations_apply_in_order_and_edited_ones_are_refused(schema:
     assert [m.id for m in shipped][:1] == ["0001_initial"]
     await migrate(PG_DSN, schema)
     extra = [
-        Migration(3, "third", "ALTER TABLE documents ADD COLUMN c3 integer"),
-        Migration(2, "second", "ALTER TABLE documents ADD COLUMN c2 integer"),
+        Migration(NEXT + 1, "third", "ALTER TABLE documents ADD COLUMN c3 integer"),
+        Migration(NEXT, "second", "ALTER TABLE documents ADD COLUMN c2 integer"),
     ]
     ordered = sorted([*shipped, *extra], key=lambda m: m.version)
-    assert await migrate(PG_DSN, schema, migrations=ordered) == ["0002_second", "0003_third"]
-    edited = [*shipped, Migration(2, "second", "SELECT 1"), extra[0]]
-    with pytest.raises(MigrationError, match="0002_second was changed"):
+    assert await migrate(PG_DSN, schema, migrations=ordered) == [
+        f"{NEXT:04d}_second",
+        f"{NEXT + 1:04d}_third",
+    ]
+    edited = [*shipped, Migration(NEXT, "second", "SELECT 1"), extra[0]]
+    with pytest.raises(MigrationError, match=f"{NEXT:04d}_second was changed"):
         await migrate(PG_DSN, schema, migrations=edited)
 
 
@@ -161,7 +175,7 @@ async def test_a_failing_migration_leaves_nothing_behind(schema: str) -> None:
     await migrate(PG_DSN, schema)
     broken = [
         *available_migrations(),
-        Migration(2, "broken", "CREATE TABLE half (x int); SELECT no_such_function()"),
+        Migration(NEXT, "broken", "CREATE TABLE half (x int); SELECT no_such_function()"),
     ]
     with pytest.raises(asyncpg.UndefinedFunctionError):
         await migrate(PG_DSN, schema, migrations=broken)
@@ -172,7 +186,7 @@ async def test_a_failing_migration_leaves_nothing_behind(schema: str) -> None:
 async def test_schema_names_are_quoted() -> None:
     odd = f'T "odd" {uuid.uuid4().hex[:6]}'
     try:
-        assert await migrate(PG_DSN, odd) == ["0001_initial"]
+        assert await migrate(PG_DSN, odd) == SHIPPED
         settings = PostgresSettings(database_url=PG_DSN, database_schema=odd)
         pg = await create_pool(settings)
         try:

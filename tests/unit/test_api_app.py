@@ -12,9 +12,11 @@ import pytest
 
 import embedstream
 from embedstream.api.app import create_app
+from embedstream.api.auth import authorize
 from embedstream.api.deps import get_tracker
 from embedstream.api.middleware import choose_request_id
-from embedstream.config import RedisSettings, Settings
+from embedstream.api.principal import Principal
+from embedstream.config import AuthSettings, RedisSettings, Settings
 
 
 @pytest.fixture
@@ -44,10 +46,13 @@ def test_openapi_documents_every_response(settings: Settings) -> None:
     assert {code: _ref(r) for code, r in post.items()} == {
         "202": "JobAccepted",
         "400": "ErrorResponse",
+        "401": "ErrorResponse",
+        "403": "ErrorResponse",
         "409": "ErrorResponse",
         "413": "ErrorResponse",
         "415": "ErrorResponse",
         "422": "ValidationErrorResponse",
+        "429": "ErrorResponse",
         "503": "ErrorResponse",
     }
     assert set(post["202"]["headers"]) == {"Location", "Idempotent-Replayed"}
@@ -57,7 +62,10 @@ def test_openapi_documents_every_response(settings: Settings) -> None:
     job = _responses(spec, "/v1/jobs/{job_id}", "get")
     assert {code: _ref(r) for code, r in job.items()} == {
         "200": "JobOut",
+        "401": "ErrorResponse",
+        "403": "ErrorResponse",
         "404": "ErrorResponse",
+        "429": "ErrorResponse",
         "422": "ValidationErrorResponse",
         "503": "ErrorResponse",
     }
@@ -68,9 +76,9 @@ def test_openapi_documents_every_response(settings: Settings) -> None:
 
 def test_docs_are_off_in_production(settings: Settings) -> None:
     settings.app.env = "production"
+    settings.auth = AuthSettings(jwt_secret="unit-test-secret-0123456789-abcdefghijkl")
     routes = {getattr(r, "path", None) for r in create_app(settings).routes}
-    assert "/docs" not in routes
-    assert "/openapi.json" in routes
+    assert not {"/docs", "/redoc", "/openapi.json"} & routes
 
 
 class _Exploding:
@@ -82,6 +90,9 @@ class _Exploding:
 async def exploding_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
     app.dependency_overrides[get_tracker] = _Exploding
+    app.dependency_overrides[authorize] = lambda: Principal(
+        tenant="unit", scopes=frozenset({"admin"}), credential_id="unit", kind="jwt", subject="u"
+    )
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
@@ -124,7 +135,7 @@ def test_choose_request_id(incoming: str, kept: bool) -> None:
 def test_the_ingress_is_thin() -> None:
     code = (
         "import sys, embedstream.api.app; "
-        "heavy = {'torch', 'chromadb', 'asyncpg', 'sentence_transformers'} & set(sys.modules); "
+        "heavy = {'torch', 'chromadb', 'sentence_transformers'} & set(sys.modules); "
         "print(', '.join(sorted(heavy))); sys.exit(1 if heavy else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

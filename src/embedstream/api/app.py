@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 import embedstream
 from embedstream.adapters.jobs import JobTracker
@@ -14,15 +16,39 @@ from embedstream.api.commands import SOURCE
 from embedstream.api.errors import install_error_handlers
 from embedstream.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from embedstream.api.routes import documents, health, jobs
+from embedstream.api.security_setup import build_guards, check_production, create_key_pool
 from embedstream.config import Settings
 from embedstream.logging import get_logger
 
 log = get_logger(__name__)
 
+CORS_REQUEST_HEADERS = [
+    "Authorization",
+    "X-API-Key",
+    "Content-Type",
+    "Idempotency-Key",
+    "X-Request-ID",
+    "traceparent",
+]
+CORS_EXPOSED_HEADERS = [
+    "Location",
+    "Retry-After",
+    "X-Request-ID",
+    "Idempotent-Replayed",
+    "WWW-Authenticate",
+]
+
 DESCRIPTION = """\
 The thin HTTP ingress of embedstream: it validates documents and puts one command per
 document on the ingest stream (a job), then reports each job's progress through the
-embed, index and persist stages. It talks to Redis only.
+embed, index and persist stages. It talks to Redis, and to PostgreSQL for API keys.
+
+Every operation but the probes needs a credential: `Authorization: Bearer <JWT>` (an
+HS256 OAuth2 access token) or an API key (`X-API-Key: es_...` or `Authorization: Bearer
+es_...`). Scopes: `documents:write` (POST/DELETE documents), `jobs:read` (job status),
+`admin` (everything). 401 means no valid credential, 403 a missing scope, 429 the
+credential's rate limit (see `Retry-After`); writes answer 503 while the pipeline is
+backlogged.
 
 Every error answers `{"error", "request_id"}` (validation: `{"detail", "errors",
 "request_id"}`); send `X-Request-ID` to choose the request id, `Idempotency-Key` to make
@@ -32,33 +58,47 @@ retries safe and `traceparent` to continue a W3C trace.
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """One Redis client (a connection pool) and one JobTracker per process."""
+    """One Redis client (a connection pool), one JobTracker, one small PostgreSQL pool
+    (API keys only) and the guards per process."""
     settings: Settings = app.state.settings
     client = create_redis(settings.redis, socket_timeout=5.0)
+    pool = await create_key_pool(settings)
     app.state.redis = client
     app.state.tracker = JobTracker(client, settings.redis.names, source=SOURCE)
+    app.state.guards = build_guards(settings, client, pool)
     log.info(
         "api started",
         stream_prefix=settings.redis.stream_prefix,
         max_body_bytes=settings.api.max_body_bytes,
+        rate_limit=settings.api.rate_limit or "off",
+        max_ingest_lag=settings.api.max_ingest_lag or "off",
+        jwt=settings.auth.secret is not None,
     )
     try:
         yield
     finally:
+        try:
+            await asyncio.wait_for(pool.close(), 10.0)
+        except TimeoutError:
+            pool.terminate()
         await client.aclose()
         log.info("api stopped")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The ingress. Raises ``ProductionConfigError`` in production with unsafe settings."""
     settings = settings or Settings()
+    check_production(settings)
     production = settings.app.env == "production"
+    docs = settings.api.api_docs if settings.api.api_docs is not None else not production
     app = FastAPI(
         title="embedstream ingress",
         version=embedstream.__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url=None if production else "/docs",
-        redoc_url=None if production else "/redoc",
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -67,6 +107,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     # Added last runs first: the request context wraps everything, the 413 included.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.api.max_body_bytes)
+    if settings.api.cors_origins:
+        # Credentials travel in headers, never cookies: no allow_credentials, and the
+        # origins are explicit (the settings refuse "*").
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.api.cors_origins,
+            allow_credentials=False,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=600,
+        )
     app.add_middleware(RequestContextMiddleware)
     return app
 
@@ -80,6 +132,7 @@ def run_api(settings: Settings) -> None:
         host=settings.api.host,
         port=settings.api.port,
         access_log=False,  # RequestContextMiddleware writes one structured line per request
+        log_config=None,  # uvicorn's loggers go to ours (with secrets redacted)
         proxy_headers=True,
         server_header=False,
         timeout_graceful_shutdown=30,

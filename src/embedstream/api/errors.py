@@ -22,6 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 
 from embedstream.adapters.jobs import IdempotencyConflict
+from embedstream.api.credentials import CredentialStoreUnavailable
 from embedstream.api.middleware import request_id_of
 from embedstream.logging import get_logger
 from embedstream.schemas.api import ErrorResponse, FieldError, ValidationErrorResponse
@@ -139,7 +140,17 @@ async def _on_redis_unavailable(request: Request, exc: Exception) -> JSONRespons
     return error_response(request, 503, message, {"Retry-After": str(RETRY_AFTER_S)})
 
 
+async def _on_credential_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("credential store unavailable", error=str(exc))
+    message = (
+        f"the credential store (PostgreSQL) is unavailable, so the API key could not be "
+        f"checked; retry in {RETRY_AFTER_S} seconds"
+    )
+    return error_response(request, 503, message, {"Retry-After": str(RETRY_AFTER_S)})
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(CredentialStoreUnavailable, _on_credential_store_unavailable)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_exception)
     app.add_exception_handler(IdempotencyConflict, _on_idempotency_conflict)
@@ -151,14 +162,48 @@ def install_error_handlers(app: FastAPI) -> None:
 
 _DESCRIPTIONS = {
     400: "Malformed request (for example an invalid Content-Length)",
+    401: "No credential, or one that is malformed, unknown, expired or revoked",
+    403: "The credential lacks a scope this operation needs",
     404: "Not found",
     409: "Idempotency-Key reused with a different request",
     413: "Request body larger than the configured limit",
     415: "The body is not JSON",
     422: "Validation failed: every problem with its field",
+    429: "The credential's rate limit is exhausted; retry after the Retry-After seconds",
     500: "Unexpected error (logged with the request id)",
-    503: "Redis unavailable; retry after the Retry-After seconds",
+    503: "Redis or the credential store unavailable, or (writes) the pipeline is "
+    "backlogged; retry after the Retry-After seconds",
 }
+
+_HEADERS: dict[int, dict[str, dict[str, Any]]] = {
+    401: {
+        "WWW-Authenticate": {
+            "description": "the Bearer challenge (RFC 6750), with error and error_description",
+            "schema": {"type": "string"},
+        }
+    },
+    403: {
+        "WWW-Authenticate": {
+            "description": 'Bearer error="insufficient_scope" and the scope needed',
+            "schema": {"type": "string"},
+        }
+    },
+    429: {
+        "Retry-After": {
+            "description": "seconds to wait before retrying",
+            "schema": {"type": "integer"},
+        }
+    },
+    503: {
+        "Retry-After": {
+            "description": "seconds to wait before retrying",
+            "schema": {"type": "integer"},
+        }
+    },
+}
+
+
+AUTH_ERRORS = (401, 403, 429)
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -167,12 +212,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     for code in codes:
         model = ValidationErrorResponse if code == 422 else ErrorResponse
         entry: dict[str, Any] = {"model": model, "description": _DESCRIPTIONS[code]}
-        if code == 503:
-            entry["headers"] = {
-                "Retry-After": {
-                    "description": "seconds to wait before retrying",
-                    "schema": {"type": "integer"},
-                }
-            }
+        if code in _HEADERS:
+            entry["headers"] = _HEADERS[code]
         responses[code] = entry
     return responses

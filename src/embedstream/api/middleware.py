@@ -27,6 +27,7 @@ log = get_logger("embedstream.api.access")
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+=@-]{0,127}$")
 _PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+PRINCIPAL_LOG_KEYS = ("tenant", "credential_id")
 
 
 def request_id_of(scope: Scope) -> str:
@@ -96,6 +97,8 @@ class RequestContextMiddleware:
                 await response(scope, receive, send_with_headers)
             finally:
                 self._access_log(scope, status, started_at, request_id)
+                # bound by authentication for this request's lines; never for the next
+                structlog.contextvars.unbind_contextvars(*PRINCIPAL_LOG_KEYS)
 
     def _access_log(self, scope: Scope, status: int, started_at: float, request_id: str) -> None:
         duration_ms = round((time.perf_counter() - started_at) * 1000, 2)

@@ -11,8 +11,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from embedstream.adapters.jobs import JobTracker, Submission
+from embedstream.api.auth import check_backpressure, require
 from embedstream.api.commands import build_delete, build_upsert
 from embedstream.api.deps import (
     ApiSettingsDep,
@@ -21,7 +23,8 @@ from embedstream.api.deps import (
     TrackerDep,
     require_json,
 )
-from embedstream.api.errors import error_responses
+from embedstream.api.errors import AUTH_ERRORS, error_responses
+from embedstream.api.principal import DOCUMENTS_WRITE
 from embedstream.api.routes.jobs import in_submission_order
 from embedstream.config import ApiSettings
 from embedstream.logging import get_logger
@@ -35,6 +38,16 @@ from embedstream.schemas.api import (
 )
 
 log = get_logger(__name__)
+
+
+class DocumentIdConvertor(PathConvertor):
+    """Starlette's ``path`` matches no newline, so an id with one got a bare 404; this
+    one matches anything, and the id's own check answers (422, naming the character)."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("document_id", DocumentIdConvertor())
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
 
 MAX_REPORTED_ERRORS = 100
@@ -173,8 +186,9 @@ async def submit_job(
     "",
     status_code=202,
     response_model=JobAccepted,
-    responses={**_ACCEPTED, **error_responses(400, 409, 413, 415, 422, 503)},
-    dependencies=[Depends(require_json)],
+    responses={**_ACCEPTED, **error_responses(400, *AUTH_ERRORS, 409, 413, 415, 422, 503)},
+    # in this order: credential and scope (401/403), rate limit (429), backlog (503), JSON
+    dependencies=[require(DOCUMENTS_WRITE), Depends(check_backpressure), Depends(require_json)],
     summary="Create or replace documents",
 )
 async def upsert_documents(
@@ -187,7 +201,8 @@ async def upsert_documents(
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JobAccepted:
     """Queue one ``document.upsert.v1`` command per document, as one job. Ids are
-    optional (a UUID is generated); the body may also be a single document object."""
+    optional (a UUID is generated); the body may also be a single document object.
+    Needs the scope ``documents:write``."""
     if errors := limit_errors(body, limits):
         raise RequestValidationError(errors)
     job_id = new_job_id()
@@ -208,10 +223,11 @@ async def upsert_documents(
 
 
 @router.delete(
-    "/{document_id:path}",
+    "/{document_id:document_id}",
     status_code=202,
     response_model=JobAccepted,
-    responses={**_ACCEPTED, **error_responses(409, 413, 422, 503)},
+    responses={**_ACCEPTED, **error_responses(*AUTH_ERRORS, 409, 413, 422, 503)},
+    dependencies=[require(DOCUMENTS_WRITE), Depends(check_backpressure)],
     summary="Delete a document",
 )
 async def delete_document(
@@ -223,7 +239,8 @@ async def delete_document(
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JobAccepted:
     """Queue a ``document.delete.v1`` command (a job of one document). Deleting an
-    unknown id is not an error: the delete is idempotent."""
+    unknown id is not an error: the delete is idempotent. Needs the scope
+    ``documents:write``."""
     job_id = new_job_id()
     envelope = build_delete(job_id, document_id, traceparent=traceparent)
     return await submit_job(

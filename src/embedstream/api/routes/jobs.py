@@ -7,8 +7,10 @@ from collections.abc import Iterable
 from fastapi import APIRouter, HTTPException
 
 from embedstream.adapters.jobs import DocumentStatus, JobStatus
+from embedstream.api.auth import require
 from embedstream.api.deps import TrackerDep
-from embedstream.api.errors import error_responses
+from embedstream.api.errors import AUTH_ERRORS, error_responses
+from embedstream.api.principal import JOBS_READ
 from embedstream.schemas.api import JobOut
 from embedstream.streams.names import stream_id_to_version
 
@@ -49,12 +51,14 @@ def job_out(status: JobStatus) -> JobOut:
     "/{job_id}",
     name="get_job",
     response_model=JobOut,
-    responses=error_responses(404, 422, 503),
+    responses=error_responses(*AUTH_ERRORS, 404, 422, 503),
+    dependencies=[require(JOBS_READ)],
     summary="Job status",
 )
 async def get_job(job_id: str, tracker: TrackerDep) -> JobOut:
     """The job's state (queued, completed, failed) and, per document, its state and the
-    state of each stage (embed, index, persist). Jobs are kept for 7 days."""
+    state of each stage (embed, index, persist). Jobs are kept for 7 days. Needs the
+    scope ``jobs:read``."""
     status = await tracker.status(job_id)
     if status is None:
         raise HTTPException(
