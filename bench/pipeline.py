@@ -29,6 +29,7 @@ import redis.asyncio as redis
 
 from bench.corpus import generate
 from bench.stack import Stack, create_stack
+from embedstream.schemas.envelope import attributes_of
 
 REDIS_URL = os.environ.get("EMBEDSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_DSN = os.environ.get(
@@ -82,7 +83,7 @@ async def wait_jobs(client: redis.Redis, stack: Stack, jobs: set[str], last_id: 
             continue
         for entry_id, fields in reply[0][1]:
             last_id = entry_id.decode()
-            event_type = fields[b"type"].decode()
+            event_type = attributes_of(fields).get("type")
             if event_type == "job.failed.v1":
                 raise SystemExit(f"a job failed: {fields[b'data'].decode()}")
             if event_type == "job.completed.v1":
@@ -101,7 +102,7 @@ async def run_pipeline(
     stack: Stack, texts: list[str], n_chunks: int, latency_samples: int
 ) -> dict[str, float]:
     client = redis.Redis.from_url(REDIS_URL)
-    http = httpx.AsyncClient(base_url=stack.url, timeout=60)
+    http = httpx.AsyncClient(base_url=stack.url, headers=stack.headers, timeout=60)
     try:
         last = "0-0"  # a fresh prefix: every result on the stream is ours
         warm = await post(http, [{"id": "warm-up", "text": "warming up the pipeline"}])

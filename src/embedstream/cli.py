@@ -20,7 +20,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from embedstream.api.keys_cli import keys_app, token_app
 from embedstream.config import Settings
+from embedstream.contracts.cli import schemas_app
 from embedstream.logging import configure_logging
 
 app = typer.Typer(
@@ -31,6 +33,9 @@ app = typer.Typer(
 )
 dlq_app = typer.Typer(help="Inspect and replay dead letters.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(keys_app, name="keys")
+app.add_typer(token_app, name="token")
 console = Console()
 T = TypeVar("T")
 
@@ -161,6 +166,7 @@ def dlq_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Show dead letters: where they came from, why, after how many attempts."""
+    from embedstream.schemas.envelope import attributes_of
     from embedstream.streams.dlq import list_dead_letters
 
     settings = _settings()
@@ -177,7 +183,7 @@ def dlq_list(
             v.meta.get("stream", "?"),
             v.meta.get("stage", "?"),
             v.meta.get("attempts", "?"),
-            v.fields.get("type", "?"),
+            str(attributes_of(v.fields).get("type", "?")),
             v.meta.get("error", "")[:120],
         )
     console.print(table)

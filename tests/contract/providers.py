@@ -26,6 +26,7 @@ from embedstream.adapters.embedder import Embedder
 from embedstream.adapters.jobs import JobTracker, Submission
 from embedstream.api.commands import build_delete, build_upsert
 from embedstream.config import ConsumerSettings
+from embedstream.contracts.codec import fields_to_body
 from embedstream.errors import PoisonMessage
 from embedstream.schemas.api import DocumentIn
 from embedstream.streams.messages import TransactionOp
@@ -75,8 +76,7 @@ class Provider:
 
     def produce(self, interaction: Interaction) -> MessageProducer:
         def message(name: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
-            wanted = interaction.type.encode()
-            typed = [fields for fields in self.entries if fields.get(b"type") == wanted]
+            typed = [f for f in self.entries if fields_to_body(f).get("type") == interaction.type]
             if not typed:
                 raise AssertionError(f"state {interaction.state!r} wrote no {interaction.type}")
             return pact_message(typed[-1], interaction.address)
@@ -186,7 +186,7 @@ def embed_worker_provider(name: str, embedder: Embedder) -> Provider:
 async def ingest_entries(client: redis.Redis, names: StreamNames) -> dict[str, tuple[int, Entry]]:
     """Document id -> (version, fields) of the commands on the ingest stream."""
     return {
-        fields[b"subject"].decode(): (stream_id_to_version(entry_id), dict(fields))
+        fields_to_body(fields)["subject"]: (stream_id_to_version(entry_id), dict(fields))
         for entry_id, fields in await client.xrange(names.ingest)
     }
 

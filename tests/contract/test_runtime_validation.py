@@ -26,12 +26,12 @@ from embedstream.adapters.jobs import JobTracker
 from embedstream.api.commands import build_delete, build_upsert
 from embedstream.config import ConsumerSettings
 from embedstream.contracts.catalog import message_type
-from embedstream.contracts.codec import fields_to_body
+from embedstream.contracts.codec import body_to_fields, fields_to_body
 from embedstream.contracts.json_schemas import schema_file
 from embedstream.errors import PoisonMessage
 from embedstream.schemas.api import DocumentIn
 from embedstream.schemas.commands import DOCUMENT_UPSERT
-from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.envelope import Envelope, attributes_of
 from embedstream.schemas.events import (
     DOCUMENT_EMBEDDED,
     JOB_COMPLETED,
@@ -105,8 +105,8 @@ async def test_every_job_event_the_lua_writes_fits_its_model_and_schema(
 # -- consumers ---------------------------------------------------------------------------
 
 
-def envelope_fields(type_: str, data: dict[str, Any], subject: str = "doc") -> dict[str, str]:
-    """Stream fields of an envelope whose payload is not checked by any model."""
+def envelope_body(type_: str, data: dict[str, Any] | str, subject: str = "doc") -> dict[str, Any]:
+    """The contract body of an envelope whose payload is not checked by any model."""
     return {
         "id": str(uuid.uuid4()),
         "source": "tests",
@@ -115,8 +115,8 @@ def envelope_fields(type_: str, data: dict[str, Any], subject: str = "doc") -> d
         "time": "2025-03-01T10:15:30+00:00",
         "subject": subject,
         "datacontenttype": "application/json",
-        "schemaversion": "1",
-        "data": json.dumps(data),
+        "schemaversion": 1,
+        "data": data,
     }
 
 
@@ -179,23 +179,23 @@ async def test_consumers_dead_letter_what_does_not_fit(
     }
     stream_key, type_, invalid, missing = CASES[kind]
     stream = f"{names.prefix}:{stream_key}"
-    undecodable = envelope_fields(type_, {})
+    undecodable = envelope_body(type_, {})
     del undecodable["time"]
     bad = {
-        "invalid payload": envelope_fields(type_, invalid),
-        "unknown type": envelope_fields("document.renamed.v9", {"job_id": "j"}),
+        "invalid payload": envelope_body(type_, invalid),
+        "unknown type": envelope_body("document.renamed.v9", {"job_id": "j"}),
         "not an envelope": undecodable,
-        "payload not JSON": {**envelope_fields(type_, {}), "data": "{not json"},
+        "payload not JSON": envelope_body(type_, "{not json"),
     }
-    for fields in bad.values():
-        await redis_client.xadd(stream, cast(Any, fields))
+    for body in bad.values():
+        await redis_client.xadd(stream, cast(Any, body_to_fields(body)))
 
     worker = factories[kind](redis_client, names, fast_settings)
     stats = await asyncio.wait_for(worker.run(burst=True), 30)
 
     assert stats.dead_lettered == len(bad)
     letters = {
-        fields[b"id"].decode() if b"id" in fields else "": fields
+        attributes_of(fields).get("id", ""): fields
         for _, fields in await redis_client.xrange(names.dlq)
     }
     errors = {label: letters[f["id"]][b"dlq_error"].decode() for label, f in bad.items()}

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import redis.asyncio as redis
-from tests.conftest import REDIS_URL
 
 from embedstream.adapters.embedder import PACKAGED_MODEL_NAME, Embedder
 from embedstream.adapters.jobs import JobStatus, JobTracker, Submission
@@ -21,7 +20,7 @@ from embedstream.schemas.commands import (
     DocumentDelete,
     DocumentUpsert,
 )
-from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.envelope import Envelope, attributes_of
 from embedstream.schemas.events import (
     DOCUMENT_EMBEDDED,
     DOCUMENT_REMOVED,
@@ -34,6 +33,7 @@ from embedstream.streams.names import StreamNames, stream_id_to_version
 from embedstream.streams.runner import RunStats
 from embedstream.workers import embed as embed_worker
 from embedstream.workers.embed import build_embed_worker
+from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.integration
 
@@ -293,7 +293,9 @@ async def test_poison_and_blank_documents_are_dead_lettered_alone(
     )
     # the raw envelope names its job: point it at the job just created
     [(entry_id, fields)] = [
-        (i, f) for i, f in await redis_client.xrange(names.ingest) if f[b"id"] == b"e-bad"
+        (i, f)
+        for i, f in await redis_client.xrange(names.ingest)
+        if attributes_of(f).get("id") == "e-bad"
     ]
     await redis_client.xdel(names.ingest, entry_id)
     fields[b"data"] = fields[b"data"].replace(b"JOB", job_id.encode())
@@ -305,9 +307,9 @@ async def test_poison_and_blank_documents_are_dead_lettered_alone(
     assert (stats.acked, stats.dead_lettered, stats.retried) == (2, 3, 0)
     assert set(await embedded(redis_client, names)) == {"first", "last"}
 
-    dead = {f[b"id"].decode(): f for _, f in await redis_client.xrange(names.dlq)}
+    dead = {attributes_of(f)["id"]: f for _, f in await redis_client.xrange(names.dlq)}
     assert len(dead) == 3
-    by_subject = {f.get(b"subject", b"").decode(): f for f in dead.values()}
+    by_subject = {str(attributes_of(f).get("subject", "")): f for f in dead.values()}
     assert set(by_subject) == {"bad", "blank", ""}
     assert by_subject["bad"][b"dlq_error_type"] == b"PoisonMessage"
     assert b"text" in by_subject["bad"][b"dlq_error"]

@@ -27,8 +27,6 @@ import pytest
 import redis.asyncio as redis
 from chromadb.config import Settings as ChromaClientSettings
 from redis.exceptions import ResponseError
-from tests.conftest import REDIS_URL
-from tests.support.streams import wait_until
 
 from embedstream.adapters import chroma as chroma_adapter
 from embedstream.adapters.chroma import ChromaIndex, DocumentWrite
@@ -41,7 +39,7 @@ from embedstream.schemas.commands import (
     DocumentUpsert,
     MetadataValue,
 )
-from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.envelope import Envelope, attributes_of
 from embedstream.schemas.events import (
     DOCUMENT_EMBEDDED,
     DOCUMENT_REMOVED,
@@ -54,6 +52,8 @@ from embedstream.streams.names import INDEXER_GROUP, StreamNames
 from embedstream.streams.runner import RunStats
 from embedstream.workers import index as index_worker
 from embedstream.workers.index import build_index_worker
+from tests.conftest import REDIS_URL
+from tests.support.streams import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -480,7 +480,7 @@ async def test_other_model_is_dead_lettered(
     for needed in ("test-model", "other-model", "EMBEDSTREAM_CHROMA_COLLECTION", "reindex"):
         assert needed in error
     assert fields[b"dlq_stage"] == b"index"
-    assert fields[b"type"] == DOCUMENT_EMBEDDED.encode()
+    assert attributes_of(fields)["type"] == DOCUMENT_EMBEDDED
     assert DocumentEmbedded.model_validate_json(fields[b"data"]).document_id == "e"
     assert await index_stage(tracker, "j2") == {"e": "failed"}
     assert set(records(index)) == {"d:0"}

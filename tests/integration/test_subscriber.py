@@ -19,7 +19,7 @@ from examples.downstream.service import build_subscriber
 from embedstream.adapters.jobs import JobTracker
 from embedstream.config import ConsumerSettings
 from embedstream.errors import PermanentError, PoisonMessage
-from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.envelope import Envelope, attributes_of
 from embedstream.schemas.events import DocumentEmbedded, JobCompleted, JobFailed
 from embedstream.streams.names import StreamNames
 from embedstream.subscribe import Subscriber
@@ -105,7 +105,7 @@ async def test_handler_errors_retry_then_dead_letter(
     assert len(attempts) == 2 and attempts[0] == attempts[1]  # at least once: redelivered
     assert (stats.acked, stats.retried, stats.dead_lettered) == (1, 1, 1)
     [(_, letter)] = await redis_client.xrange(names.dlq)
-    assert letter[b"type"] == b"job.failed.v1"
+    assert attributes_of(letter)["type"] == "job.failed.v1"
     assert letter[b"dlq_group"] == b"svc"
     assert letter[b"dlq_error"].startswith(b"cannot record job")
 
@@ -159,7 +159,7 @@ async def test_events_without_a_handler_are_skipped_or_dead_lettered(
     assert stats.dead_lettered == dead_lettered == await redis_client.xlen(names.dlq)
     if dead_lettered:
         [(_, letter)] = await redis_client.xrange(names.dlq)
-        assert letter[b"type"] == b"document.deleted.v1"
+        assert attributes_of(letter)["type"] == "document.deleted.v1"
         assert b"no handler for type 'document.deleted.v1'" in letter[b"dlq_error"]
 
 

@@ -46,6 +46,12 @@ return {ARGV[1], 'new'}
 #       deleted event id ("" for none), deleted event data
 # Returns 1 when this call counted, 0 when it was already counted or the job is unknown.
 MARK_STAGE = """
+-- the envelope's `ce` field (see embedstream.schemas.envelope)
+local function attributes(id, etype, subject)
+  return cjson.encode({id = id, source = ARGV[7], type = etype, specversion = '1.0',
+                       time = ARGV[5], subject = subject,
+                       datacontenttype = 'application/json', schemaversion = 1})
+end
 local doc, status = ARGV[1], ARGV[2]
 if redis.call('HEXISTS', KEYS[2], doc) == 0 then return 0 end
 if redis.call('HSETNX', KEYS[3], doc, status) == 0 then return 0 end
@@ -62,10 +68,8 @@ else
   redis.call('HSET', KEYS[4], doc, 'done')
   redis.call('HINCRBY', KEYS[1], 'done', 1)
   if ARGV[9] ~= '' then
-    redis.call('XADD', KEYS[6], '*', 'id', ARGV[9], 'source', ARGV[7],
-               'type', 'document.deleted.v1', 'specversion', '1.0', 'time', ARGV[5],
-               'subject', doc, 'datacontenttype', 'application/json',
-               'schemaversion', '1', 'data', ARGV[10])
+    redis.call('XADD', KEYS[6], '*', 'ce', attributes(ARGV[9], 'document.deleted.v1', doc),
+               'data', ARGV[10])
   end
 end
 local job = redis.call('HMGET', KEYS[1], 'documents', 'done', 'failed')
@@ -89,9 +93,7 @@ else
   data = cjson.encode({job_id = job_id, status = 'failed', documents = total,
                        failures = failures, failed_at = ARGV[5]})
 end
-redis.call('XADD', KEYS[6], '*', 'id', ARGV[6], 'source', ARGV[7], 'type', etype,
-           'specversion', '1.0', 'time', ARGV[5], 'subject', job_id,
-           'datacontenttype', 'application/json', 'schemaversion', '1', 'data', data)
+redis.call('XADD', KEYS[6], '*', 'ce', attributes(ARGV[6], etype, job_id), 'data', data)
 for k = 1, #KEYS do
   if k ~= 6 then redis.call('EXPIRE', KEYS[k], ARGV[8]) end
 end

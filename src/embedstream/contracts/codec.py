@@ -1,15 +1,14 @@
 """The one mapping between a stream entry and the JSON body of a message contract.
 
-On a stream an envelope is a flat field map (``Envelope.to_fields``). In a pact, and in
+On a stream an envelope is two fields (``Envelope.to_fields``): ``ce``, the CloudEvents
+attributes as one JSON object, and ``data``, the payload's JSON text. In a pact, and in
 the JSON Schemas under ``schemas/json/``, the same message is one JSON object:
 
-- each stream field is one top-level key with the same name;
-- text fields (``id``, ``source``, ``type``, ``specversion``, ``time``, ``subject``,
-  ``datacontenttype``, ``traceparent``) are JSON strings, as they are;
-- ``schemaversion`` (decimal text on the stream) is a JSON integer;
-- ``data`` (JSON text on the stream) is the payload as a JSON object;
-- an optional attribute that is absent on the stream (``subject``, ``traceparent``) is
-  absent from the body (never ``null``).
+- each attribute of ``ce`` is one top-level key with the same name and JSON type
+  (``schemaversion`` is an integer, the others strings);
+- ``data`` is the payload as a JSON object;
+- an optional attribute that is absent (``subject``, ``traceparent``) is absent from the
+  body (never ``null``).
 
 The pact's message metadata carries ``stream``: the stream the entry is on, with the
 deployment prefix written ``{prefix}`` (e.g. ``{prefix}:results``), and ``contentType``
@@ -26,12 +25,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from embedstream.contracts.catalog import PREFIX_PLACEHOLDER
-from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.envelope import ATTRIBUTES_FIELD, DATA_FIELD, Envelope
 
 CONTENT_TYPE = "application/json"
 STREAM_METADATA = "stream"
-_INTEGER_FIELDS = frozenset({"schemaversion"})
-_JSON_FIELDS = frozenset({"data"})
 
 
 def _text(value: bytes | str) -> str:
@@ -39,35 +36,40 @@ def _text(value: bytes | str) -> str:
 
 
 def fields_to_body(fields: Mapping[Any, Any]) -> dict[str, Any]:
-    """The contract body of a stream entry's fields."""
+    """The contract body of a stream entry's fields. Fields other than ``ce`` and
+    ``data`` are kept as text keys, so a producer writing something else fails the pact
+    instead of raising here."""
     body: dict[str, Any] = {}
     for raw_key, raw_value in fields.items():
         key, value = _text(raw_key), _text(raw_value)
-        if key in _JSON_FIELDS:
-            try:
-                body[key] = json.loads(value)
-            except ValueError:
-                body[key] = value
-        elif key in _INTEGER_FIELDS and value.isdigit():
-            body[key] = int(value)
+        if key == ATTRIBUTES_FIELD:
+            attrs = _json_or_text(value)
+            if isinstance(attrs, dict):
+                body.update(attrs)
+            else:
+                body[key] = attrs
+        elif key == DATA_FIELD:
+            body[key] = _json_or_text(value)
         else:
             body[key] = value
     return body
 
 
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
 def body_to_fields(body: Mapping[str, Any]) -> dict[bytes, bytes]:
     """The stream fields of a contract body (what ``XADD`` would have written)."""
-    fields: dict[bytes, bytes] = {}
-    for key, value in body.items():
-        if value is None:
-            continue
-        if key in _JSON_FIELDS:
-            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        elif isinstance(value, str):
-            text = value
-        else:
-            text = json.dumps(value)
-        fields[key.encode()] = text.encode()
+    attrs = {k: v for k, v in body.items() if k != DATA_FIELD and v is not None}
+    fields = {ATTRIBUTES_FIELD.encode(): json.dumps(attrs, separators=(",", ":")).encode()}
+    if DATA_FIELD in body:
+        data = body[DATA_FIELD]
+        text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+        fields[DATA_FIELD.encode()] = text.encode()
     return fields
 
 

@@ -148,6 +148,10 @@ class StreamConsumer:
         """One MULTI/EXEC: publish follow-ups, run extra ops, dead-letter, then XACK."""
         if not done and not dead:
             return
+        if not dead and not any(ack.publish or ack.ops for _, ack in done):
+            # Nothing to write but acks: one XACK is atomic on its own.
+            await self.client.xack(self.stream, self.group, *[entry_id for entry_id, _ in done])
+            return
         pipe: Any
         async with self.client.pipeline(transaction=True) as pipe:
             for _, ack in done:

@@ -54,9 +54,7 @@ def _text(value: Any) -> str:
 async def list_dead_letters(
     client: redis.Redis, names: StreamNames, *, count: int = 20, start: str = "-"
 ) -> list[DeadLetterView]:
-    entries: Any = await client.xrange(
-        names.dlq, min=start, count=count
-    )
+    entries: Any = await client.xrange(names.dlq, min=start, count=count)
     views = []
     for entry_id, raw in entries:
         fields = {_text(k): _text(v) for k, v in raw.items()}
