@@ -316,8 +316,27 @@ async def consume_taskiq(cfg: Config, stream: str, run: Run) -> Measurement:
             return await run.finished(cfg.timeout_s)
         finally:
             finish.set()
-            await listening
+            await stop_taskiq_receiver(listening)
             await broker.shutdown()
+
+
+async def stop_taskiq_receiver(listening: asyncio.Task[None], grace_s: float = 5.0) -> None:
+    """Wait for the Receiver to stop; cancel it if it does not (not timed).
+
+    With taskiq 0.13 / taskiq-redis 1.2.4 the Receiver sometimes never returns after
+    ``finish_event`` is set: the prefetcher cancels the task reading ``broker.listen()``
+    while it is blocked in XREADGROUP on the now empty stream, and waits for it forever
+    (seen about once in 30 runs). The measurement is over by then, so cancel and move on.
+    """
+    done, _ = await asyncio.wait({listening}, timeout=grace_s)
+    if done:
+        listening.result()
+        return
+    print(f"  taskiq Receiver did not stop within {grace_s:.0f} s; cancelling it", file=sys.stderr)
+    listening.cancel()
+    done, _ = await asyncio.wait({listening}, timeout=grace_s)
+    if not done:
+        print("  taskiq Receiver ignored the cancel; abandoning it", file=sys.stderr)
 
 
 # -- 4. FastStream -----------------------------------------------------------------------

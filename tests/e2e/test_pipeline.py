@@ -30,14 +30,21 @@ def start_pipeline(stack: Stack, embed_replicas: int = 1) -> None:
 
 
 def post(stack: Stack, documents: list[dict[str, object]]) -> str:
-    response = httpx.post(f"{stack.url}/v1/documents", json={"documents": documents}, timeout=30)
+    response = httpx.post(
+        f"{stack.url}/v1/documents",
+        json={"documents": documents},
+        headers=stack.headers,
+        timeout=30,
+    )
     assert response.status_code == 202, response.text
     job_id: str = response.json()["job_id"]
     return job_id
 
 
 def delete(stack: Stack, document_id: str) -> str:
-    response = httpx.delete(f"{stack.url}/v1/documents/{document_id}", timeout=30)
+    response = httpx.delete(
+        f"{stack.url}/v1/documents/{document_id}", headers=stack.headers, timeout=30
+    )
     assert response.status_code == 202, response.text
     job_id: str = response.json()["job_id"]
     return job_id
@@ -70,7 +77,7 @@ async def test_two_hundred_documents_one_job_completed(
     finished = [e for e in events[job] if e.type.startswith("job.")]
     assert [e.type for e in finished] == ["job.completed.v1"]
     assert json.loads(finished[0].data)["documents"] == 200
-    status = httpx.get(f"{stack.url}/v1/jobs/{job}").json()
+    status = httpx.get(f"{stack.url}/v1/jobs/{job}", headers=stack.headers).json()
     assert status["state"] == "completed" and status["done"] == 200
 
     assert_clean_exit(stack)
