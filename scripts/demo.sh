@@ -14,6 +14,9 @@ mkdir -p .data
 
 echo "== migrate"
 embedstream migrate
+echo "== an API key for the demo (printed once; only its argon2id hash is stored)"
+EMBEDSTREAM_API_KEY=$(embedstream keys create --tenant demo --scope admin --name demo)
+export EMBEDSTREAM_API_KEY
 echo "== start the stack (logs in .data/dev.log)"
 embedstream dev > .data/dev.log 2>&1 &
 DEV_PID=$!

@@ -138,7 +138,8 @@ def _age(ms: int | None) -> str:
 def _print_status(report: Any) -> None:
     table = Table(title=f"embedstream streams (prefix {report.prefix})")
     for column in ("stream", "length", "group", "lag", "pending", "oldest pending", "dlq"):
-        table.add_column(column, justify="left" if column in ("stream", "group") else "right")
+        left = column in ("stream", "group")
+        table.add_column(column, justify="left" if left else "right", no_wrap=True)
     table.add_column("consumers (idle)")
     for stream in report.streams:
         if not stream.groups:

@@ -127,7 +127,7 @@ class ApiSettings(BaseSettings):
     max_documents_per_request: int = Field(default=1_000, ge=1)
     max_document_chars: int = Field(default=1_000_000, ge=1)
     rate_limit: str = Field(
-        default="100/minute",
+        default="20/second;600/minute",
         description="requests per credential (EMBEDSTREAM_RATE_LIMIT), in the `limits` "
         "notation: '100/minute', '10/second;1000/hour'; empty turns it off",
     )

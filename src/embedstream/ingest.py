@@ -88,7 +88,16 @@ def wait_for_jobs(
             for job_id in jobs:
                 if job_id in outcomes:
                     continue
-                body = client.get(f"/v1/jobs/{job_id}").json()
+                response = client.get(f"/v1/jobs/{job_id}")
+                if response.status_code == 429:  # rate limited: wait as told, then go on
+                    time.sleep(float(response.headers.get("Retry-After", 1)))
+                    continue
+                if response.status_code != 200:
+                    raise SystemExit(
+                        f"could not read job {job_id}: HTTP {response.status_code}: "
+                        f"{response.text[:300]}"
+                    )
+                body = response.json()
                 if body.get("state") in ("completed", "failed"):
                     failures = [
                         {"document_id": d.get("id"), **(d.get("error") or {})}
@@ -100,7 +109,7 @@ def wait_for_jobs(
                     )
                     progress.advance(task)
             if len(outcomes) < len(jobs):
-                time.sleep(0.25)
+                time.sleep(0.5)
     return [outcomes.get(j, JobOutcome(j, "timed out", 0, [])) for j in jobs]
 
 
