@@ -140,7 +140,7 @@ def _print_status(report: Any) -> None:
     for column in ("stream", "length", "group", "lag", "pending", "oldest pending", "dlq"):
         left = column in ("stream", "group")
         table.add_column(column, justify="left" if left else "right", no_wrap=True)
-    table.add_column("consumers (idle)")
+    table.add_column("consumers (idle)", min_width=18, overflow="fold")
     for stream in report.streams:
         if not stream.groups:
             length = str(stream.length) if stream.exists else "(none)"
