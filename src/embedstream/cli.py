@@ -36,7 +36,8 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(keys_app, name="keys")
 app.add_typer(token_app, name="token")
-console = Console()
+# Piped output (logs, CI) gets a fixed width wide enough for the status table.
+console = Console() if sys.stdout.isatty() else Console(width=140)
 T = TypeVar("T")
 
 
