@@ -209,7 +209,9 @@ async def fill_embedstream(cfg: Config, client: redis.Redis, stream: str) -> int
         client,
         stream,
         (
-            Envelope.wrap("bench.noop.v1", cfg.payload(i), source="bench").to_fields()
+            Envelope.wrap(
+                "bench.noop.v1", cfg.payload(i), source="bench", tenant="bench"
+            ).to_fields()
             for i in range(cfg.n)
         ),
     )

@@ -44,6 +44,11 @@ class Stack:
         """The credential for the API (an admin key of tenant ``bench``)."""
         return {"X-API-Key": self.api_key}
 
+    def create_key(self, tenant: str, *scopes: str, name: str = "extra") -> str:
+        """A new API key of ``tenant`` (``embedstream keys create``), e.g. for a second
+        tenant."""
+        return create_api_key(self.env, tenant, *(scopes or ("admin",)), name=name)
+
     def start(self, name: str, *args: str, **extra_env: str) -> subprocess.Popen[bytes]:
         env = {**self.env, "EMBEDSTREAM_CONSUMER_NAME": name, **extra_env}
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
@@ -122,6 +127,21 @@ def stack_env(
     return env, StreamNames(prefix), schema, port
 
 
+STACK_TENANT = "bench"
+"""the tenant of the stack's own admin key"""
+
+
+def create_api_key(env: dict[str, str], tenant: str, *scopes: str, name: str) -> str:
+    """``embedstream keys create``: the new key (printed once, on the last line)."""
+    scope_args = [arg for scope in scopes for arg in ("--scope", scope)]
+    created = subprocess.run(
+        [sys.executable, "-m", "embedstream", "keys", "create", "--tenant", tenant,
+         *scope_args, "--name", name],
+        env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return created.stdout.strip().splitlines()[-1]
+
+
 def create_stack(tmp: Path, *, redis_url: str, database_url: str, **overrides: str) -> Stack:
     """Migrate a fresh schema and return a Stack ready to start processes."""
     env, names, schema, port = stack_env(
@@ -132,12 +152,7 @@ def create_stack(tmp: Path, *, redis_url: str, database_url: str, **overrides: s
     subprocess.run(
         [sys.executable, "-m", "embedstream", "migrate"], env=env, check=True, capture_output=True
     )
-    created = subprocess.run(
-        [sys.executable, "-m", "embedstream", "keys", "create", "--tenant", "bench",
-         "--scope", "admin", "--name", "stack"],
-        env=env, check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    api_key = created.stdout.strip().splitlines()[-1]
+    api_key = create_api_key(env, STACK_TENANT, "admin", name="stack")
     env["EMBEDSTREAM_API_KEY"] = api_key  # for `embedstream ingest`
     env.setdefault("EMBEDSTREAM_RATE_LIMIT", "")  # benchmarks and tests poll freely
     return Stack(

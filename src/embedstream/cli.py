@@ -279,13 +279,15 @@ def ingest(
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="what to look for")],
+    tenant: Annotated[str, typer.Option("--tenant", help="whose documents to search")],
     limit: Annotated[int, typer.Option(help="how many chunks")] = 5,
 ) -> None:
-    """Embed a query and show the nearest chunks (Chroma) with their text (PostgreSQL)."""
+    """Embed a query and show one tenant's nearest chunks (Chroma) with their text
+    (PostgreSQL)."""
     from embedstream.search import search as run_search
 
     settings = _settings()
-    hits = asyncio.run(run_search(settings, query, limit))
+    hits = asyncio.run(run_search(settings, query, limit, tenant=tenant))
     table = Table(title=f"nearest chunks to {query!r}")
     for column in ("chunk", "distance", "text"):
         table.add_column(column)

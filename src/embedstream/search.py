@@ -1,8 +1,9 @@
 """``embedstream search`` and ``embedstream reindex``: read-side tools over the stores.
 
-``search`` embeds a query with the configured model and asks Chroma for the nearest
-chunks, with their text from PostgreSQL (the system of record). ``reindex`` rebuilds the
-Chroma collection from PostgreSQL (invariant 8); stop the index workers while it runs.
+``search`` embeds a query with the configured model and asks Chroma for one tenant's
+nearest chunks (filtered by the ``tenant`` metadata key), with their text from
+PostgreSQL (the system of record). ``reindex`` rebuilds the Chroma collection from
+PostgreSQL (invariant 8); stop the index workers while it runs.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ class Hit:
     text: str
 
 
-async def search(settings: Settings, query: str, limit: int) -> list[Hit]:
-    from embedstream.adapters.chroma import ChromaIndex
+async def search(settings: Settings, query: str, limit: int, *, tenant: str) -> list[Hit]:
+    from embedstream.adapters.chroma import TENANT, ChromaIndex
     from embedstream.adapters.embedder import load_embedder
     from embedstream.adapters.postgres import create_pool
 
@@ -40,13 +41,19 @@ async def search(settings: Settings, query: str, limit: int) -> list[Hit]:
         await index.require_model(embedder.name, embedder.dim)
         found: Any = await index.call(
             lambda: collection.query(
-                query_embeddings=[vector.tolist()], n_results=limit, include=["distances"]
+                query_embeddings=[vector.tolist()],
+                n_results=limit,
+                where={TENANT: tenant},
+                include=["distances"],
             )
         )
         ids: list[str] = found["ids"][0]
         distances: list[float] = found["distances"][0]
         rows = await pool.fetch(
-            "SELECT chunk_id, document_id, text FROM chunks WHERE chunk_id = ANY($1::text[])", ids
+            "SELECT chunk_id, document_id, text FROM chunks "
+            "WHERE tenant = $1 AND chunk_id = ANY($2::text[])",
+            tenant,
+            ids,
         )
     finally:
         await pool.close()
@@ -64,11 +71,13 @@ async def reindex(
     settings: Settings, *, batch_size: int = 500, progress: Callable[[int, int], None]
 ) -> int:
     """Drop and rebuild the Chroma collection from PostgreSQL; returns chunks written.
-    The index workers' version register is reset to what was rebuilt."""
+    The index workers' version register is reset to what was rebuilt; every chunk keeps
+    its tenant (id, metadata and register key)."""
     from embedstream.adapters.chroma import (
         ChromaIndex,
         ChunkRecord,
         chunk_metadata,
+        document_key,
         upsert_chunks,
     )
     from embedstream.adapters.postgres import DocumentStore, create_pool
@@ -96,6 +105,7 @@ async def reindex(
                     embedding=chunk.vector,
                     metadata=chunk_metadata(
                         json.loads(chunk.metadata_json),
+                        tenant=chunk.tenant,
                         document_id=chunk.document_id,
                         index=chunk.idx,
                         version=chunk.version,
@@ -107,7 +117,9 @@ async def reindex(
                 for chunk in batch
             ]
             written += await index.call(upsert_chunks, collection, records)
-            versions.update({chunk.document_id: chunk.version for chunk in batch})
+            versions.update(
+                {document_key(chunk.tenant, chunk.document_id): chunk.version for chunk in batch}
+            )
             progress(written, total)
         async with redis.pipeline(transaction=True) as pipe:
             pipe.delete(register)

@@ -21,11 +21,13 @@ RFC3339 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
 TRACEPARENT = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$"
 BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 SHA256 = r"^[0-9a-f]{64}$"
+TENANT = r"^[A-Za-z0-9._-]{1,64}$"
 
 EXAMPLE_TIME = "2025-03-01T10:15:30.123456+00:00"
 EXAMPLE_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 EXAMPLE_JOB = "0b9f6e0e-8d0c-4c39-9a55-3b7f0c1d2e3f"
 EXAMPLE_DOC = "handbook/intro.md"
+EXAMPLE_TENANT = "acme"
 EXAMPLE_TEXT = "Redis Streams deliver commands to consumer groups."
 EXAMPLE_METADATA: dict[str, Any] = {"source": "handbook", "page": 3}
 EXAMPLE_VERSION = 1_816_133_304_320_000_000  # ms << 20 of an ingest entry id
@@ -49,6 +51,7 @@ def envelope(
         "specversion": "1.0",
         "time": match.regex(EXAMPLE_TIME, regex=RFC3339),
         "subject": match.str(subject),
+        "tenant": match.regex(EXAMPLE_TENANT, regex=TENANT),
         "datacontenttype": "application/json",
         "schemaversion": match.int(1),
         "data": data,
@@ -99,7 +102,7 @@ def _embedded_data(*, reused: bool) -> dict[str, Any]:
         if reused
         else match.each_like(
             {
-                "id": match.str(f"{EXAMPLE_DOC}:0"),
+                "id": match.str(f"{EXAMPLE_TENANT}/{EXAMPLE_DOC}:0"),
                 "index": match.int(0),
                 "text": match.str(EXAMPLE_TEXT),
                 "vector": match.regex(EXAMPLE_VECTOR, regex=BASE64),

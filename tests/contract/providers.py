@@ -39,6 +39,7 @@ Entry = dict[bytes, bytes]
 Scenario = Callable[[redis.Redis, StreamNames], Awaitable[None]]
 MessageProducer = Callable[[str, "dict[str, Any] | None"], dict[str, Any]]
 
+TENANT = "acme"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 TEXT = "Redis Streams deliver commands to consumer groups. " * 3
 METADATA: dict[str, str | int | float | bool] = {"source": "handbook", "page": 3}
@@ -107,24 +108,33 @@ async def apply(client: redis.Redis, ops: Sequence[TransactionOp]) -> None:
 # -- the ingress ------------------------------------------------------------------------
 
 
-def upsert(job_id: str, document_id: str, text: str = TEXT) -> Submission:
+def upsert(job_id: str, document_id: str, text: str = TEXT, tenant: str = TENANT) -> Submission:
     doc = DocumentIn(id=document_id, text=text, metadata=METADATA)
-    return Submission(document_id, "upsert", build_upsert(job_id, doc, traceparent=TRACEPARENT))
+    envelope = build_upsert(job_id, doc, tenant=tenant, traceparent=TRACEPARENT)
+    return Submission(document_id, "upsert", envelope)
 
 
-def delete(job_id: str, document_id: str) -> Submission:
-    return Submission(document_id, "delete", build_delete(job_id, document_id))
+def delete(job_id: str, document_id: str, tenant: str = TENANT) -> Submission:
+    return Submission(document_id, "delete", build_delete(job_id, document_id, tenant=tenant))
 
 
-async def submit_upserts(client: redis.Redis, names: StreamNames, *documents: str) -> str:
+async def submit_upserts(
+    client: redis.Redis, names: StreamNames, *documents: str, tenant: str = TENANT
+) -> str:
     job_id = str(uuid.uuid4())
-    await JobTracker(client, names).submit(job_id, [upsert(job_id, d) for d in documents])
+    await JobTracker(client, names).submit(
+        job_id, [upsert(job_id, d, tenant=tenant) for d in documents], tenant=tenant
+    )
     return job_id
 
 
-async def submit_delete(client: redis.Redis, names: StreamNames, document: str) -> str:
+async def submit_delete(
+    client: redis.Redis, names: StreamNames, document: str, tenant: str = TENANT
+) -> str:
     job_id = str(uuid.uuid4())
-    await JobTracker(client, names).submit(job_id, [delete(job_id, document)])
+    await JobTracker(client, names).submit(
+        job_id, [delete(job_id, document, tenant=tenant)], tenant=tenant
+    )
     return job_id
 
 

@@ -141,7 +141,12 @@ def test_an_ingress_upsert_with_a_renamed_field_fails_the_released_pact() -> Non
     def produce(name: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
         payload = renamed(job_id=str(uuid.uuid4()), document_id=DOC, body=TEXT, metadata=METADATA)
         envelope = Envelope.wrap(
-            DOCUMENT_UPSERT, payload, source=INGRESS_SOURCE, subject=DOC, traceparent=TRACEPARENT
+            DOCUMENT_UPSERT,
+            payload,
+            source=INGRESS_SOURCE,
+            tenant="acme",
+            subject=DOC,
+            traceparent=TRACEPARENT,
         )
         return pact_message(envelope.to_fields(), UPSERT.address)
 
@@ -156,7 +161,9 @@ def test_a_job_completed_without_a_field_fails_the_released_pact() -> None:
     def produce(name: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
         job_id = str(uuid.uuid4())
         payload = removed(job_id=job_id, completed_at=datetime.now(UTC))
-        envelope = Envelope.wrap(JOB_COMPLETED, payload, source="embedstream", subject=job_id)
+        envelope = Envelope.wrap(
+            JOB_COMPLETED, payload, source="embedstream", tenant="acme", subject=job_id
+        )
         return pact_message(envelope.to_fields(), COMPLETED.address)
 
     verifier = _verifier(results_provider(RESULTS), COMPLETED, produce, (FAILED, DELETED))

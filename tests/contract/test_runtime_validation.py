@@ -52,9 +52,9 @@ from tests.contract.support import SCHEMAS
 def test_ingress_builders_validate_before_anything_is_written() -> None:
     doc = DocumentIn(id="a", text="some text")
     with pytest.raises(ValidationError, match="job_id"):
-        build_upsert("", doc)
+        build_upsert("", doc, tenant="acme")
     with pytest.raises(ValidationError, match="document_id"):
-        build_delete("job", "x" * 513)
+        build_delete("job", "x" * 513, tenant="acme")
 
 
 async def test_job_tracker_validates_the_document_deleted_it_prepares(
@@ -114,6 +114,7 @@ def envelope_body(type_: str, data: dict[str, Any] | str, subject: str = "doc") 
         "specversion": "1.0",
         "time": "2025-03-01T10:15:30+00:00",
         "subject": subject,
+        "tenant": "acme",
         "datacontenttype": "application/json",
         "schemaversion": 1,
         "data": data,

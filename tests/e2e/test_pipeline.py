@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as redis
 from bench.corpus import generate
 
+from embedstream.schemas.tenancy import split_document_key
 from tests.e2e.conftest import PG_DSN, Stack
 from tests.e2e.stores import chroma_records, expected_chunk_ids, pg_documents, wait_for_results
 
@@ -29,11 +30,13 @@ def start_pipeline(stack: Stack, embed_replicas: int = 1) -> None:
     stack.wait_ready()
 
 
-def post(stack: Stack, documents: list[dict[str, object]]) -> str:
+def post(
+    stack: Stack, documents: list[dict[str, object]], headers: dict[str, str] | None = None
+) -> str:
     response = httpx.post(
         f"{stack.url}/v1/documents",
         json={"documents": documents},
-        headers=stack.headers,
+        headers=headers or stack.headers,
         timeout=30,
     )
     assert response.status_code == 202, response.text
@@ -41,9 +44,9 @@ def post(stack: Stack, documents: list[dict[str, object]]) -> str:
     return job_id
 
 
-def delete(stack: Stack, document_id: str) -> str:
+def delete(stack: Stack, document_id: str, headers: dict[str, str] | None = None) -> str:
     response = httpx.delete(
-        f"{stack.url}/v1/documents/{document_id}", headers=stack.headers, timeout=30
+        f"{stack.url}/v1/documents/{document_id}", headers=headers or stack.headers, timeout=30
     )
     assert response.status_code == 202, response.text
     job_id: str = response.json()["job_id"]
@@ -88,7 +91,10 @@ async def test_two_hundred_documents_one_job_completed(
     assert {d: doc.text for d, doc in docs.items()} == texts
     records = chroma_records(stack.chroma_path)
     assert set(records) == expected
-    assert all(records[c]["document_id"] == c.rsplit(":", 1)[0] for c in records)
+    assert all(
+        (records[c]["tenant"], records[c]["document_id"]) == split_document_key(c.rsplit(":", 1)[0])
+        for c in records
+    )
 
     # Chroma is derived: lose it, rebuild it from PostgreSQL, get the same records back.
     shutil.rmtree(stack.chroma_path)
@@ -115,7 +121,7 @@ async def test_update_shrink_and_delete(stack: Stack, results_reader: redis.Redi
     second = post(stack, [{"id": "doc/one", "text": short_text}])
     await wait_for_results(results_reader, stack.names, {second}, timeout=240)
     shrunk = await pg_documents(PG_DSN, stack.schema)
-    assert shrunk["doc/one"].chunk_ids == ["doc/one:0"]
+    assert shrunk["doc/one"].chunk_ids == ["bench/doc/one:0"]
     assert shrunk["doc/one"].text == short_text
 
     third = delete(stack, "doc/one")
@@ -193,3 +199,36 @@ async def test_worker_killed_mid_run_loses_nothing(
     expected = expected_chunk_ids(texts)
     assert {c for d in docs.values() for c in d.chunk_ids} == expected
     assert set(chroma_records(stack.chroma_path)) == expected
+
+
+async def test_two_tenants_share_a_document_id_apart(
+    stack: Stack, results_reader: redis.Redis
+) -> None:
+    """Tenant globex upserts and deletes the id bench also uses: bench's document stays
+    intact in PostgreSQL and Chroma, and globex cannot read bench's job."""
+    other = {"X-API-Key": stack.create_key("globex", "documents:write", "jobs:read")}
+    mine, theirs = "Bench keeps this document.", "Globex writes its own copy."
+    start_pipeline(stack)
+
+    job_a = post(stack, [{"id": "shared/doc", "text": mine}])
+    job_b = post(stack, [{"id": "shared/doc", "text": theirs}], headers=other)
+    await wait_for_results(results_reader, stack.names, {job_a, job_b}, timeout=240)
+    job_del = delete(stack, "shared/doc", headers=other)
+    events = await wait_for_results(results_reader, stack.names, {job_del}, timeout=240)
+
+    assert {(e.type, e.tenant) for e in events[job_del]} == {
+        ("document.deleted.v1", "globex"),
+        ("job.completed.v1", "globex"),
+    }
+    assert httpx.get(f"{stack.url}/v1/jobs/{job_a}", headers=other).status_code == 404
+    assert httpx.get(f"{stack.url}/v1/jobs/{job_b}", headers=other).status_code == 200
+
+    assert_clean_exit(stack)
+    bench = await pg_documents(PG_DSN, stack.schema)
+    globex = await pg_documents(PG_DSN, stack.schema, tenant="globex")
+    assert (bench["shared/doc"].text, bench["shared/doc"].deleted) == (mine, False)
+    assert bench["shared/doc"].chunk_ids == ["bench/shared/doc:0"]
+    assert globex["shared/doc"].deleted and globex["shared/doc"].chunk_ids == []
+    records = chroma_records(stack.chroma_path)
+    assert set(records) == {"bench/shared/doc:0"}
+    assert records["bench/shared/doc:0"]["tenant"] == "bench"

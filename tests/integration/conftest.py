@@ -27,13 +27,15 @@ JWT_SECRET = "test-only-jwt-secret-0123456789-abcdefghijklmnop"
 
 @dataclass(frozen=True)
 class ApiKeys:
-    """Keys of tenant ``acme`` in one schema, shared by a test session (read-only)."""
+    """Keys of tenant ``acme`` (and one of tenant ``globex``) in one schema, shared by a
+    test session (read-only)."""
 
     schema: str
     full: str  # documents:write + jobs:read
     writer: str  # documents:write
     reader: str  # jobs:read
     admin: str  # admin
+    other: str  # tenant globex: documents:write + jobs:read
 
 
 async def create_key(
@@ -71,7 +73,8 @@ def api_keys() -> Iterator[ApiKeys]:
                 ("admin",),
             )
         ]
-        return ApiKeys(schema, *keys)
+        other = await create_key(schema, "globex", "documents:write", "jobs:read")
+        return ApiKeys(schema, *keys, other=other[1])
 
     keys = asyncio.run(setup())
     yield keys

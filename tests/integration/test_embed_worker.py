@@ -57,8 +57,13 @@ def tracker(redis_client: redis.Redis, names: StreamNames) -> JobTracker:
     return JobTracker(redis_client, names)
 
 
+TENANT = "acme"
+
+
 async def submit(
-    tracker: JobTracker, commands: list[DocumentUpsert | DocumentDelete | Envelope]
+    tracker: JobTracker,
+    commands: list[DocumentUpsert | DocumentDelete | Envelope],
+    tenant: str = TENANT,
 ) -> str:
     """One job with these commands (an ``Envelope`` goes in as it is)."""
     job_id = f"job-{uuid.uuid4().hex[:8]}"
@@ -70,9 +75,11 @@ async def submit(
         command = command.model_copy(update={"job_id": job_id})
         kind = "upsert" if isinstance(command, DocumentUpsert) else "delete"
         etype = DOCUMENT_UPSERT if kind == "upsert" else DOCUMENT_DELETE
-        envelope = Envelope.wrap(etype, command, source="test", subject=command.document_id)
+        envelope = Envelope.wrap(
+            etype, command, source="test", tenant=tenant, subject=command.document_id
+        )
         subs.append(Submission(command.document_id, kind, envelope))
-    await tracker.submit(job_id, subs)
+    await tracker.submit(job_id, subs, tenant=tenant)
     return job_id
 
 
@@ -145,7 +152,7 @@ async def test_upserts_are_chunked_and_embedded_in_one_call(
         assert event.version == expected_versions[event.document_id]
         assert event.chunk_count == len(event.chunks)
         assert [c.id for c in event.chunks] == [
-            f"{event.document_id}:{i}" for i in range(event.chunk_count)
+            f"{TENANT}/{event.document_id}:{i}" for i in range(event.chunk_count)
         ]
         assert [c.index for c in event.chunks] == list(range(event.chunk_count))
     assert long.metadata == {"lang": "en"}
@@ -194,7 +201,7 @@ async def test_delete_is_forwarded_with_its_version(
         job_id=job_id, document_id="gone", version=(await versions(tracker, job_id))["gone"]
     )
     assert embedder.stats.calls == calls  # nothing to encode
-    stored = await redis_client.hget(names.key("embed", "hashes"), "gone")
+    stored = await redis_client.hget(names.key("embed", "hashes"), "acme/gone")
     assert stored is not None
     assert stored.decode().startswith("deleted|")
     assert (await job(tracker, job_id)).items[0].stages == {"embed": "done"}
@@ -264,7 +271,7 @@ async def test_repeats_within_one_batch_are_embedded_once_and_never_reused(
     ]
     assert embedder.stats.chunks == chunks + 1  # one distinct text, one chunk encoded
     assert evts[0].chunks[0].vector == evts[1].chunks[0].vector == evts[2].chunks[0].vector
-    assert evts[1].chunks[0].id == "b:0"
+    assert evts[1].chunks[0].id == "acme/b:0"
 
 
 async def test_poison_and_blank_documents_are_dead_lettered_alone(
@@ -280,6 +287,7 @@ async def test_poison_and_blank_documents_are_dead_lettered_alone(
         type=DOCUMENT_UPSERT,
         time="2026-01-01T00:00:00Z",
         subject="bad",
+        tenant=TENANT,
         data=b'{"job_id": "JOB", "document_id": "bad", "text": 42}',
     )
     job_id = await submit(
@@ -300,7 +308,9 @@ async def test_poison_and_blank_documents_are_dead_lettered_alone(
     await redis_client.xdel(names.ingest, entry_id)
     fields[b"data"] = fields[b"data"].replace(b"JOB", job_id.encode())
     await redis_client.xadd(names.ingest, fields)
-    unknown = Envelope.wrap("document.frobnicate.v1", upsert("x", "y"), source="test")
+    unknown = Envelope.wrap(
+        "document.frobnicate.v1", upsert("x", "y"), source="test", tenant=TENANT
+    )
     await redis_client.xadd(names.ingest, unknown.to_fields())
 
     stats = await run_worker(redis_client, names, embedder, fast_settings)
@@ -339,9 +349,9 @@ async def test_stored_hash_never_moves_backwards(
     for version, digest in [(big, "new"), (big - 1, "older"), (big, "same"), (big + 1, "newer")]:
         stored = embed_worker.StoredEmbedding(digest, version, 3, "p")
         async with redis_client.pipeline(transaction=True) as pipe:
-            await handler._store_op("doc", stored)(pipe)
+            await handler._store_op("acme/doc", stored)(pipe)
             await pipe.execute()
-    assert await redis_client.hget(key, "doc") == f"newer|{big + 1}|3|p".encode()
+    assert await redis_client.hget(key, "acme/doc") == f"newer|{big + 1}|3|p".encode()
 
 
 async def test_run_loads_the_model_and_closes_what_it_opened(
@@ -393,7 +403,9 @@ async def test_documents_busy_in_another_batch_are_not_reused(
 
     def message(entry_id: str, command: DocumentUpsert | DocumentDelete) -> Message[Envelope]:
         etype = DOCUMENT_UPSERT if isinstance(command, DocumentUpsert) else DOCUMENT_DELETE
-        envelope = Envelope.wrap(etype, command, source="test", subject=command.document_id)
+        envelope = Envelope.wrap(
+            etype, command, source="test", tenant=TENANT, subject=command.document_id
+        )
         return Message(entry_id, names.ingest, {}, envelope, 1)
 
     acked = asyncio.Event()
@@ -425,3 +437,35 @@ def reused_flag(ack: Ack) -> bool:
         k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in publish.fields.items()
     }
     return Envelope.from_fields(fields).payload(DocumentEmbedded).reused
+
+
+async def test_tenants_have_their_own_content_hashes_and_events(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    embedder: Embedder,
+    tracker: JobTracker,
+    fast_settings: ConsumerSettings,
+) -> None:
+    """The same document id of two tenants: separate registers, chunk ids and events; a
+    delete of one tenant's copy does not make the other's embedding stale."""
+    await submit(tracker, [upsert("doc", "Shared words.")], tenant="t-a")
+    await submit(tracker, [upsert("doc", "Shared words.")], tenant="t-b")
+    await submit(tracker, [DocumentDelete(job_id="-", document_id="doc")], tenant="t-b")
+    await run_worker(redis_client, names, embedder, fast_settings)
+    await submit(tracker, [upsert("doc", "Shared words.")], tenant="t-a")
+    await run_worker(redis_client, names, embedder, fast_settings)
+
+    evts = await events(redis_client, names)
+    assert [(e.tenant, e.type) for e in evts] == [
+        ("t-a", DOCUMENT_EMBEDDED),
+        ("t-b", DOCUMENT_EMBEDDED),
+        ("t-b", DOCUMENT_REMOVED),
+        ("t-a", DOCUMENT_EMBEDDED),
+    ]
+    first, second = evts[0].payload(DocumentEmbedded), evts[1].payload(DocumentEmbedded)
+    assert [c.id for c in first.chunks] == ["t-a/doc:0"]
+    assert [c.id for c in second.chunks] == ["t-b/doc:0"]
+    assert evts[3].payload(DocumentEmbedded).reused  # t-b's delete left t-a's hash alone
+    hashes = await redis_client.hgetall(names.key("embed", "hashes"))
+    assert hashes[b"t-b/doc"].startswith(b"deleted|")
+    assert not hashes[b"t-a/doc"].startswith(b"deleted|")

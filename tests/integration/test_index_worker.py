@@ -118,16 +118,24 @@ def removed(job_id: str, document_id: str, version: int) -> DocumentRemoved:
     return DocumentRemoved(job_id=job_id, document_id=document_id, version=version)
 
 
+TENANT = "acme"
+
+
 async def publish(
-    client: redis.Redis, names: StreamNames, *events: DocumentEmbedded | DocumentRemoved
+    client: redis.Redis,
+    names: StreamNames,
+    *events: DocumentEmbedded | DocumentRemoved,
+    tenant: str = TENANT,
 ) -> None:
     for event in events:
         kind = DOCUMENT_REMOVED if isinstance(event, DocumentRemoved) else DOCUMENT_EMBEDDED
-        env = Envelope.wrap(kind, event, source="tests", subject=event.document_id)
+        env = Envelope.wrap(kind, event, source="tests", tenant=tenant, subject=event.document_id)
         await client.xadd(names.embedded, env.to_fields())  # type: ignore[arg-type]
 
 
-async def submit(tracker: JobTracker, job_id: str, docs: dict[str, str]) -> None:
+async def submit(
+    tracker: JobTracker, job_id: str, docs: dict[str, str], tenant: str = TENANT
+) -> None:
     """A job with ``docs``: document id -> "upsert" | "delete"."""
     subs = []
     for doc, kind in docs.items():
@@ -139,9 +147,9 @@ async def submit(tracker: JobTracker, job_id: str, docs: dict[str, str]) -> None
             )
         else:
             payload, type_ = DocumentDelete(job_id=job_id, document_id=doc), DOCUMENT_DELETE
-        env = Envelope.wrap(type_, payload, source="tests", subject=doc)
+        env = Envelope.wrap(type_, payload, source="tests", tenant=tenant, subject=doc)
         subs.append(Submission(doc, kind, env))
-    await tracker.submit(job_id, subs)
+    await tracker.submit(job_id, subs, tenant=tenant)
 
 
 async def dead_letters(client: redis.Redis, names: StreamNames) -> list[dict[bytes, bytes]]:
@@ -155,13 +163,23 @@ async def index_stage(tracker: JobTracker, job_id: str) -> dict[str, str | None]
     return {item.document_id: item.stages.get("index") for item in status.items}
 
 
-def records(index: ChromaIndex, document_id: str | None = None) -> dict[str, Any]:
-    """id -> {"metadata", "embedding", "document"} straight from the collection."""
-    where: Any = {"document_id": document_id} if document_id else None
+def records(
+    index: ChromaIndex, document_id: str | None = None, tenant: str = TENANT
+) -> dict[str, Any]:
+    """One tenant's chunks straight from the collection: chunk id without its
+    ``{tenant}/`` prefix -> {"metadata", "embedding", "document"}."""
+    where: Any = {"tenant": tenant}
+    if document_id:
+        where = {"$and": [where, {"document_id": document_id}]}
     reply: Any = index.collection.get(where=where, include=["metadatas", "embeddings", "documents"])
     embeddings = reply["embeddings"] if reply["embeddings"] is not None else []
+    assert all(rid.startswith(f"{tenant}/") for rid in reply["ids"])
     return {
-        rid: {"metadata": meta, "embedding": np.asarray(emb), "document": doc}
+        rid.removeprefix(f"{tenant}/"): {
+            "metadata": meta,
+            "embedding": np.asarray(emb),
+            "document": doc,
+        }
         for rid, meta, emb, doc in zip(
             reply["ids"],
             reply["metadatas"] or [],
@@ -226,6 +244,7 @@ async def test_chunks_land_with_ids_and_metadata(
     assert stored["doc-a:1"]["metadata"] == {
         "lang": "en",
         "n": 3,
+        "tenant": TENANT,
         "document_id": "doc-a",
         "chunk_index": 1,
         "version": 10,
@@ -240,8 +259,8 @@ async def test_chunks_land_with_ids_and_metadata(
     assert await index_stage(tracker, "j1") == {"doc-a": "done", "doc-b": "done"}
     assert index.collection.metadata == {"embedding_model": MODEL, "embedding_dim": DIM}
     assert await redis_client.hgetall(names.key("index", "versions")) == {
-        b"doc-a": b"10",
-        b"doc-b": b"11",
+        b"acme/doc-a": b"10",
+        b"acme/doc-b": b"11",
     }
 
 
@@ -286,7 +305,7 @@ async def test_removal_deletes_every_chunk_and_only_that_document(
     assert stats.acked == 1
     assert set(records(index)) == {"kept:0"}
     assert await index_stage(tracker, "j2") == {"gone": "done"}
-    tombstone = await redis_client.hget(names.key("index", "versions"), "gone")
+    tombstone = await redis_client.hget(names.key("index", "versions"), "acme/gone")
     assert tombstone == b"3"
 
 
@@ -324,7 +343,7 @@ async def test_older_versions_are_refused_after_newer_ones(
     assert stored["d:0"]["metadata"]["version"] == 20
     assert await index_stage(tracker, "j1") == {"d": "done", "e": "done"}
     versions = await redis_client.hgetall(names.key("index", "versions"))
-    assert versions == {b"d": b"20", b"e": b"30"}
+    assert versions == {b"acme/d": b"20", b"acme/e": b"30"}
 
 
 async def test_one_batch_applies_only_the_newest_version(
@@ -445,7 +464,7 @@ async def test_busy_document_lock_is_retried_then_written(
     fast_settings: ConsumerSettings,
     index: ChromaIndex,
 ) -> None:
-    await redis_client.set(names.key("index", "lock", "d"), "someone-else", px=100)
+    await redis_client.set(names.key("index", "lock", "acme/d"), "someone-else", px=100)
     await publish(redis_client, names, embedded("j", "d", 1, ("a",)))
     cfg = fast_settings.model_copy(update={"max_deliveries": 10})
 
@@ -454,7 +473,7 @@ async def test_busy_document_lock_is_retried_then_written(
     assert stats.retried >= 1
     assert (stats.acked, stats.dead_lettered) == (1, 0)
     assert set(records(index)) == {"d:0"}
-    assert await redis_client.get(names.key("index", "lock", "d")) is None
+    assert await redis_client.get(names.key("index", "lock", "acme/d")) is None
 
 
 # -- model, reuse, poison ----------------------------------------------------------
@@ -602,9 +621,11 @@ async def test_poison_is_dead_lettered_alone(
     )
     wrong_count = embedded("j", "short", 3, ("x",)).model_copy(update={"chunk_count": 2})
     await publish(redis_client, names, good, bad_vector, wrong_count)
-    unknown = Envelope.wrap("document.surprise.v1", good, source="tests", subject="good")
+    unknown = Envelope.wrap(
+        "document.surprise.v1", good, source="tests", tenant=TENANT, subject="good"
+    )
     await redis_client.xadd(names.embedded, unknown.to_fields())  # type: ignore[arg-type]
-    invalid = Envelope.wrap(DOCUMENT_REMOVED, good, source="tests", subject="good")
+    invalid = Envelope.wrap(DOCUMENT_REMOVED, good, source="tests", tenant=TENANT, subject="good")
     await redis_client.xadd(names.embedded, invalid.to_fields())  # type: ignore[arg-type]
 
     stats = await run_worker(redis_client, names, fast_settings, index)
@@ -723,7 +744,7 @@ async def test_run_against_a_chroma_server(
     )
     collection = client.get_collection("server-test", embedding_function=None)
     got = collection.get(include=["metadatas"])
-    assert sorted(got["ids"]) == ["a:0", "a:1"]
+    assert sorted(got["ids"]) == ["acme/a:0", "acme/a:1"]
     assert got["metadatas"] is not None
     assert {m["k"] for m in got["metadatas"]} == {"v"}
     assert collection.metadata == {"embedding_model": MODEL, "embedding_dim": DIM}
@@ -741,17 +762,65 @@ def test_adapter_functions_rebuild_a_collection(tmp_path: Path) -> None:
     chroma_adapter.bind_model(client, "rebuild", MODEL, DIM)
     chunks = [
         chroma_adapter.ChunkRecord(
-            id=chroma_adapter.chunk_id(doc, n),
+            id=chroma_adapter.chunk_id(tenant, doc, n),
             embedding=unit(rng.standard_normal(DIM)),
             metadata=chroma_adapter.chunk_metadata(
-                {}, document_id=doc, index=n, version=1, job_id="j", content_hash="h"
+                {},
+                tenant=tenant,
+                document_id=doc,
+                index=n,
+                version=1,
+                job_id="j",
+                content_hash="h",
             ),
         )
+        for tenant in ("t1", "t2")
         for doc in ("a", "b")
         for n in range(3)
     ]
-    assert chroma_adapter.upsert_chunks(collection, chunks, batch_size=4) == 6
-    assert chroma_adapter.delete_documents(collection, ["a", "missing"]) == 3
-    assert sorted(collection.get()["ids"]) == ["b:0", "b:1", "b:2"]
+    assert chroma_adapter.upsert_chunks(collection, chunks, batch_size=4) == 12
+    assert chroma_adapter.delete_documents(collection, "t1", ["a", "missing"]) == 3
+    assert sorted(collection.get()["ids"]) == [
+        "t1/b:0",
+        "t1/b:1",
+        "t1/b:2",
+        *(f"t2/{doc}:{n}" for doc in "ab" for n in range(3)),
+    ]
     with pytest.raises(chroma_adapter.ModelMismatch, match="other"):
         chroma_adapter.bind_model(client, "rebuild", "other", DIM)
+
+
+async def test_tenants_index_the_same_document_id_apart(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    fast_settings: ConsumerSettings,
+    index: ChromaIndex,
+    tracker: JobTracker,
+) -> None:
+    """Two tenants' "d" coexist; versions and deletes are per tenant: t-b's delete (with a
+    version newer than t-a's) removes only t-b's chunks, and t-a's older versions are
+    still applied after it."""
+    await submit(tracker, "ja", {"d": "upsert"}, tenant="t-a")
+    await submit(tracker, "jb", {"d": "upsert"}, tenant="t-b")
+    await publish(redis_client, names, embedded("ja", "d", 10, ("a0", "a1")), tenant="t-a")
+    await publish(redis_client, names, embedded("jb", "d", 20, ("b0",)), tenant="t-b")
+    await run_worker(redis_client, names, fast_settings, index)
+    assert set(records(index, tenant="t-a")) == {"d:0", "d:1"}
+    assert set(records(index, tenant="t-b")) == {"d:0"}
+    assert records(index, "d", tenant="t-b")["d:0"]["metadata"]["version"] == 20
+
+    await submit(tracker, "jb2", {"d": "delete"}, tenant="t-b")
+    await publish(redis_client, names, removed("jb2", "d", 30), tenant="t-b")
+    await submit(tracker, "ja2", {"d": "upsert"}, tenant="t-a")
+    await publish(redis_client, names, embedded("ja2", "d", 15, ("a-new",)), tenant="t-a")
+    stats = await run_worker(redis_client, names, fast_settings, index)
+
+    assert (stats.acked, stats.dead_lettered) == (2, 0)
+    assert records(index, tenant="t-b") == {}
+    a = records(index, tenant="t-a")
+    assert set(a) == {"d:0"}
+    assert a["d:0"]["metadata"]["version"] == 15
+    assert await redis_client.hgetall(names.key("index", "versions")) == {
+        b"t-a/d": b"15",
+        b"t-b/d": b"30",
+    }

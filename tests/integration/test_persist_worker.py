@@ -67,6 +67,9 @@ def tracker(redis_client: redis.Redis, names: StreamNames) -> JobTracker:
     return JobTracker(redis_client, names)
 
 
+T = "acme"
+
+
 class Pipeline:
     """Submits jobs and writes the embed stage's events, then runs the persist worker."""
 
@@ -83,7 +86,7 @@ class Pipeline:
         self.store = DocumentStore(pool)
         self.vectors: dict[tuple[str, int, int], np.ndarray] = {}
 
-    async def job(self, *docs: tuple[str, str]) -> str:
+    async def job(self, *docs: tuple[str, str], tenant: str = T) -> str:
         """A job with (document_id, kind) commands, so stage marks have a job to count."""
         job_id = uuid.uuid4().hex
         subs = []
@@ -93,9 +96,11 @@ class Pipeline:
                 if kind == "upsert"
                 else DocumentDelete(job_id=job_id, document_id=doc)
             )
-            envelope = Envelope.wrap(f"document.{kind}.v1", command, source="test", subject=doc)
+            envelope = Envelope.wrap(
+                f"document.{kind}.v1", command, source="test", tenant=tenant, subject=doc
+            )
             subs.append(Submission(doc, kind, envelope))
-        await self.tracker.submit(job_id, subs)
+        await self.tracker.submit(job_id, subs, tenant=tenant)
         return job_id
 
     def embedded(
@@ -116,7 +121,7 @@ class Pipeline:
             self.vectors[(doc, version, i)] = vec
             items.append(
                 EmbeddedChunk(
-                    id=f"{doc}:{i}", index=i, text=f"{text} #{i}", vector=encode_vector(vec)
+                    id=f"{T}/{doc}:{i}", index=i, text=f"{text} #{i}", vector=encode_vector(vec)
                 )
             )
         return DocumentEmbedded(
@@ -133,10 +138,12 @@ class Pipeline:
             chunks=items,
         )
 
-    async def send(self, *events: DocumentEmbedded | DocumentRemoved) -> None:
+    async def send(self, *events: DocumentEmbedded | DocumentRemoved, tenant: str = T) -> None:
         for event in events:
             kind = DOCUMENT_EMBEDDED if isinstance(event, DocumentEmbedded) else DOCUMENT_REMOVED
-            envelope = Envelope.wrap(kind, event, source="test", subject=event.document_id)
+            envelope = Envelope.wrap(
+                kind, event, source="test", tenant=tenant, subject=event.document_id
+            )
             await self.add(envelope.to_fields())
 
     async def run(self) -> RunStats:
@@ -179,14 +186,14 @@ async def test_embedded_document_is_persisted_with_vectors(pipe: Pipeline) -> No
     stats = await pipe.run()
     assert (stats.acked, stats.dead_lettered, stats.retried) == (1, 0, 0)
 
-    doc = await pipe.store.get_document("a")
+    doc = await pipe.store.get_document(T, "a")
     assert doc is not None
     assert (doc.version, doc.deleted, doc.text, doc.chunk_count) == (7, False, "some text", 3)
     assert (doc.model, doc.dim, doc.content_hash) == ("all-MiniLM-L6-v2", DIM, "sha:some text")
     assert doc.metadata_json == '{"n": 2, "lang": "en"}'
-    chunks = await pipe.store.get_chunks("a")
+    chunks = await pipe.store.get_chunks(T, "a")
     assert [(c.idx, c.chunk_id, c.text) for c in chunks] == [
-        (i, f"a:{i}", f"some text #{i}") for i in range(3)
+        (i, f"{T}/a:{i}", f"some text #{i}") for i in range(3)
     ]
     for chunk in chunks:
         np.testing.assert_array_equal(chunk.vector, pipe.vectors[("a", 7, chunk.idx)])
@@ -208,10 +215,10 @@ async def test_a_shorter_version_removes_surplus_chunks(pipe: Pipeline) -> None:
     await pipe.run()
     await pipe.send(pipe.embedded(job, "a", 2, chunks=2, text="shorter"))
     await pipe.run()
-    chunks = await pipe.store.get_chunks("a")
+    chunks = await pipe.store.get_chunks(T, "a")
     assert [c.text for c in chunks] == ["shorter #0", "shorter #1"]
     np.testing.assert_array_equal(chunks[1].vector, pipe.vectors[("a", 2, 1)])
-    doc = await pipe.store.get_document("a")
+    doc = await pipe.store.get_document(T, "a")
     assert doc is not None
     assert (doc.version, doc.chunk_count) == (2, 2)
 
@@ -224,10 +231,10 @@ async def test_delete_leaves_a_tombstone_and_is_reported(pipe: Pipeline) -> None
     await pipe.send(DocumentRemoved(job_id=job2, document_id="a", version=2))
     stats = await pipe.run()
     assert stats.acked == 1
-    doc = await pipe.store.get_document("a")
+    doc = await pipe.store.get_document(T, "a")
     assert doc is not None
     assert (doc.version, doc.deleted, doc.text, doc.chunk_count) == (2, True, None, 0)
-    assert await pipe.store.get_chunks("a") == []
+    assert await pipe.store.get_chunks(T, "a") == []
     assert await pipe.persist_mark(job2, "a") == "done"
     row = await pipe.pool.fetchrow(
         "SELECT kind, version FROM job_documents WHERE job_id = $1", job2
@@ -264,11 +271,11 @@ async def test_an_older_version_after_a_newer_one_changes_nothing(
         await pipe.send(event(older, 4))
         stats = await pipe.run()
     assert (stats.dead_lettered, stats.retried) == (0, 0)
-    doc = await pipe.store.get_document("a")
+    doc = await pipe.store.get_document(T, "a")
     assert doc is not None
     assert (doc.version, doc.deleted) == (5, expect_deleted)
     expected_chunks = [] if expect_deleted else [f"v5 #{i}" for i in range(5)]
-    assert [c.text for c in await pipe.store.get_chunks("a")] == expected_chunks
+    assert [c.text for c in await pipe.store.get_chunks(T, "a")] == expected_chunks
     assert await pipe.persist_mark(job, "a") == "done"
 
 
@@ -276,7 +283,7 @@ async def test_reused_embedding_updates_metadata_and_keeps_chunks(pipe: Pipeline
     job = await pipe.job(("a", "upsert"), ("b", "upsert"))
     await pipe.send(pipe.embedded(job, "a", 1, chunks=3, metadata={"tag": "old"}))
     await pipe.run()
-    before = await pipe.store.get_chunks("a")
+    before = await pipe.store.get_chunks(T, "a")
     # in one batch: b's full embedding, then a reused one for b (sequential semantics)
     await pipe.send(
         pipe.embedded(job, "a", 2, chunks=3, metadata={"tag": "new"}, reused=True),
@@ -285,17 +292,17 @@ async def test_reused_embedding_updates_metadata_and_keeps_chunks(pipe: Pipeline
     )
     stats = await pipe.run()
     assert (stats.acked, stats.retried, stats.dead_lettered) == (3, 0, 0)
-    a = await pipe.store.get_document("a")
+    a = await pipe.store.get_document(T, "a")
     assert a is not None
     assert (a.version, a.metadata_json, a.chunk_count) == (2, '{"tag": "new"}', 3)
-    after = await pipe.store.get_chunks("a")
+    after = await pipe.store.get_chunks(T, "a")
     assert [(c.idx, c.text, c.embedding) for c in after] == [
         (c.idx, c.text, c.embedding) for c in before
     ]
-    b = await pipe.store.get_document("b")
+    b = await pipe.store.get_document(T, "b")
     assert b is not None
     assert (b.version, b.metadata_json, b.chunk_count) == (4, '{"k": 1}', 2)
-    assert len(await pipe.store.get_chunks("b")) == 2
+    assert len(await pipe.store.get_chunks(T, "b")) == 2
 
 
 async def test_reused_embedding_without_its_content_is_retried_then_dead_lettered(
@@ -306,7 +313,7 @@ async def test_reused_embedding_without_its_content_is_retried_then_dead_lettere
     stats = await pipe.run()
     assert stats.retried == pipe.settings.max_deliveries - 1
     assert stats.dead_lettered == 1
-    assert await pipe.store.get_document("a") is None
+    assert await pipe.store.get_document(T, "a") is None
     assert await pipe.persist_mark(job, "a") == "failed"
 
 
@@ -320,7 +327,7 @@ async def test_reused_embedding_waits_for_its_full_version(pipe: Pipeline) -> No
     await pipe.send(pipe.embedded(job, "a", 1, chunks=2))
     stats = await pipe.run()
     assert stats.dead_lettered == 0
-    doc = await pipe.store.get_document("a")
+    doc = await pipe.store.get_document(T, "a")
     assert doc is not None
     assert (doc.version, doc.metadata_json, doc.chunk_count) == (2, '{"m": 2}', 2)
 
@@ -364,8 +371,8 @@ async def test_poison_goes_to_the_dead_letter_stream_alone(pipe: Pipeline) -> No
     )
     bad_indexes = pipe.embedded(job, "badidx", 1, chunks=2).model_copy(update={"chunk_count": 3})
     await pipe.send(good, short_vector, bad_indexes)
-    await pipe.add(Envelope.wrap("document.surprise.v1", good, source="test").to_fields())
-    invalid = Envelope.wrap(DOCUMENT_EMBEDDED, good, source="test").model_copy(
+    await pipe.add(Envelope.wrap("document.surprise.v1", good, source="test", tenant=T).to_fields())
+    invalid = Envelope.wrap(DOCUMENT_EMBEDDED, good, source="test", tenant=T).model_copy(
         update={"data": b'{"job_id": "x"}'}
     )
     await pipe.add(invalid.to_fields())
@@ -380,8 +387,8 @@ async def test_poison_goes_to_the_dead_letter_stream_alone(pipe: Pipeline) -> No
     assert b"expected dim=384" in errors
     assert b"chunk_count=3" in errors
     assert b"document.surprise.v1" in errors
-    assert await pipe.store.get_document("good") is not None
-    assert await pipe.store.get_document("badvec") is None
+    assert await pipe.store.get_document(T, "good") is not None
+    assert await pipe.store.get_document(T, "badvec") is None
     assert await pipe.persist_mark(job, "good") == "done"
     assert await pipe.persist_mark(job, "badvec") == "failed"
     assert await pipe.persist_mark(job, "badidx") == "failed"
@@ -420,7 +427,7 @@ async def test_a_refused_document_is_dead_lettered_alone(pipe: Pipeline) -> None
     assert isinstance(outcomes[0], Ack)
     assert isinstance(outcomes[1], DeadLetter)
     assert "CheckViolationError" in str(outcomes[1].error)
-    assert await pipe.store.get_document("a") is not None
+    assert await pipe.store.get_document(T, "a") is not None
 
 
 async def test_run_connects_migrates_consumes_and_closes(
@@ -448,3 +455,22 @@ async def test_run_connects_migrates_consumes_and_closes(
         conn = await asyncpg.connect(PG_DSN)
         await conn.execute(f'DROP SCHEMA IF EXISTS "{fresh_schema}" CASCADE')
         await conn.close()
+
+
+async def test_tenants_persist_the_same_document_id_apart(pipe: Pipeline) -> None:
+    """B's delete of A's document id removes B's copy only; B's upsert creates B's own."""
+    job_a = await pipe.job(("a", "upsert"), tenant="t-a")
+    await pipe.send(pipe.embedded(job_a, "a", 10, 3, text="of a"), tenant="t-a")
+    job_b = await pipe.job(("a", "upsert"), tenant="t-b")
+    await pipe.send(pipe.embedded(job_b, "a", 20, 1, text="of b"), tenant="t-b")
+    job_del = await pipe.job(("a", "delete"), tenant="t-b")
+    await pipe.send(DocumentRemoved(job_id=job_del, document_id="a", version=30), tenant="t-b")
+    stats = await pipe.run()
+
+    assert (stats.acked, stats.dead_lettered) == (3, 0)
+    a, b = await pipe.store.get_document("t-a", "a"), await pipe.store.get_document("t-b", "a")
+    assert a is not None and b is not None
+    assert (a.version, a.deleted, a.text, a.chunk_count) == (10, False, "of a", 3)
+    assert (b.version, b.deleted) == (30, True)
+    assert len(await pipe.store.get_chunks("t-a", "a")) == 3
+    assert await pipe.store.get_chunks("t-b", "a") == []

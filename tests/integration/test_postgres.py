@@ -62,6 +62,9 @@ def store(pool: asyncpg.Pool) -> DocumentStore:
     return DocumentStore(pool)
 
 
+T = "acme"
+
+
 def vector(seed: int) -> bytes:
     return np.random.default_rng(seed).standard_normal(DIM).astype("<f4").tobytes()
 
@@ -75,11 +78,13 @@ def upsert(
     job: str = "j",
     reused: bool = False,
     meta: str = "{}",
+    tenant: str = T,
 ) -> DocumentWrite:
     return DocumentWrite(
         job_id=job,
         document_id=doc,
         version=version,
+        tenant=tenant,
         reused=reused,
         content_hash=f"h:{text}",
         text=text,
@@ -90,14 +95,14 @@ def upsert(
         chunks=()
         if reused
         else tuple(
-            ChunkRow(i, f"{doc}:{i}", f"{text} {i}", vector(version * 100 + i))
+            ChunkRow(i, f"{tenant}/{doc}:{i}", f"{text} {i}", vector(version * 100 + i))
             for i in range(chunks)
         ),
     )
 
 
-def delete(doc: str, version: int, *, job: str = "j") -> DocumentWrite:
-    return DocumentWrite(job_id=job, document_id=doc, version=version, deleted=True)
+def delete(doc: str, version: int, *, job: str = "j", tenant: str = T) -> DocumentWrite:
+    return DocumentWrite(job_id=job, document_id=doc, version=version, tenant=tenant, deleted=True)
 
 
 # -- migrations ------------------------------------------------------------------------
@@ -227,7 +232,7 @@ async def test_upsert_stores_document_chunks_and_job(store: DocumentStore) -> No
     assert await store.write([upsert("a", 10, chunks=3, meta='{"lang":"en"}')]) == [
         WriteResult.APPLIED
     ]
-    doc = await store.get_document("a")
+    doc = await store.get_document(T, "a")
     assert doc is not None
     assert (doc.version, doc.deleted, doc.text, doc.chunk_count, doc.dim) == (
         10,
@@ -237,9 +242,9 @@ async def test_upsert_stores_document_chunks_and_job(store: DocumentStore) -> No
         4,
     )
     assert doc.metadata_json == '{"lang": "en"}'
-    chunks = await store.get_chunks("a")
+    chunks = await store.get_chunks(T, "a")
     assert [(c.idx, c.chunk_id, c.text) for c in chunks] == [
-        (i, f"a:{i}", f"hello {i}") for i in range(3)
+        (i, f"{T}/a:{i}", f"hello {i}") for i in range(3)
     ]
     for c in chunks:
         expected = np.frombuffer(vector(1000 + c.idx), dtype="<f4")
@@ -259,22 +264,22 @@ async def test_versions_never_go_backwards(store: DocumentStore) -> None:
     assert await store.write([upsert("a", 4, chunks=1, text="old")]) == [WriteResult.STALE]
     assert await store.write([upsert("a", 5, chunks=1, text="same")]) == [WriteResult.STALE]
     assert await store.write([delete("a", 3)]) == [WriteResult.STALE]
-    doc = await store.get_document("a")
+    doc = await store.get_document(T, "a")
     assert doc is not None
     assert (doc.version, doc.text, doc.chunk_count) == (5, "hello", 4)
-    assert len(await store.get_chunks("a")) == 4
+    assert len(await store.get_chunks(T, "a")) == 4
     assert await store.write([delete("a", 7)]) == [WriteResult.APPLIED]
     assert await store.write([upsert("a", 6)]) == [WriteResult.STALE]
-    doc = await store.get_document("a")
+    doc = await store.get_document(T, "a")
     assert doc is not None
     assert (doc.version, doc.deleted, doc.text) == (7, True, None)
-    assert await store.get_chunks("a") == []
+    assert await store.get_chunks(T, "a") == []
 
 
 async def test_shrinking_removes_surplus_chunks(store: DocumentStore) -> None:
     await store.write([upsert("a", 1, chunks=5)])
     await store.write([upsert("a", 2, chunks=2, text="short")])
-    assert [c.text for c in await store.get_chunks("a")] == ["short 0", "short 1"]
+    assert [c.text for c in await store.get_chunks(T, "a")] == ["short 0", "short 1"]
 
 
 async def test_one_batch_applies_the_newest_message_per_document(store: DocumentStore) -> None:
@@ -284,22 +289,22 @@ async def test_one_batch_applies_the_newest_message_per_document(store: Document
     # count as taken effect (then replaced in the same batch); only a:3 and b:4 are written
     assert results == [WriteResult.APPLIED] * 4
     assert await store.write([upsert("a", 2)]) == [WriteResult.STALE]
-    a, b = await store.get_document("a"), await store.get_document("b")
+    a, b = await store.get_document(T, "a"), await store.get_document(T, "b")
     assert a is not None
     assert b is not None
     assert (a.version, a.chunk_count, b.version, b.deleted) == (3, 3, 4, False)
-    assert len(await store.get_chunks("b")) == 1
+    assert len(await store.get_chunks(T, "b")) == 1
 
 
 async def test_reused_updates_metadata_and_version_only(store: DocumentStore) -> None:
     await store.write([upsert("a", 1, chunks=3)])
-    before = await store.get_chunks("a")
+    before = await store.get_chunks(T, "a")
     reused = upsert("a", 2, chunks=3, reused=True, meta='{"v":2}')
     assert await store.write([reused]) == [WriteResult.APPLIED]
-    doc = await store.get_document("a")
+    doc = await store.get_document(T, "a")
     assert doc is not None
     assert (doc.version, doc.metadata_json) == (2, '{"v": 2}')
-    assert [(c.idx, c.embedding) for c in await store.get_chunks("a")] == [
+    assert [(c.idx, c.embedding) for c in await store.get_chunks(T, "a")] == [
         (c.idx, c.embedding) for c in before
     ]
     other = upsert("a", 3, reused=True, text="different content")
@@ -307,7 +312,7 @@ async def test_reused_updates_metadata_and_version_only(store: DocumentStore) ->
         WriteResult.CONFLICT,
         WriteResult.CONFLICT,
     ]
-    assert await store.get_document("b") is None
+    assert await store.get_document(T, "b") is None
     assert await store.pool.fetchval("SELECT count(*) FROM job_documents") == 1
 
 
@@ -352,3 +357,53 @@ async def test_iter_live_chunks_pages_through_live_documents(store: DocumentStor
     assert keys == [(f"d{i}", n) for i in (0, 1, 3, 4) for n in range(3)]
     assert all(c.vector.shape == (DIM,) and c.model == "m" for b in batches for c in b)
     assert await store.count_live_chunks() == 12
+
+
+async def test_tenants_own_their_copies_of_a_document_id(store: DocumentStore) -> None:
+    """(tenant, document_id) is the identity: the same id of two tenants coexists, and
+    versions and deletes are per tenant."""
+    assert await store.write(
+        [upsert("a", 10, chunks=2, tenant="t-a"), upsert("a", 20, chunks=3, tenant="t-b")]
+    ) == [WriteResult.APPLIED, WriteResult.APPLIED]
+    # t-a's version 15 is newer than t-a's 10, whatever t-b stored
+    assert await store.write([upsert("a", 15, chunks=1, text="new", tenant="t-a")]) == [
+        WriteResult.APPLIED
+    ]
+    assert await store.write([delete("a", 30, tenant="t-b")]) == [WriteResult.APPLIED]
+
+    a, b = await store.get_document("t-a", "a"), await store.get_document("t-b", "a")
+    assert a is not None and b is not None
+    assert (a.tenant, a.version, a.deleted, a.text) == ("t-a", 15, False, "new")
+    assert (b.tenant, b.version, b.deleted) == ("t-b", 30, True)
+    assert [c.chunk_id for c in await store.get_chunks("t-a", "a")] == ["t-a/a:0"]
+    assert await store.get_chunks("t-b", "a") == []
+    assert await store.get_document("t-c", "a") is None
+    rows = await store.pool.fetch(
+        "SELECT tenant, job_id, document_id FROM job_documents ORDER BY tenant"
+    )
+    assert [tuple(r) for r in rows] == [("t-a", "j", "a"), ("t-b", "j", "a")]
+    live = [c async for batch in store.iter_live_chunks() for c in batch]
+    assert [(c.tenant, c.document_id, c.idx) for c in live] == [("t-a", "a", 0)]
+
+
+async def test_migration_0003_gives_existing_rows_the_default_tenant(schema: str) -> None:
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(f'SET search_path TO "{schema}"')
+        for migration in available_migrations()[:2]:
+            await conn.execute(migration.sql)
+        await conn.execute(
+            "INSERT INTO documents (document_id, version, text) VALUES ('x/y', 1, 't')"
+        )
+        await conn.execute(
+            "INSERT INTO chunks VALUES ('x/y', 0, 'x/y:0', 't', '\\x00000000'::bytea)"
+        )
+        await conn.execute(available_migrations()[2].sql)
+        doc = await conn.fetchrow("SELECT tenant, document_id FROM documents")
+        chunk = await conn.fetchrow("SELECT tenant, chunk_id FROM chunks")
+        assert tuple(doc) == ("default", "x/y")
+        assert tuple(chunk) == ("default", "default/x/y:0")
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()

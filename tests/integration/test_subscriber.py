@@ -187,7 +187,9 @@ async def test_subscribing_to_the_embedded_stream(
         reused=True,
         chunks=[],
     )
-    envelope = Envelope.wrap("document.embedded.v1", event, source="tests", subject="d")
+    envelope = Envelope.wrap(
+        "document.embedded.v1", event, source="tests", tenant="acme", subject="d"
+    )
     await redis_client.xadd(names.embedded, envelope.to_fields())  # type: ignore[arg-type]
     await asyncio.wait_for(sub.run(burst=True), 30)
     assert got == [4]

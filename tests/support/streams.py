@@ -26,7 +26,9 @@ async def produce(client: redis.Redis, stream: str, count: int, start: int = 0) 
     """Add ``count`` envelopes carrying ``Item(n)``; returns their entry ids in order."""
     ids: list[str] = []
     for n in range(start, start + count):
-        env = Envelope.wrap("test.item.v1", Item(n=n), source="tests", subject=f"doc-{n}")
+        env = Envelope.wrap(
+            "test.item.v1", Item(n=n), source="tests", tenant="t1", subject=f"doc-{n}"
+        )
         entry_id = await client.xadd(stream, env.to_fields())  # type: ignore[arg-type]
         ids.append(entry_id.decode())
     return ids

@@ -3,12 +3,17 @@ document.upsert.v1 / document.delete.v1 contracts."""
 
 from __future__ import annotations
 
+import json
+from typing import cast
+
 import pytest
 
 from embedstream.api.commands import SOURCE, build_delete, build_upsert, valid_traceparent
+from embedstream.errors import PoisonMessage
 from embedstream.schemas.api import DocumentIn
 from embedstream.schemas.commands import DocumentDelete, DocumentUpsert
 from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.tenancy import chunk_id, document_key, split_document_key
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -16,13 +21,15 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 def test_build_upsert_wraps_the_document() -> None:
     doc = DocumentIn(id="doc-1", text="hello", metadata={"lang": "en", "page": 3})
 
-    envelope = build_upsert("job-1", doc, traceparent=TRACEPARENT)
+    envelope = build_upsert("job-1", doc, tenant="acme", traceparent=TRACEPARENT)
 
-    assert (envelope.type, envelope.source, envelope.subject) == (
+    assert (envelope.type, envelope.source, envelope.subject, envelope.tenant) == (
         "document.upsert.v1",
         SOURCE,
         "doc-1",
+        "acme",
     )
+    assert json.loads(envelope.to_fields()["ce"])["tenant"] == "acme"
     assert envelope.traceparent == TRACEPARENT
     assert envelope.payload(DocumentUpsert) == DocumentUpsert(
         job_id="job-1", document_id="doc-1", text="hello", metadata={"lang": "en", "page": 3}
@@ -40,18 +47,43 @@ def test_build_upsert_wraps_the_document() -> None:
 
 def test_build_upsert_needs_an_id() -> None:
     with pytest.raises(ValueError, match="no id"):
-        build_upsert("job-1", DocumentIn(text="hello"))
+        build_upsert("job-1", DocumentIn(text="hello"), tenant="acme")
 
 
 def test_build_delete() -> None:
-    envelope = build_delete("job-2", "a/b")
+    envelope = build_delete("job-2", "a/b", tenant="t-2")
 
-    assert (envelope.type, envelope.subject, envelope.traceparent) == (
+    assert (envelope.type, envelope.subject, envelope.traceparent, envelope.tenant) == (
         "document.delete.v1",
         "a/b",
         None,
+        "t-2",
     )
     assert envelope.payload(DocumentDelete) == DocumentDelete(job_id="job-2", document_id="a/b")
+
+
+@pytest.mark.parametrize("tenant", ["", "a/b", "a:b", "x" * 65, "sp ace"])
+def test_an_envelope_refuses_a_bad_tenant(tenant: str) -> None:
+    with pytest.raises(ValueError, match="tenant"):
+        build_delete("job-2", "a/b", tenant=tenant)
+
+
+def test_an_entry_without_a_tenant_is_poison() -> None:
+    fields = build_delete("job-2", "a", tenant="acme").to_fields()
+    attrs = json.loads(fields["ce"])
+    del attrs["tenant"]
+    raw = {b"ce": json.dumps(attrs).encode(), b"data": cast(bytes, fields["data"])}
+    with pytest.raises(PoisonMessage, match="tenant"):
+        Envelope.from_fields(raw)
+
+
+def test_document_keys_split_at_the_first_slash() -> None:
+    key = document_key("acme", "a/b:c")
+    assert key == "acme/a/b:c"
+    assert split_document_key(key) == ("acme", "a/b:c")
+    assert chunk_id("acme", "a/b", 2) == "acme/a/b:2"
+    with pytest.raises(ValueError, match="invalid tenant"):
+        document_key("a/b", "c")
 
 
 @pytest.mark.parametrize(

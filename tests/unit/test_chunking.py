@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from embedstream.adapters.chunking import Chunk, Chunker, chunk_id
+from embedstream.adapters.chunking import Chunk, Chunker
 from embedstream.adapters.embedder import Embedder, plan_batches
+from embedstream.schemas.tenancy import chunk_id
 
 WORDS = [
     "redis",
@@ -160,8 +161,8 @@ def test_chunker_does_not_touch_the_tokenizer_it_was_given(tokenizer: Tokenizer)
 
 
 def test_chunk_ids() -> None:
-    assert chunk_id("doc-1", 0) == "doc-1:0"
-    assert chunk_id("a:b", 12) == "a:b:12"
+    assert chunk_id("acme", "doc-1", 0) == "acme/doc-1:0"
+    assert chunk_id("t", "a:b", 12) == "t/a:b:12"
 
 
 @pytest.mark.parametrize(("size", "overlap"), [(0, 0), (10, 10), (10, -1), (10, 11)])

@@ -11,9 +11,10 @@ Rules kept here:
   and every write passes its embeddings.
 - A collection is in cosine space and records the embedding model and dimension in its
   metadata; writing vectors of another model raises ``ModelMismatch`` (invariant 7).
-- Chunk ids are deterministic, ``{document_id}:{index}``; each chunk's metadata carries
-  its document id, chunk index, version, job id and content hash next to the user's
-  metadata.
+- A document is (tenant, document id). Chunk ids are deterministic,
+  ``{tenant}/{document_id}:{index}``; each chunk's metadata carries its tenant, document
+  id, chunk index, version, job id and content hash next to the user's metadata, and
+  every read, update and delete of a document's chunks filters by tenant and document id.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from embedstream.config import ChromaSettings
 from embedstream.errors import PermanentError, RetryableError
 from embedstream.logging import get_logger
 from embedstream.schemas.commands import MetadataValue
+from embedstream.schemas.tenancy import chunk_id, document_key
 from embedstream.schemas.vectors import Vector
 
 T = TypeVar("T")
@@ -50,12 +52,13 @@ SPACE: Final = "cosine"
 MAX_BATCH = 1000
 
 # Keys embedstream writes on every chunk; they win over user metadata of the same name.
+TENANT = "tenant"
 DOCUMENT_ID = "document_id"
 CHUNK_INDEX = "chunk_index"
 VERSION = "version"
 JOB_ID = "job_id"
 CONTENT_HASH = "content_hash"
-RESERVED_KEYS = (DOCUMENT_ID, CHUNK_INDEX, VERSION, JOB_ID, CONTENT_HASH)
+RESERVED_KEYS = (TENANT, DOCUMENT_ID, CHUNK_INDEX, VERSION, JOB_ID, CONTENT_HASH)
 
 ChunkMetadata = dict[str, MetadataValue]
 
@@ -99,13 +102,13 @@ class ChunkRecord:
     document: str | None = None
 
 
-def chunk_id(document_id: str, index: int) -> str:
-    return f"{document_id}:{index}"
+__all__ = ["chunk_id", "document_key"]
 
 
 def chunk_metadata(
     user: Mapping[str, MetadataValue],
     *,
+    tenant: str,
     document_id: str,
     index: int,
     version: int,
@@ -115,6 +118,7 @@ def chunk_metadata(
     """User metadata plus embedstream's own keys (which take precedence)."""
     return {
         **user,
+        TENANT: tenant,
         DOCUMENT_ID: document_id,
         CHUNK_INDEX: index,
         VERSION: version,
@@ -202,21 +206,25 @@ def bind_model(client: ClientAPI, name: str, model: str, dim: int) -> tuple[str,
 
 
 def document_chunks(
-    collection: Collection, document_ids: Sequence[str]
+    collection: Collection, documents: Sequence[tuple[str, str]]
 ) -> dict[str, dict[int, tuple[str, Mapping[str, Any]]]]:
-    """The chunks stored for each document: document id -> chunk index -> (id, metadata)."""
+    """The chunks stored for each (tenant, document id): document key
+    (``{tenant}/{document_id}``) -> chunk index -> (id, metadata). Each query filters by
+    the tenant and the document ids."""
     found: dict[str, dict[int, tuple[str, Mapping[str, Any]]]] = {}
-    if not document_ids:
-        return found
-    for part in _parts(list(dict.fromkeys(document_ids)), 500):
-        where: Any = {DOCUMENT_ID: {"$in": part}}
-        reply = collection.get(where=where, include=["metadatas"])
-        for record_id, metadata in zip(reply["ids"], reply["metadatas"] or [], strict=True):
-            if metadata is None:
-                continue
-            document_id = str(metadata.get(DOCUMENT_ID))
-            index = int(str(metadata.get(CHUNK_INDEX, -1)))
-            found.setdefault(document_id, {})[index] = (record_id, metadata)
+    by_tenant: dict[str, list[str]] = {}
+    for tenant, document_id in dict.fromkeys(documents):
+        by_tenant.setdefault(tenant, []).append(document_id)
+    for tenant, document_ids in by_tenant.items():
+        for part in _parts(document_ids, 500):
+            where: Any = {"$and": [{TENANT: tenant}, {DOCUMENT_ID: {"$in": part}}]}
+            reply = collection.get(where=where, include=["metadatas"])
+            for record_id, metadata in zip(reply["ids"], reply["metadatas"] or [], strict=True):
+                if metadata is None:
+                    continue
+                key = document_key(tenant, str(metadata.get(DOCUMENT_ID)))
+                index = int(str(metadata.get(CHUNK_INDEX, -1)))
+                found.setdefault(key, {})[index] = (record_id, metadata)
     return found
 
 
@@ -261,9 +269,10 @@ def delete_ids(collection: Collection, ids: Sequence[str]) -> int:
     return len(ids)
 
 
-def delete_documents(collection: Collection, document_ids: Sequence[str]) -> int:
-    """Delete every chunk of these documents; returns how many chunks there were."""
-    stored = document_chunks(collection, document_ids)
+def delete_documents(collection: Collection, tenant: str, document_ids: Sequence[str]) -> int:
+    """Delete every chunk of these documents of ``tenant`` (no other tenant's); returns
+    how many chunks there were."""
+    stored = document_chunks(collection, [(tenant, d) for d in document_ids])
     return delete_ids(collection, [cid for chunks in stored.values() for cid, _ in chunks.values()])
 
 
@@ -285,26 +294,35 @@ def _parts(items: Sequence[T], size: int) -> Iterator[list[T]]:
 
 
 @dataclass(frozen=True)
-class ReplaceDocument:
+class _Document:
+    tenant: str
+    document_id: str
+
+    @property
+    def key(self) -> str:
+        """``{tenant}/{document_id}``: what ``apply_writes`` reports refusals under."""
+        return document_key(self.tenant, self.document_id)
+
+
+@dataclass(frozen=True)
+class ReplaceDocument(_Document):
     """The document's chunks become exactly ``chunks`` (surplus old chunks go)."""
 
-    document_id: str
     chunks: Sequence[ChunkRecord]
 
 
 @dataclass(frozen=True)
-class RefreshDocument:
+class RefreshDocument(_Document):
     """Same content, new metadata: chunk ``n`` gets ``metadatas[n]``. Requires the chunks
     of ``content_hash`` to be stored already (``ChunksNotIndexed`` otherwise)."""
 
-    document_id: str
     content_hash: str
     metadatas: Sequence[ChunkMetadata]
 
 
 @dataclass(frozen=True)
-class RemoveDocument:
-    document_id: str
+class RemoveDocument(_Document):
+    pass
 
 
 DocumentWrite = ReplaceDocument | RefreshDocument | RemoveDocument
@@ -320,20 +338,21 @@ class _Calls:
 
 def apply_writes(collection: Collection, writes: Sequence[DocumentWrite]) -> dict[str, Exception]:
     """Apply document writes with one read and at most one upsert, update and delete call
-    (per Chroma batch limit). Returns the documents that were not written, with why; an
-    exception from Chroma itself propagates (nothing is known to be written then)."""
-    stored = document_chunks(collection, [w.document_id for w in writes])
+    (per Chroma batch limit). Returns the documents (by document key) that were not
+    written, with why; an exception from Chroma itself propagates (nothing is known to be
+    written then)."""
+    stored = document_chunks(collection, [(w.tenant, w.document_id) for w in writes])
     calls = _Calls([], [], [], [])
     refused: dict[str, Exception] = {}
     for write in writes:
-        have = stored.get(write.document_id, {})
+        have = stored.get(write.key, {})
         if isinstance(write, ReplaceDocument):
             calls.upserts.extend(write.chunks)
             keep = len(write.chunks)
         elif isinstance(write, RefreshDocument):
             error = _plan_refresh(write, have, calls)
             if error is not None:
-                refused[write.document_id] = error
+                refused[write.key] = error
                 continue
             keep = len(write.metadatas)
         else:
@@ -360,9 +379,9 @@ def _plan_refresh(
     ]
     if missing:
         return ChunksNotIndexed(
-            f"document {write.document_id!r}: {len(missing)} of {len(write.metadatas)} chunks "
-            f"of content {write.content_hash[:12]} are not indexed yet (its earlier "
-            f"embedding has not reached the index); will retry"
+            f"document {write.document_id!r} of tenant {write.tenant!r}: {len(missing)} of "
+            f"{len(write.metadatas)} chunks of content {write.content_hash[:12]} are not "
+            f"indexed yet (its earlier embedding has not reached the index); will retry"
         )
     for n, metadata in enumerate(write.metadatas):
         cid, old = have[n]

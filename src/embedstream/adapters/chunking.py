@@ -19,11 +19,6 @@ from dataclasses import dataclass
 from tokenizers import Encoding, Tokenizer
 
 
-def chunk_id(document_id: str, index: int) -> str:
-    """The deterministic id of a document's ``index``-th chunk."""
-    return f"{document_id}:{index}"
-
-
 @dataclass(frozen=True, slots=True)
 class Chunk:
     """One chunk of a document: ``text == document[start:end]``."""

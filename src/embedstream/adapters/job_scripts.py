@@ -5,7 +5,7 @@ from __future__ import annotations
 
 # Accept a request: idempotency key + job record + one XADD per command.
 # KEYS: idempotency key, job key, job documents key, ingest stream
-# ARGV: job_id, request_hash, created_at, ttl_s, n_docs,
+# ARGV: job_id, request_hash, created_at, ttl_s, tenant, n_docs,
 #       then per document: document_id, kind, n_fields, field, value, ...
 # Returns {job_id, "new"|"existing"|"conflict"}
 SUBMIT = """
@@ -18,10 +18,10 @@ if KEYS[1] ~= '' then
   redis.call('HSET', KEYS[1], 'job_id', ARGV[1], 'request_hash', ARGV[2])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
-local n = tonumber(ARGV[5])
-redis.call('HSET', KEYS[2], 'id', ARGV[1], 'state', 'queued', 'documents', n,
-           'done', 0, 'failed', 0, 'created_at', ARGV[3])
-local i = 6
+local n = tonumber(ARGV[6])
+redis.call('HSET', KEYS[2], 'id', ARGV[1], 'tenant', ARGV[5], 'state', 'queued',
+           'documents', n, 'done', 0, 'failed', 0, 'created_at', ARGV[3])
+local i = 7
 for _ = 1, n do
   local doc, kind, nfields = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local fields = {}
@@ -38,7 +38,8 @@ return {ARGV[1], 'new'}
 # Record that a stage is done (or failed) for one document of a job, once. When the
 # document has every required stage (or any failure) it is finished; when every
 # document is finished, exactly one job.completed or job.failed goes to the results
-# stream. A finished delete also emits its prepared document.deleted event.
+# stream. A finished delete also emits its prepared document.deleted event. Every event
+# carries the tenant the job record stored at SUBMIT.
 # KEYS: job key, job documents key, stage key (this stage), document state key,
 #       failures key, results stream, then the stage keys of every required stage
 # ARGV: document_id, status ("done"|"failed"), error, stage, now,
@@ -47,16 +48,17 @@ return {ARGV[1], 'new'}
 # Returns 1 when this call counted, 0 when it was already counted or the job is unknown.
 MARK_STAGE = """
 -- the envelope's `ce` field (see embedstream.schemas.envelope)
-local function attributes(id, etype, subject)
+local function attributes(id, etype, subject, tenant)
   return cjson.encode({id = id, source = ARGV[7], type = etype, specversion = '1.0',
-                       time = ARGV[5], subject = subject,
+                       time = ARGV[5], subject = subject, tenant = tenant,
                        datacontenttype = 'application/json', schemaversion = 1})
 end
 local doc, status = ARGV[1], ARGV[2]
 if redis.call('HEXISTS', KEYS[2], doc) == 0 then return 0 end
 if redis.call('HSETNX', KEYS[3], doc, status) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[4], doc) == 1 then return 1 end
-local job_id = redis.call('HGET', KEYS[1], 'id')
+local job = redis.call('HMGET', KEYS[1], 'id', 'tenant')
+local job_id, tenant = job[1], job[2]
 if status == 'failed' then
   redis.call('HSET', KEYS[4], doc, 'failed')
   redis.call('HSET', KEYS[5], doc, cjson.encode({stage = ARGV[4], error = ARGV[3]}))
@@ -68,12 +70,12 @@ else
   redis.call('HSET', KEYS[4], doc, 'done')
   redis.call('HINCRBY', KEYS[1], 'done', 1)
   if ARGV[9] ~= '' then
-    redis.call('XADD', KEYS[6], '*', 'ce', attributes(ARGV[9], 'document.deleted.v1', doc),
-               'data', ARGV[10])
+    local ce = attributes(ARGV[9], 'document.deleted.v1', doc, tenant)
+    redis.call('XADD', KEYS[6], '*', 'ce', ce, 'data', ARGV[10])
   end
 end
-local job = redis.call('HMGET', KEYS[1], 'documents', 'done', 'failed')
-local total, done, failed = tonumber(job[1]), tonumber(job[2]), tonumber(job[3])
+local counts = redis.call('HMGET', KEYS[1], 'documents', 'done', 'failed')
+local total, done, failed = tonumber(counts[1]), tonumber(counts[2]), tonumber(counts[3])
 if done + failed < total then return 1 end
 local etype, data
 if failed == 0 then
@@ -93,7 +95,7 @@ else
   data = cjson.encode({job_id = job_id, status = 'failed', documents = total,
                        failures = failures, failed_at = ARGV[5]})
 end
-redis.call('XADD', KEYS[6], '*', 'ce', attributes(ARGV[6], etype, job_id), 'data', data)
+redis.call('XADD', KEYS[6], '*', 'ce', attributes(ARGV[6], etype, job_id, tenant), 'data', data)
 for k = 1, #KEYS do
   if k ~= 6 then redis.call('EXPIRE', KEYS[k], ARGV[8]) end
 end

@@ -71,6 +71,7 @@ class DocumentStatus:
 @dataclass
 class JobStatus:
     job_id: str
+    tenant: str
     state: str  # "queued" | "completed" | "failed"
     documents: int
     done: int
@@ -107,6 +108,11 @@ class JobTracker:
     def job_key(self, job_id: str) -> str:
         return self.names.key("job", job_id)
 
+    def idempotency_key(self, tenant: str, key: str) -> str:
+        """``{prefix}:idem:{tenant}:{key}``: tenants cannot contain ':', so two tenants'
+        keys never collide."""
+        return self.names.key("idem", tenant, key)
+
     def _keys(self, job_id: str, stage: str) -> list[str]:
         job = self.job_key(job_id)
         return [
@@ -126,16 +132,19 @@ class JobTracker:
         job_id: str,
         submissions: Sequence[Submission],
         *,
+        tenant: str,
         idempotency_key: str | None = None,
         body_hash: str = "",
     ) -> Submitted:
-        """Atomically: idempotency record, job record, and one XADD per command."""
-        idem_key = self.names.key("idem", idempotency_key) if idempotency_key else ""
+        """Atomically: idempotency record, job record (owned by ``tenant``), and one XADD
+        per command. Idempotency keys are scoped per tenant."""
+        idem_key = self.idempotency_key(tenant, idempotency_key) if idempotency_key else ""
         args: list[Any] = [
             job_id,
             body_hash,
             datetime.now(UTC).isoformat(),
             self.ttl_s,
+            tenant,
             len(submissions),
         ]
         for sub in submissions:
@@ -221,7 +230,9 @@ class JobTracker:
 
     # -- reading ---------------------------------------------------------------------
 
-    async def status(self, job_id: str) -> JobStatus | None:
+    async def status(self, job_id: str, *, tenant: str | None = None) -> JobStatus | None:
+        """The job's status; None when it is unknown, expired or (with ``tenant``) owned by
+        another tenant: callers cannot tell those apart."""
         job = self.job_key(job_id)
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(job)
@@ -232,7 +243,7 @@ class JobTracker:
                 pipe.hgetall(f"{job}:stage:{stage}")
             replies: list[dict[bytes, bytes]] = await pipe.execute()
         record, docs, states, failures = replies[:4]
-        if not record:
+        if not record or (tenant is not None and record.get(b"tenant") != tenant.encode()):
             return None
         stage_maps = dict(zip(STAGES, replies[4:], strict=True))
         items: list[DocumentStatus] = []
@@ -257,6 +268,7 @@ class JobTracker:
         text = {k.decode(): v.decode() for k, v in record.items()}
         return JobStatus(
             job_id=text["id"],
+            tenant=text.get("tenant", ""),
             state=text["state"],
             documents=int(text["documents"]),
             done=int(text["done"]),

@@ -44,8 +44,11 @@ def valid_traceparent(value: str | None) -> str | None:
     return value
 
 
-def build_upsert(job_id: str, doc: DocumentIn, *, traceparent: str | None = None) -> Envelope:
-    """The ``document.upsert.v1`` command for one document; ``doc.id`` must be set."""
+def build_upsert(
+    job_id: str, doc: DocumentIn, *, tenant: str, traceparent: str | None = None
+) -> Envelope:
+    """The ``document.upsert.v1`` command for one of ``tenant``'s documents; ``doc.id``
+    must be set."""
     if doc.id is None:
         raise ValueError("the document has no id: assign one before building its command")
     payload = DocumentUpsert(
@@ -55,18 +58,22 @@ def build_upsert(job_id: str, doc: DocumentIn, *, traceparent: str | None = None
         DOCUMENT_UPSERT,
         payload,
         source=SOURCE,
+        tenant=tenant,
         subject=doc.id,
         traceparent=valid_traceparent(traceparent),
     )
 
 
-def build_delete(job_id: str, document_id: str, *, traceparent: str | None = None) -> Envelope:
-    """The ``document.delete.v1`` command for one document."""
+def build_delete(
+    job_id: str, document_id: str, *, tenant: str, traceparent: str | None = None
+) -> Envelope:
+    """The ``document.delete.v1`` command for one of ``tenant``'s documents."""
     payload = DocumentDelete(job_id=job_id, document_id=document_id)
     return Envelope.wrap(
         DOCUMENT_DELETE,
         payload,
         source=SOURCE,
+        tenant=tenant,
         subject=document_id,
         traceparent=valid_traceparent(traceparent),
     )

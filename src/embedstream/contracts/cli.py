@@ -64,7 +64,14 @@ def compat_command(
 def release_command(
     version: Annotated[str, typer.Argument(help="name of the release, e.g. v2")],
     out: OutDir = Path("schemas"),
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="rewrite an existing release: only for a set that was never published",
+        ),
+    ] = False,
 ) -> None:
     """Copy the current JSON Schemas, AsyncAPI document and pacts to schemas/released/."""
-    target = export.release(out, version)
+    target = export.release(out, version, overwrite=replace)
     typer.echo(f"released {target}")

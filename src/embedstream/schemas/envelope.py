@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import from_json
 
 from embedstream.errors import PoisonMessage
+from embedstream.schemas.tenancy import TENANT_REGEX
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -34,7 +35,8 @@ _CE, _DATA = ATTRIBUTES_FIELD.encode(), DATA_FIELD.encode()
 
 
 class Envelope(BaseModel):
-    """CloudEvents attributes plus ``traceparent`` and ``schemaversion``; ``data`` is JSON."""
+    """CloudEvents attributes plus the extensions ``tenant``, ``traceparent`` and
+    ``schemaversion``; ``data`` is JSON."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -44,6 +46,11 @@ class Envelope(BaseModel):
     specversion: Literal["1.0"] = "1.0"
     time: datetime
     subject: str | None = Field(default=None, description="the document id, where there is one")
+    tenant: str = Field(
+        pattern=TENANT_REGEX,
+        description="the tenant that owns the document or job (CloudEvents extension); "
+        "1-64 characters of letters, digits, '.', '_' or '-'",
+    )
     datacontenttype: Literal["application/json"] = "application/json"
     traceparent: str | None = None
     schemaversion: int = SCHEMA_VERSION
@@ -56,6 +63,7 @@ class Envelope(BaseModel):
         payload: BaseModel,
         *,
         source: str,
+        tenant: str,
         subject: str | None = None,
         traceparent: str | None = None,
     ) -> Envelope:
@@ -66,6 +74,7 @@ class Envelope(BaseModel):
             type=type,
             time=datetime.now(UTC),
             subject=subject,
+            tenant=tenant,
             traceparent=traceparent,
             data=payload.model_dump_json().encode(),
         )
@@ -80,6 +89,7 @@ class Envelope(BaseModel):
             "specversion": self.specversion,
             "time": self.time.isoformat(),
             "datacontenttype": self.datacontenttype,
+            "tenant": self.tenant,
             "schemaversion": self.schemaversion,
         }
         if self.subject is not None:

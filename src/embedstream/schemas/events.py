@@ -22,7 +22,7 @@ class _Event(BaseModel):
 
 
 class EmbeddedChunk(_Event):
-    id: str = Field(description="deterministic: {document_id}:{index}")
+    id: str = Field(description="deterministic: {tenant}/{document_id}:{index}")
     index: int = Field(ge=0)
     text: str
     vector: str = Field(description="base64 of little-endian float32, `dim` values")

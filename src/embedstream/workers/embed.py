@@ -4,7 +4,8 @@
 ``document.delete.v1`` -> ``document.removed.v1``, each with the command's version (its
 ingest entry id). All chunks of all upserts in a batch go through one embedder call.
 
-Content-hash reuse: ``{prefix}:embed:hashes`` maps a document id to
+Events carry the command's tenant. Content-hash reuse: ``{prefix}:embed:hashes`` maps a
+document key ``{tenant}/{document_id}`` to
 ``<sha256>|<version>|<chunk_count>|<profile>`` after its last embedding (or
 ``deleted|<version>|0|`` after a delete); the ack transaction updates it with a Lua
 script that never moves a document's entry backwards. An upsert whose text, model and
@@ -25,7 +26,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
-from embedstream.adapters.chunking import Chunk, Chunker, chunk_id
+from embedstream.adapters.chunking import Chunk, Chunker
 from embedstream.adapters.embedder import Embedder, load_embedder
 from embedstream.adapters.jobs import JobTracker
 from embedstream.adapters.redis_client import create_redis
@@ -46,6 +47,7 @@ from embedstream.schemas.events import (
     DocumentRemoved,
     EmbeddedChunk,
 )
+from embedstream.schemas.tenancy import chunk_id, document_key
 from embedstream.schemas.vectors import encode_vector
 from embedstream.streams.messages import (
     Ack,
@@ -121,6 +123,15 @@ class _Upsert:
     content_hash: str
     version: int
 
+    @property
+    def tenant(self) -> str:
+        return self.message.body.tenant
+
+    @property
+    def key(self) -> str:
+        """The document key ``{tenant}/{document_id}``."""
+        return document_key(self.tenant, self.command.document_id)
+
 
 @dataclass(frozen=True)
 class _Delete:
@@ -128,6 +139,14 @@ class _Delete:
     message: Message[Envelope]
     command: DocumentDelete
     version: int
+
+    @property
+    def tenant(self) -> str:
+        return self.message.body.tenant
+
+    @property
+    def key(self) -> str:
+        return document_key(self.tenant, self.command.document_id)
 
 
 class EmbedHandler:
@@ -171,9 +190,7 @@ class EmbedHandler:
             else:
                 deletes.append(_Delete(i, message, command, version))
 
-        documents = [u.command.document_id for u in upserts] + [
-            d.command.document_id for d in deletes
-        ]
+        documents = [u.key for u in upserts] + [d.key for d in deletes]
         busy_elsewhere = {doc for doc in documents if self._busy[doc] > 0}
         self._hold(documents)
 
@@ -253,15 +270,11 @@ class EmbedHandler:
         """Upserts (by message index) whose stored embedding can be reused: same text,
         model and chunking, not deleted since, the first command for its document in
         this batch and not busy in another batch of this process."""
-        candidates = [
-            u
-            for u in upserts
-            if u.index not in repeats and u.command.document_id not in busy_elsewhere
-        ]
+        candidates = [u for u in upserts if u.index not in repeats and u.key not in busy_elsewhere]
         if not candidates:
             return {}
         raw: list[bytes | str | None] = await self.client.hmget(
-            self.hashes_key, [u.command.document_id for u in candidates]
+            self.hashes_key, [u.key for u in candidates]
         )
         found: dict[int, StoredEmbedding] = {}
         for u, value in zip(candidates, raw, strict=True):
@@ -316,18 +329,20 @@ class EmbedHandler:
             chunk_count=chunk_count,
             reused=chunks is None,
             chunks=[
-                EmbeddedChunk(id=chunk_id(doc, c.index), index=c.index, text=c.text, vector=v)
+                EmbeddedChunk(
+                    id=chunk_id(u.tenant, doc, c.index), index=c.index, text=c.text, vector=v
+                )
                 for c, v in chunks or ()
             ],
         )
         stored = StoredEmbedding(u.content_hash, u.version, chunk_count, self.profile)
-        return self._ack(u.message, DOCUMENT_EMBEDDED, event, doc, u.command.job_id, stored)
+        return self._ack(u.message, DOCUMENT_EMBEDDED, event, doc, u.key, stored)
 
     def _removed(self, d: _Delete) -> Ack:
         doc = d.command.document_id
         event = DocumentRemoved(job_id=d.command.job_id, document_id=doc, version=d.version)
         stored = StoredEmbedding(TOMBSTONE, d.version, 0, "")
-        return self._ack(d.message, DOCUMENT_REMOVED, event, doc, d.command.job_id, stored)
+        return self._ack(d.message, DOCUMENT_REMOVED, event, doc, d.key, stored)
 
     def _ack(
         self,
@@ -335,27 +350,29 @@ class EmbedHandler:
         event_type: str,
         event: DocumentEmbedded | DocumentRemoved,
         document_id: str,
-        job_id: str,
+        key: str,
         stored: StoredEmbedding,
     ) -> Ack:
         envelope = Envelope.wrap(
             event_type,
             event,
             source=self.source,
+            tenant=message.body.tenant,
             subject=document_id,
             traceparent=message.body.traceparent,
         )
         return Ack(
             publish=[Publish.event(self.names.embedded, envelope)],
             ops=[
-                self._store_op(document_id, stored),
-                self.tracker.stage_done(job_id, document_id, STAGE),
+                self._store_op(key, stored),
+                self.tracker.stage_done(event.job_id, document_id, STAGE),
             ],
         )
 
-    def _store_op(self, document_id: str, stored: StoredEmbedding) -> TransactionOp:
+    def _store_op(self, key: str, stored: StoredEmbedding) -> TransactionOp:
+        """Advance the document key's entry in the hashes key (never backwards)."""
         keys = [self.hashes_key]
-        args = [document_id, str(stored.version), stored.value()]
+        args = [key, str(stored.version), stored.value()]
 
         def op(pipe: Pipeline) -> Any:
             return self._set_if_newer(keys=keys, args=args, client=pipe)
@@ -364,17 +381,15 @@ class EmbedHandler:
 
 
 def _repeats(upserts: list[_Upsert], deletes: list[_Delete]) -> set[int]:
-    """Message indices of commands whose document has an earlier command in the batch."""
+    """Message indices of commands whose document (tenant and id) has an earlier command
+    in the batch."""
     seen: set[str] = set()
     repeats: set[int] = set()
-    commands = sorted(
-        [(u.index, u.command.document_id) for u in upserts]
-        + [(d.index, d.command.document_id) for d in deletes]
-    )
-    for index, document_id in commands:
-        if document_id in seen:
+    commands = sorted([(u.index, u.key) for u in upserts] + [(d.index, d.key) for d in deletes])
+    for index, key in commands:
+        if key in seen:
             repeats.add(index)
-        seen.add(document_id)
+        seen.add(key)
     return repeats
 
 

@@ -1,8 +1,10 @@
 """The index stage: ``document.embedded`` / ``document.removed`` from ``{prefix}:embedded``
 (group ``indexer``) into Chroma.
 
-Per batch: decode and validate each message (poison and model mismatches are
-dead-lettered one by one), lock the batch's documents, drop what the version register
+A document is (tenant, document id): the envelope's tenant and the payload's id, joined
+as the document key ``{tenant}/{document_id}`` for locks, the version register and
+Chroma chunk ids. Per batch: decode and validate each message (poison and model
+mismatches are dead-lettered one by one), lock the batch's documents, drop what the version register
 says is superseded, fold each document's remaining events into one write, apply all
 writes in as few Chroma calls as possible, advance the register, release. See
 ``embedstream.workers.index_order`` for the ordering rules.
@@ -26,6 +28,7 @@ from embedstream.adapters.chroma import (
     ReplaceDocument,
     chunk_id,
     chunk_metadata,
+    document_key,
 )
 from embedstream.adapters.jobs import JobTracker
 from embedstream.adapters.redis_client import create_redis
@@ -63,12 +66,18 @@ class Change:
     """One decoded event of the batch."""
 
     position: int
+    tenant: str
     event: DocumentEmbedded | DocumentRemoved
     vectors: tuple[Vector, ...] = ()
 
     @property
     def document_id(self) -> str:
         return self.event.document_id
+
+    @property
+    def key(self) -> str:
+        """The document key ``{tenant}/{document_id}``."""
+        return document_key(self.tenant, self.event.document_id)
 
     @property
     def version(self) -> int:
@@ -79,6 +88,8 @@ class Change:
 class DocumentPlan:
     """What to write for one document and which messages it settles."""
 
+    key: str
+    tenant: str
     document_id: str
     changes: list[Change] = field(default_factory=list)
 
@@ -114,7 +125,7 @@ class IndexHandler:
             except Exception as exc:
                 outcomes[position] = outcome_for(exc)
                 continue
-            by_document.setdefault(change.document_id, []).append(change)
+            by_document.setdefault(change.key, []).append(change)
 
         await self._write_in_rounds(by_document, outcomes)
         return [o if o is not None else Retry(RuntimeError("no outcome")) for o in outcomes]
@@ -137,8 +148,8 @@ class IndexHandler:
                 break
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 0.2)
-        for document_id, changes in by_document.items():
-            locked = DocumentLocked(f"document {document_id!r} is being indexed elsewhere")
+        for key, changes in by_document.items():
+            locked = DocumentLocked(f"document {key!r} is being indexed elsewhere")
             for change in changes:
                 outcomes[change.position] = Retry(locked)
 
@@ -146,7 +157,7 @@ class IndexHandler:
 
     async def _decode(self, position: int, envelope: Envelope) -> Change:
         if envelope.type == DOCUMENT_REMOVED:
-            return Change(position, envelope.payload(DocumentRemoved))
+            return Change(position, envelope.tenant, envelope.payload(DocumentRemoved))
         if envelope.type != DOCUMENT_EMBEDDED:
             raise PoisonMessage(
                 f"unexpected event type {envelope.type!r}: the index stage handles "
@@ -155,7 +166,7 @@ class IndexHandler:
         event = envelope.payload(DocumentEmbedded)
         vectors = () if event.reused else _vectors(event)
         await self.index.require_model(event.model, event.dim)
-        return Change(position, event, vectors)
+        return Change(position, envelope.tenant, event, vectors)
 
     # -- writing ---------------------------------------------------------------------
 
@@ -167,11 +178,12 @@ class IndexHandler:
     ) -> None:
         plans: list[DocumentPlan] = []
         superseded = 0
-        for document_id, changes in by_document.items():
-            if document_id in lease.busy:
+        for key, changes in by_document.items():
+            if key in lease.busy:
                 continue
-            registered = lease.registered[document_id]
-            plan = DocumentPlan(document_id)
+            registered = lease.registered[key]
+            first = changes[0]
+            plan = DocumentPlan(key, first.tenant, first.document_id)
             for change in sorted(changes, key=lambda c: c.version):
                 if newer(change.version, registered):
                     plan.changes.append(change)
@@ -183,9 +195,9 @@ class IndexHandler:
 
         results = await self._apply(plans)
         for plan in plans:
-            error = results.get(plan.document_id)
+            error = results.get(plan.key)
             if error is None:
-                lease.advance(plan.document_id, plan.latest.version)
+                lease.advance(plan.key, plan.latest.version)
             self._settle(plan, error, outcomes)
         if not plans and not superseded:
             return
@@ -208,14 +220,14 @@ class IndexHandler:
         except Exception as exc:
             error = _classify(exc)
             if len(writes) == 1 or not isinstance(error, PermanentError):
-                return {plan.document_id: error for plan in plans}
+                return {plan.key: error for plan in plans}
             log.warning("chroma refused a batch, writing one by one", error=str(exc))
         results: dict[str, BaseException] = {}
         for write in writes:
             try:
                 results.update(await self.index.apply([write]))
             except Exception as exc:
-                results[write.document_id] = _classify(exc)
+                results[write.key] = _classify(exc)
         return results
 
     def _settle(
@@ -230,7 +242,7 @@ class IndexHandler:
                 outcomes[change.position] = outcome_for(_classify(error))
             else:
                 outcomes[change.position] = Retry(
-                    SupersededPending(f"newer event of {plan.document_id!r} failed: {error}")
+                    SupersededPending(f"newer event of {plan.key!r} failed: {error}")
                 )
 
     def _ack(self, change: Change) -> Ack:
@@ -257,34 +269,45 @@ class IndexHandler:
             elif base is not None and _content(base) != event.content_hash:
                 base = None
         latest = plan.latest.event
+        tenant, document_id = plan.tenant, plan.document_id
         if isinstance(latest, DocumentRemoved):
-            return RemoveDocument(plan.document_id)
+            return RemoveDocument(tenant, document_id)
         if base is None:
             return RefreshDocument(
-                plan.document_id,
+                tenant,
+                document_id,
                 latest.content_hash,
-                [self._metadata(latest, n) for n in range(latest.chunk_count)],
+                [self._metadata(tenant, latest, n) for n in range(latest.chunk_count)],
             )
         assert isinstance(base.event, DocumentEmbedded)
-        return ReplaceDocument(plan.document_id, self._records(base.event, base.vectors, latest))
+        return ReplaceDocument(
+            tenant, document_id, self._records(tenant, base.event, base.vectors, latest)
+        )
 
     def _records(
-        self, content: DocumentEmbedded, vectors: Sequence[Vector], labels: DocumentEmbedded
+        self,
+        tenant: str,
+        content: DocumentEmbedded,
+        vectors: Sequence[Vector],
+        labels: DocumentEmbedded,
     ) -> list[ChunkRecord]:
         return [
             ChunkRecord(
-                id=chunk_id(content.document_id, chunk.index),
+                id=chunk_id(tenant, content.document_id, chunk.index),
                 embedding=vector,
-                metadata=self._metadata(labels, chunk.index),
+                metadata=self._metadata(tenant, labels, chunk.index),
                 document=chunk.text if self.store_documents else None,
             )
             for chunk, vector in zip(content.chunks, vectors, strict=True)
         ]
 
     @staticmethod
-    def _metadata(event: DocumentEmbedded, index: int) -> dict[str, str | int | float | bool]:
+    def _metadata(
+        tenant: str, event: DocumentEmbedded, index: int
+    ) -> dict[str, str | int | float | bool]:
         return chunk_metadata(
             event.metadata,
+            tenant=tenant,
             document_id=event.document_id,
             index=index,
             version=event.version,

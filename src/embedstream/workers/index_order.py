@@ -2,14 +2,17 @@
 
 Chroma has no conditional write, so the order is kept in Redis:
 
-- a version register, hash ``{prefix}:index:versions``: document id -> the last version
+- a version register, hash ``{prefix}:index:versions``: document key
+  (``{tenant}/{document_id}``, see ``embedstream.schemas.tenancy``) -> the last version
   applied to Chroma (deletes included, as tombstones), which only moves forward;
-- a short per-document lock, ``{prefix}:index:lock:{document_id}`` (SET NX PX with a
+- a short per-document lock, ``{prefix}:index:lock:{tenant}/{document_id}`` (SET NX PX with a
   random token, renewed while held, released only by its holder), so one writer at a
   time reads the register, writes Chroma and advances the register.
 
-Versions are compared as decimal strings (length, then text): Lua numbers are doubles
-and versions built from stream ids exceed 2**53.
+Everything here takes document keys, never bare document ids, so two tenants' documents
+of the same id have their own locks and versions. Versions are compared as decimal
+strings (length, then text): Lua numbers are doubles and versions built from stream ids
+exceed 2**53.
 """
 
 from __future__ import annotations

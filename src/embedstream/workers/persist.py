@@ -41,6 +41,7 @@ from embedstream.schemas.events import (
     DocumentEmbedded,
     DocumentRemoved,
 )
+from embedstream.schemas.tenancy import chunk_id
 from embedstream.streams.messages import Ack, DeadLetter, Message, Outcome, Retry
 from embedstream.streams.names import PERSISTER_GROUP, StreamNames
 from embedstream.streams.runner import RunStats, StreamWorker
@@ -102,9 +103,9 @@ class PersistHandler:
 
     async def _write_each(self, writes: list[DocumentWrite]) -> list[Outcome]:
         """Isolate the messages PostgreSQL refuses: one transaction per document."""
-        groups: dict[str, list[int]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
         for position, write in enumerate(writes):
-            groups[write.document_id].append(position)
+            groups[write.document].append(position)
         outcomes: list[Outcome | None] = [None] * len(writes)
         for positions in groups.values():
             group = [writes[p] for p in positions]
@@ -157,21 +158,25 @@ class PersistHandler:
 def to_write(envelope: Envelope) -> DocumentWrite:
     """The write a message stands for; anything unusable raises ``PoisonMessage``."""
     if envelope.type == DOCUMENT_EMBEDDED:
-        return embedded_write(envelope.payload(DocumentEmbedded))
+        return embedded_write(envelope.payload(DocumentEmbedded), envelope.tenant)
     if envelope.type == DOCUMENT_REMOVED:
-        return removed_write(envelope.payload(DocumentRemoved))
+        return removed_write(envelope.payload(DocumentRemoved), envelope.tenant)
     raise PoisonMessage(f"unexpected message type {envelope.type!r} for the persist stage")
 
 
-def removed_write(event: DocumentRemoved) -> DocumentWrite:
+def removed_write(event: DocumentRemoved, tenant: str) -> DocumentWrite:
     _check_version(event.version)
     _check_texts(event.job_id, event.document_id)
     return DocumentWrite(
-        job_id=event.job_id, document_id=event.document_id, version=event.version, deleted=True
+        job_id=event.job_id,
+        document_id=event.document_id,
+        version=event.version,
+        tenant=tenant,
+        deleted=True,
     )
 
 
-def embedded_write(event: DocumentEmbedded) -> DocumentWrite:
+def embedded_write(event: DocumentEmbedded, tenant: str) -> DocumentWrite:
     _check_version(event.version)
     if event.dim > MAX_INTEGER or event.chunk_count > MAX_INTEGER:
         raise PoisonMessage(f"dim {event.dim} or chunk_count {event.chunk_count} out of range")
@@ -181,11 +186,12 @@ def embedded_write(event: DocumentEmbedded) -> DocumentWrite:
         metadata_json = json.dumps(event.metadata, allow_nan=False, separators=(",", ":"))
     except ValueError as exc:
         raise PoisonMessage(f"metadata is not storable as JSON: {exc}") from exc
-    chunks = () if event.reused else _chunk_rows(event)
+    chunks = () if event.reused else _chunk_rows(event, tenant)
     return DocumentWrite(
         job_id=event.job_id,
         document_id=event.document_id,
         version=event.version,
+        tenant=tenant,
         reused=event.reused,
         content_hash=event.content_hash,
         text=event.text,
@@ -197,7 +203,9 @@ def embedded_write(event: DocumentEmbedded) -> DocumentWrite:
     )
 
 
-def _chunk_rows(event: DocumentEmbedded) -> tuple[ChunkRow, ...]:
+def _chunk_rows(event: DocumentEmbedded, tenant: str) -> tuple[ChunkRow, ...]:
+    """The chunks as rows; their ids are derived from (tenant, document id, index), as
+    the index stage derives Chroma's, whatever id the event names."""
     indexes = sorted(chunk.index for chunk in event.chunks)
     if indexes != list(range(event.chunk_count)):
         raise PoisonMessage(
@@ -205,7 +213,7 @@ def _chunk_rows(event: DocumentEmbedded) -> tuple[ChunkRow, ...]:
         )
     rows: list[ChunkRow] = []
     for chunk in event.chunks:
-        _check_texts(chunk.id, chunk.text)
+        _check_texts(chunk.text)
         try:
             raw = base64.b64decode(chunk.vector, validate=True)
         except (binascii.Error, ValueError) as exc:
@@ -215,7 +223,9 @@ def _chunk_rows(event: DocumentEmbedded) -> tuple[ChunkRow, ...]:
                 f"chunk {chunk.index}: vector has {len(raw) / 4:g} float32 values, "
                 f"expected dim={event.dim}"
             )
-        rows.append(ChunkRow(chunk.index, chunk.id, chunk.text, raw))
+        rows.append(
+            ChunkRow(chunk.index, chunk_id(tenant, event.document_id, chunk.index), chunk.text, raw)
+        )
     return tuple(rows)
 
 

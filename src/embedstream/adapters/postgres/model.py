@@ -26,11 +26,13 @@ class ChunkRow:
 
 @dataclass(frozen=True, slots=True)
 class DocumentWrite:
-    """One message's effect: an upsert (full, or ``reused``) or a delete (tombstone)."""
+    """One message's effect on a tenant's document: an upsert (full, or ``reused``) or a
+    delete (tombstone)."""
 
     job_id: str
     document_id: str
     version: int
+    tenant: str
     deleted: bool = False
     reused: bool = False
     content_hash: str | None = None
@@ -40,6 +42,11 @@ class DocumentWrite:
     dim: int | None = None
     chunk_count: int = 0
     chunks: tuple[ChunkRow, ...] = ()
+
+    @property
+    def document(self) -> tuple[str, str]:
+        """(tenant, document_id): the document's identity."""
+        return (self.tenant, self.document_id)
 
     @property
     def kind(self) -> str:

@@ -1,8 +1,9 @@
 """The documents store in PostgreSQL: batch writes for the persist stage, reads for the
 API and for rebuilding Chroma.
 
-A batch is written in one transaction. It first locks the stored rows of its documents
-in document id order and reads their versions (one statement), resolves every message
+A document is (tenant, document_id): every statement keys on both. A batch is written in
+one transaction. It first locks the stored rows of its documents in (tenant, document id)
+order and reads their versions (one statement), resolves every message
 against them (``model.plan_document``), then writes set-based: one ``INSERT ... ON
 CONFLICT`` for full upserts and tombstones (in document id order, so new rows are taken
 in the same global order), one ``UPDATE`` for reused upserts (rows already locked), both
@@ -34,21 +35,27 @@ from embedstream.schemas.vectors import Vector
 
 log = get_logger("embedstream.postgres")
 
+Document = tuple[str, str]
+"""(tenant, document_id)"""
+
 LOCK_STORED = """
-SELECT document_id, version, deleted, content_hash
-FROM documents WHERE document_id = ANY($1::text[])
-ORDER BY document_id
-FOR NO KEY UPDATE
+SELECT d.tenant, d.document_id, d.version, d.deleted, d.content_hash
+FROM documents AS d
+JOIN unnest($1::text[], $2::text[]) AS k (tenant, document_id)
+  ON d.tenant = k.tenant AND d.document_id = k.document_id
+ORDER BY d.tenant, d.document_id
+FOR NO KEY UPDATE OF d
 """
 
 UPSERT_DOCUMENTS = """
 INSERT INTO documents AS d
-    (document_id, version, deleted, content_hash, text, metadata, model, dim, chunk_count)
+    (document_id, version, deleted, content_hash, text, metadata, model, dim, chunk_count,
+     tenant)
 SELECT * FROM unnest(
     $1::text[], $2::bigint[], $3::boolean[], $4::text[], $5::text[], $6::jsonb[],
-    $7::text[], $8::integer[], $9::integer[]
-) ORDER BY 1
-ON CONFLICT (document_id) DO UPDATE SET
+    $7::text[], $8::integer[], $9::integer[], $10::text[]
+) ORDER BY 10, 1
+ON CONFLICT (tenant, document_id) DO UPDATE SET
     version = EXCLUDED.version,
     deleted = EXCLUDED.deleted,
     content_hash = EXCLUDED.content_hash,
@@ -59,29 +66,36 @@ ON CONFLICT (document_id) DO UPDATE SET
     chunk_count = EXCLUDED.chunk_count,
     updated_at = now()
 WHERE d.version < EXCLUDED.version
-RETURNING d.document_id
+RETURNING d.tenant, d.document_id
 """
 
 TOUCH_DOCUMENTS = """
 UPDATE documents AS d SET version = u.version, metadata = u.metadata, updated_at = now()
-FROM unnest($1::text[], $2::bigint[], $3::jsonb[], $4::text[])
-    AS u (document_id, version, metadata, content_hash)
-WHERE d.document_id = u.document_id
+FROM unnest($1::text[], $2::bigint[], $3::jsonb[], $4::text[], $5::text[])
+    AS u (document_id, version, metadata, content_hash, tenant)
+WHERE d.tenant = u.tenant
+  AND d.document_id = u.document_id
   AND d.version < u.version
   AND NOT d.deleted
   AND d.content_hash = u.content_hash
-RETURNING d.document_id
+RETURNING d.tenant, d.document_id
 """
 
-DELETE_CHUNKS = "DELETE FROM chunks WHERE document_id = ANY($1::text[])"
+DELETE_CHUNKS = """
+DELETE FROM chunks AS c
+USING unnest($1::text[], $2::text[]) AS k (tenant, document_id)
+WHERE c.tenant = k.tenant AND c.document_id = k.document_id
+"""
 
-CHUNK_COLUMNS = ("document_id", "idx", "chunk_id", "text", "embedding")
+CHUNK_COLUMNS = ("tenant", "document_id", "idx", "chunk_id", "text", "embedding")
 
 RECORD_JOBS = """
-INSERT INTO job_documents AS j (job_id, document_id, version, kind, applied)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::boolean[])
-ORDER BY 1, 2
-ON CONFLICT (job_id, document_id) DO UPDATE SET
+INSERT INTO job_documents AS j (tenant, job_id, document_id, version, kind, applied)
+SELECT * FROM unnest(
+    $1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::boolean[]
+)
+ORDER BY 1, 2, 3
+ON CONFLICT (tenant, job_id, document_id) DO UPDATE SET
     version = EXCLUDED.version,
     kind = EXCLUDED.kind,
     applied = EXCLUDED.applied,
@@ -90,25 +104,27 @@ WHERE j.version < EXCLUDED.version
 """
 
 CHUNK_SELECT = """
-SELECT c.document_id, c.idx, c.chunk_id, c.text, c.embedding,
+SELECT c.tenant, c.document_id, c.idx, c.chunk_id, c.text, c.embedding,
        d.version, d.model, d.dim, d.metadata::text AS metadata_json, d.content_hash
-FROM chunks AS c JOIN documents AS d USING (document_id)
+FROM chunks AS c JOIN documents AS d USING (tenant, document_id)
 """
 
 LIVE_CHUNKS_AFTER = (
     CHUNK_SELECT
     + """
-WHERE NOT d.deleted AND (c.document_id, c.idx) > ($1::text, $2::integer)
-ORDER BY c.document_id, c.idx
-LIMIT $3
+WHERE NOT d.deleted
+  AND (c.tenant, c.document_id, c.idx) > ($1::text, $2::text, $3::integer)
+ORDER BY c.tenant, c.document_id, c.idx
+LIMIT $4
 """
 )
 
-DOCUMENT_CHUNKS = CHUNK_SELECT + "WHERE c.document_id = $1 ORDER BY c.idx"
+DOCUMENT_CHUNKS = CHUNK_SELECT + "WHERE c.tenant = $1 AND c.document_id = $2 ORDER BY c.idx"
 
 
 @dataclass(frozen=True, slots=True)
 class StoredDocument:
+    tenant: str
     document_id: str
     version: int
     deleted: bool
@@ -124,6 +140,7 @@ class StoredDocument:
 class StoredChunk:
     """A live document's chunk with its vector, as Chroma needs it for a rebuild."""
 
+    tenant: str
     document_id: str
     idx: int
     chunk_id: str
@@ -157,38 +174,40 @@ class DocumentStore:
 
     # -- reading ---------------------------------------------------------------------
 
-    async def get_document(self, document_id: str) -> StoredDocument | None:
+    async def get_document(self, tenant: str, document_id: str) -> StoredDocument | None:
+        """A tenant's document (None: never stored for this tenant)."""
         row = await self.pool.fetchrow(
-            """SELECT document_id, version, deleted, content_hash, text,
+            """SELECT tenant, document_id, version, deleted, content_hash, text,
                       metadata::text AS metadata_json, model, dim, chunk_count
-               FROM documents WHERE document_id = $1""",
+               FROM documents WHERE tenant = $1 AND document_id = $2""",
+            tenant,
             document_id,
         )
         return StoredDocument(**dict(row)) if row is not None else None
 
-    async def get_chunks(self, document_id: str) -> list[StoredChunk]:
-        rows = await self.pool.fetch(DOCUMENT_CHUNKS, document_id)
+    async def get_chunks(self, tenant: str, document_id: str) -> list[StoredChunk]:
+        rows = await self.pool.fetch(DOCUMENT_CHUNKS, tenant, document_id)
         return [StoredChunk(**dict(row)) for row in rows]
 
     async def iter_live_chunks(self, batch_size: int = 1_000) -> AsyncIterator[list[StoredChunk]]:
-        """Every live document's chunks with vectors, in (document_id, idx) order, in
+        """Every live document's chunks with vectors, in (tenant, document_id, idx) order, in
         batches of at most ``batch_size``: what a Chroma rebuild reads. Each batch is its
         own short query (keyset pagination), so no long transaction holds back vacuum;
         writes made meanwhile are seen or not, as for any online rebuild."""
-        after: tuple[str, int] = ("", -1)
+        after: tuple[str, str, int] = ("", "", -1)
         while True:
-            rows = await self.pool.fetch(LIVE_CHUNKS_AFTER, after[0], after[1], batch_size)
+            rows = await self.pool.fetch(LIVE_CHUNKS_AFTER, *after, batch_size)
             if not rows:
                 return
             batch = [StoredChunk(**dict(row)) for row in rows]
             yield batch
             if len(rows) < batch_size:
                 return
-            after = (batch[-1].document_id, batch[-1].idx)
+            after = (batch[-1].tenant, batch[-1].document_id, batch[-1].idx)
 
     async def count_live_chunks(self) -> int:
         count: int = await self.pool.fetchval(
-            "SELECT count(*) FROM chunks AS c JOIN documents AS d USING (document_id) "
+            "SELECT count(*) FROM chunks AS c JOIN documents AS d USING (tenant, document_id) "
             "WHERE NOT d.deleted"
         )
         return count
@@ -198,39 +217,43 @@ async def write_batch(
     conn: asyncpg.Connection, writes: Sequence[DocumentWrite]
 ) -> list[WriteResult]:
     """The body of ``DocumentStore.write``; ``conn`` must be inside a transaction."""
-    by_document: dict[str, list[tuple[int, DocumentWrite]]] = defaultdict(list)
+    by_document: dict[Document, list[tuple[int, DocumentWrite]]] = defaultdict(list)
     for position, write in enumerate(writes):
-        by_document[write.document_id].append((position, write))
-    document_ids = sorted(by_document)
+        by_document[write.document].append((position, write))
+    documents = sorted(by_document)
     stored = {
-        row["document_id"]: StoredState(row["version"], row["deleted"], row["content_hash"])
-        for row in await conn.fetch(LOCK_STORED, document_ids)
+        (row["tenant"], row["document_id"]): StoredState(
+            row["version"], row["deleted"], row["content_hash"]
+        )
+        for row in await conn.fetch(
+            LOCK_STORED, [t for t, _ in documents], [d for _, d in documents]
+        )
     }
 
     results: list[WriteResult] = [WriteResult.STALE] * len(writes)
     full: list[DocumentWrite] = []
     touch: list[DocumentWrite] = []
-    for document_id in document_ids:
-        plan = plan_document(stored.get(document_id), by_document[document_id])
+    for document in documents:
+        plan = plan_document(stored.get(document), by_document[document])
         for position, result in plan.results.items():
             results[position] = result
         if plan.write is not None:
             (touch if plan.write.reused else full).append(plan.write)
 
     written = await _upsert_documents(conn, full) | await _touch_documents(conn, touch)
-    refused = {w.document_id for w in (*full, *touch)} - written
+    refused = {w.document for w in (*full, *touch)} - written
     if refused:
         # a document created by a concurrent batch after our lock statement, newer than ours
         log.warning("writes refused by the version guard", documents=sorted(refused)[:20])
         for position, write in enumerate(writes):
-            if write.document_id in refused and results[position] is WriteResult.APPLIED:
+            if write.document in refused and results[position] is WriteResult.APPLIED:
                 results[position] = WriteResult.STALE
-    await _replace_chunks(conn, [w for w in full if w.document_id in written])
+    await _replace_chunks(conn, [w for w in full if w.document in written])
     await _record_jobs(conn, writes, results)
     return results
 
 
-async def _upsert_documents(conn: asyncpg.Connection, writes: list[DocumentWrite]) -> set[str]:
+async def _upsert_documents(conn: asyncpg.Connection, writes: list[DocumentWrite]) -> set[Document]:
     if not writes:
         return set()
     rows = await conn.fetch(
@@ -244,11 +267,12 @@ async def _upsert_documents(conn: asyncpg.Connection, writes: list[DocumentWrite
         [w.model for w in writes],
         [w.dim for w in writes],
         [w.chunk_count for w in writes],
+        [w.tenant for w in writes],
     )
-    return {row["document_id"] for row in rows}
+    return {(row["tenant"], row["document_id"]) for row in rows}
 
 
-async def _touch_documents(conn: asyncpg.Connection, writes: list[DocumentWrite]) -> set[str]:
+async def _touch_documents(conn: asyncpg.Connection, writes: list[DocumentWrite]) -> set[Document]:
     if not writes:
         return set()
     rows = await conn.fetch(
@@ -257,17 +281,18 @@ async def _touch_documents(conn: asyncpg.Connection, writes: list[DocumentWrite]
         [w.version for w in writes],
         [w.metadata_json for w in writes],
         [w.content_hash for w in writes],
+        [w.tenant for w in writes],
     )
-    return {row["document_id"] for row in rows}
+    return {(row["tenant"], row["document_id"]) for row in rows}
 
 
 async def _replace_chunks(conn: asyncpg.Connection, writes: list[DocumentWrite]) -> None:
     """Drop the chunks of documents replaced or deleted, then copy in the new ones."""
     if not writes:
         return
-    await conn.execute(DELETE_CHUNKS, [w.document_id for w in writes])
+    await conn.execute(DELETE_CHUNKS, [w.tenant for w in writes], [w.document_id for w in writes])
     records: list[tuple[Any, ...]] = [
-        (w.document_id, c.idx, c.chunk_id, c.text, c.embedding)
+        (w.tenant, w.document_id, c.idx, c.chunk_id, c.text, c.embedding)
         for w in writes
         if not w.deleted
         for c in w.chunks
@@ -280,11 +305,11 @@ async def _record_jobs(
     conn: asyncpg.Connection, writes: Sequence[DocumentWrite], results: list[WriteResult]
 ) -> None:
     """One row per (job, document): the newest version of it this stage has finished."""
-    latest: dict[tuple[str, str], tuple[DocumentWrite, bool]] = {}
+    latest: dict[tuple[str, str, str], tuple[DocumentWrite, bool]] = {}
     for write, result in zip(writes, results, strict=True):
         if result is WriteResult.CONFLICT:
             continue
-        key = (write.job_id, write.document_id)
+        key = (write.tenant, write.job_id, write.document_id)
         if key not in latest or latest[key][0].version < write.version:
             latest[key] = (write, result is WriteResult.APPLIED)
     if not latest:
@@ -292,6 +317,7 @@ async def _record_jobs(
     rows = list(latest.values())
     await conn.execute(
         RECORD_JOBS,
+        [w.tenant for w, _ in rows],
         [w.job_id for w, _ in rows],
         [w.document_id for w, _ in rows],
         [w.version for w, _ in rows],

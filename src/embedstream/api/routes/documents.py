@@ -24,7 +24,7 @@ from embedstream.api.deps import (
     require_json,
 )
 from embedstream.api.errors import AUTH_ERRORS, error_responses
-from embedstream.api.principal import DOCUMENTS_WRITE
+from embedstream.api.principal import DOCUMENTS_WRITE, Principal
 from embedstream.api.routes.jobs import in_submission_order
 from embedstream.config import ApiSettings
 from embedstream.logging import get_logger
@@ -49,6 +49,10 @@ class DocumentIdConvertor(PathConvertor):
 
 register_url_convertor("document_id", DocumentIdConvertor())
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
+
+# the same dependency as in each route's ``dependencies`` (solved once per request): the
+# caller, whose tenant owns the documents
+Writer = Annotated[Principal, require(DOCUMENTS_WRITE)]
 
 MAX_REPORTED_ERRORS = 100
 
@@ -147,18 +151,24 @@ async def submit_job(
     job_id: str,
     submissions: Sequence[Submission],
     *,
+    tenant: str,
     idempotency_key: str | None,
     fingerprint: str,
 ) -> JobAccepted:
-    """One atomic submit; a replayed Idempotency-Key answers with the existing job."""
+    """One atomic submit; a replayed Idempotency-Key (of the same tenant) answers with
+    the existing job."""
     submitted = await tracker.submit(
-        job_id, submissions, idempotency_key=idempotency_key, body_hash=fingerprint
+        job_id,
+        submissions,
+        tenant=tenant,
+        idempotency_key=idempotency_key,
+        body_hash=fingerprint,
     )
     documents = [{"id": s.document_id, "kind": s.kind} for s in submissions]
     state = "queued"
     if not submitted.created:
         response.headers["Idempotent-Replayed"] = "true"
-        existing = await tracker.status(submitted.job_id)
+        existing = await tracker.status(submitted.job_id, tenant=tenant)
         if existing is not None:
             documents = [
                 {"id": d.document_id, "kind": d.kind} for d in in_submission_order(existing.items)
@@ -198,16 +208,21 @@ async def upsert_documents(
     tracker: TrackerDep,
     limits: ApiSettingsDep,
     traceparent: TraceparentDep,
+    principal: Writer,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JobAccepted:
     """Queue one ``document.upsert.v1`` command per document, as one job. Ids are
     optional (a UUID is generated); the body may also be a single document object.
-    Needs the scope ``documents:write``."""
+    Documents belong to the caller's tenant. Needs the scope ``documents:write``."""
     if errors := limit_errors(body, limits):
         raise RequestValidationError(errors)
     job_id = new_job_id()
     submissions = [
-        Submission(doc.id, "upsert", build_upsert(job_id, doc, traceparent=traceparent))
+        Submission(
+            doc.id,
+            "upsert",
+            build_upsert(job_id, doc, tenant=principal.tenant, traceparent=traceparent),
+        )
         for doc in with_ids(body.documents)
         if doc.id is not None
     ]
@@ -217,6 +232,7 @@ async def upsert_documents(
         tracker,
         job_id,
         submissions,
+        tenant=principal.tenant,
         idempotency_key=idempotency_key,
         fingerprint=request_fingerprint("POST /v1/documents", body.model_dump(mode="json")),
     )
@@ -236,19 +252,22 @@ async def delete_document(
     response: Response,
     tracker: TrackerDep,
     traceparent: TraceparentDep,
+    principal: Writer,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JobAccepted:
-    """Queue a ``document.delete.v1`` command (a job of one document). Deleting an
-    unknown id is not an error: the delete is idempotent. Needs the scope
+    """Queue a ``document.delete.v1`` command (a job of one document) for the caller's
+    tenant's copy of the id. Deleting an unknown id is not an error: the delete is
+    idempotent (and tells nothing about other tenants' ids). Needs the scope
     ``documents:write``."""
     job_id = new_job_id()
-    envelope = build_delete(job_id, document_id, traceparent=traceparent)
+    envelope = build_delete(job_id, document_id, tenant=principal.tenant, traceparent=traceparent)
     return await submit_job(
         request,
         response,
         tracker,
         job_id,
         [Submission(document_id, "delete", envelope)],
+        tenant=principal.tenant,
         idempotency_key=idempotency_key,
         fingerprint=request_fingerprint("DELETE /v1/documents", {"id": document_id}),
     )

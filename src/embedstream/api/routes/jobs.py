@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException
 
@@ -10,7 +11,7 @@ from embedstream.adapters.jobs import DocumentStatus, JobStatus
 from embedstream.api.auth import require
 from embedstream.api.deps import TrackerDep
 from embedstream.api.errors import AUTH_ERRORS, error_responses
-from embedstream.api.principal import JOBS_READ
+from embedstream.api.principal import JOBS_READ, Principal
 from embedstream.schemas.api import JobOut
 from embedstream.streams.names import stream_id_to_version
 
@@ -52,14 +53,17 @@ def job_out(status: JobStatus) -> JobOut:
     name="get_job",
     response_model=JobOut,
     responses=error_responses(*AUTH_ERRORS, 404, 422, 503),
-    dependencies=[require(JOBS_READ)],
     summary="Job status",
 )
-async def get_job(job_id: str, tracker: TrackerDep) -> JobOut:
+async def get_job(
+    job_id: str,
+    tracker: TrackerDep,
+    principal: Annotated[Principal, require(JOBS_READ)],
+) -> JobOut:
     """The job's state (queued, completed, failed) and, per document, its state and the
     state of each stage (embed, index, persist). Jobs are kept for 7 days. Needs the
-    scope ``jobs:read``."""
-    status = await tracker.status(job_id)
+    scope ``jobs:read``; another tenant's job is answered like an unknown one (404)."""
+    status = await tracker.status(job_id, tenant=principal.tenant)
     if status is None:
         raise HTTPException(
             status_code=404,
