@@ -33,4 +33,4 @@ embedstream ingest samples/corpus --url "$URL" --batch 8 --timeout 600
 echo "== pipeline status"
 embedstream status
 echo "== a query against the index"
-embedstream search "how do I parse command line arguments" --limit 3
+embedstream search "how do I parse command line arguments" --tenant demo --limit 3
