@@ -13,6 +13,7 @@ import asyncpg
 import httpx
 import pytest
 
+from embedstream.adapters.postgres import create_pool
 from embedstream.adapters.postgres.migrate import migrate
 from embedstream.adapters.postgres.pool import quote_ident
 from embedstream.api.apikeys import ApiKeyRecord, ApiKeyStore
@@ -79,6 +80,23 @@ def api_keys() -> Iterator[ApiKeys]:
     keys = asyncio.run(setup())
     yield keys
     asyncio.run(drop_schema(schema))
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    """A fresh schema name of this test's own (not migrated), dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    await drop_schema(name)
+
+
+@pytest.fixture
+async def pool(schema: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on ``schema``, migrated to the latest version."""
+    await migrate(PG_DSN, schema)
+    pg = await create_pool(PostgresSettings(database_url=PG_DSN, database_schema=schema))
+    yield pg
+    await pg.close()
 
 
 @pytest.fixture

@@ -5,9 +5,8 @@ mode by group ``persister`` into a fresh schema; job marks through ``JobTracker`
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -16,7 +15,7 @@ import pytest
 import redis.asyncio as redis
 
 from embedstream.adapters.jobs import JobTracker, Submission
-from embedstream.adapters.postgres import DocumentStore, DocumentWrite, WriteResult, migrate
+from embedstream.adapters.postgres import DocumentStore, DocumentWrite, WriteResult
 from embedstream.adapters.postgres import create_pool as create_pg_pool
 from embedstream.config import ConsumerSettings, PostgresSettings, RedisSettings, Settings
 from embedstream.schemas.commands import DocumentDelete, DocumentUpsert
@@ -34,32 +33,11 @@ from embedstream.streams.names import PERSISTER_GROUP, StreamNames
 from embedstream.streams.runner import RunStats
 from embedstream.workers import persist
 from embedstream.workers.persist import PersistHandler, build_persist_worker
+from tests.integration.conftest import PG_DSN
 
 pytestmark = pytest.mark.integration
 
-PG_DSN = os.environ.get(
-    "EMBEDSTREAM_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 DIM = 384
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    yield name
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def pool(schema: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate(PG_DSN, schema)
-    pg = await create_pg_pool(PostgresSettings(database_url=PG_DSN, database_schema=schema))
-    yield pg
-    await pg.close()
 
 
 @pytest.fixture

@@ -7,9 +7,7 @@ Each test gets its own schema ``t_<random>`` in the database ``test``, dropped a
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import numpy as np
@@ -28,33 +26,11 @@ from embedstream.adapters.postgres import (
 )
 from embedstream.adapters.postgres.model import StoredState, plan_document
 from embedstream.config import PostgresSettings
+from tests.integration.conftest import PG_DSN
 
 pytestmark = pytest.mark.integration
 
-PG_DSN = os.environ.get(
-    "EMBEDSTREAM_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 DIM = 4
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    yield name
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
-async def pool(schema: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate(PG_DSN, schema)
-    settings = PostgresSettings(database_url=PG_DSN, database_schema=schema, pool_max_size=4)
-    pg = await create_pool(settings)
-    yield pg
-    await pg.close()
 
 
 @pytest.fixture
