@@ -28,7 +28,7 @@ import httpx
 import redis.asyncio as redis
 
 from bench.corpus import generate
-from bench.stack import Stack, create_stack
+from bench.stack import Stack, create_stack, remove_stack_data
 from embedstream.schemas.envelope import attributes_of
 
 REDIS_URL = os.environ.get("EMBEDSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -145,19 +145,6 @@ async def run_pipeline(
     return result
 
 
-async def cleanup(stack: Stack) -> None:
-    import asyncpg
-
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = [k async for k in client.scan_iter(match=f"{stack.names.prefix}:*", count=1000)]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
-    conn = await asyncpg.connect(PG_DSN)
-    await conn.execute(f'DROP SCHEMA IF EXISTS "{stack.schema}" CASCADE')
-    await conn.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--docs", type=int, default=60, help="documents of 200-1,000 words")
@@ -187,7 +174,7 @@ def main() -> None:
             print(f"raw encode:  {raw_after:8.1f} chunks/s (again)")
         finally:
             stack.stop_all()
-            asyncio.run(cleanup(stack))
+            asyncio.run(remove_stack_data(stack))
     raw = (raw_before + raw_after) / 2
     print("CPU seconds during the pipeline run, per process:")
     for key, value in sorted(result.items()):

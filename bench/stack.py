@@ -164,3 +164,18 @@ def create_stack(tmp: Path, *, redis_url: str, database_url: str, **overrides: s
         chroma_path=tmp / "chroma",
         log_dir=log_dir,
     )
+
+
+async def remove_stack_data(stack: Stack) -> None:
+    """Delete the stack's Redis keys and drop its PostgreSQL schema."""
+    import asyncpg
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(stack.env["EMBEDSTREAM_REDIS_URL"])
+    keys = [k async for k in client.scan_iter(match=f"{stack.names.prefix}:*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+    conn = await asyncpg.connect(stack.env["EMBEDSTREAM_DATABASE_URL"])
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{stack.schema}" CASCADE')
+    await conn.close()

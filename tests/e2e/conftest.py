@@ -8,10 +8,9 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 import redis.asyncio as redis
-from bench.stack import Stack, create_stack
+from bench.stack import Stack, create_stack, remove_stack_data
 
 PG_DSN = os.environ.get(
     "EMBEDSTREAM_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -37,18 +36,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         yield s
     finally:
         s.stop_all()
-        asyncio.run(_cleanup(s.names.prefix, s.schema))
-
-
-async def _cleanup(prefix: str, schema: str) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
-    conn = await asyncpg.connect(PG_DSN)
-    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    await conn.close()
+        asyncio.run(remove_stack_data(s))
 
 
 @pytest.fixture
