@@ -116,11 +116,12 @@ class StoredEmbedding:
 
 
 @dataclass(frozen=True)
-class _Upsert:
+class _Command:
+    """A command of this batch, with its position and version."""
+
     index: int
     message: Message[Envelope]
-    command: DocumentUpsert
-    content_hash: str
+    command: DocumentUpsert | DocumentDelete
     version: int
 
     @property
@@ -134,19 +135,14 @@ class _Upsert:
 
 
 @dataclass(frozen=True)
-class _Delete:
-    index: int
-    message: Message[Envelope]
+class _Upsert(_Command):
+    command: DocumentUpsert
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class _Delete(_Command):
     command: DocumentDelete
-    version: int
-
-    @property
-    def tenant(self) -> str:
-        return self.message.body.tenant
-
-    @property
-    def key(self) -> str:
-        return document_key(self.tenant, self.command.document_id)
 
 
 class EmbedHandler:
@@ -186,7 +182,7 @@ class EmbedHandler:
                 continue
             version = stream_id_to_version(message.id)
             if isinstance(command, DocumentUpsert):
-                upserts.append(_Upsert(i, message, command, content_hash(command.text), version))
+                upserts.append(_Upsert(i, message, command, version, content_hash(command.text)))
             else:
                 deletes.append(_Delete(i, message, command, version))
 
