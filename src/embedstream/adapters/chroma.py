@@ -58,7 +58,6 @@ CHUNK_INDEX = "chunk_index"
 VERSION = "version"
 JOB_ID = "job_id"
 CONTENT_HASH = "content_hash"
-RESERVED_KEYS = (TENANT, DOCUMENT_ID, CHUNK_INDEX, VERSION, JOB_ID, CONTENT_HASH)
 
 ChunkMetadata = dict[str, MetadataValue]
 

@@ -10,7 +10,6 @@ redelivered message is counted once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Sequence
@@ -79,10 +78,6 @@ class JobStatus:
     created_at: str
     finished_at: str | None
     items: list[DocumentStatus]
-
-
-def request_hash(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
 
 
 class JobTracker:

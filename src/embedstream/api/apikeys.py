@@ -22,8 +22,6 @@ from embedstream.api.principal import check_scopes, check_tenant
 
 KEY_PREFIX = "es_"
 KEY_PATTERN = re.compile(r"^es_(?P<id>[0-9a-f]{16})_(?P<secret>[A-Za-z0-9_-]{43})$")
-#: What a key looks like anywhere in a text (for log redaction).
-KEY_IN_TEXT = re.compile(r"es_[0-9a-f]{16}_[A-Za-z0-9_-]{8,}")
 
 _HASHER = PasswordHash((Argon2Hasher(),))  # argon2id, pwdlib's recommended parameters
 

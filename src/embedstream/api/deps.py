@@ -55,7 +55,6 @@ def require_json(request: Request) -> None:
         raise UnsupportedMediaType(content_type)
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 ApiSettingsDep = Annotated[ApiSettings, Depends(get_api_settings)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 TrackerDep = Annotated[JobTracker, Depends(get_tracker)]

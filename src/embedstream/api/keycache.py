@@ -97,9 +97,6 @@ class ApiKeyVerifier:
             if future.done() and not future.cancelled():
                 future.exception()  # mark retrieved: no "never retrieved" warnings
 
-    def forget(self) -> None:
-        self._cache.clear()
-
     def _cached(self, digest: bytes) -> _Entry | None:
         entry = self._cache.get(digest)
         if entry is None:

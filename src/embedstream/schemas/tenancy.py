@@ -13,8 +13,6 @@ import re
 
 TENANT_REGEX = r"^[A-Za-z0-9._-]{1,64}$"
 TENANT_PATTERN = re.compile(TENANT_REGEX)
-DEFAULT_TENANT = "default"
-"""the tenant of rows stored before tenants existed (migration 0003)"""
 
 
 def document_key(tenant: str, document_id: str) -> str:
