@@ -17,7 +17,7 @@ import redis.asyncio as redis
 from redis.exceptions import ResponseError
 from starlette.exceptions import HTTPException
 
-from embedstream.streams.names import EMBEDDER_GROUP, StreamNames
+from embedstream.streams.names import EMBEDDER_GROUP, StreamNames, as_text
 
 RETRY_AFTER_S = 5
 
@@ -79,7 +79,7 @@ class IngestLagGauge:
             raise
         for info in groups:
             name = info.get("name")
-            if (name.decode() if isinstance(name, bytes) else name) == self.group:
+            if as_text(name) == self.group:
                 lag = info.get("lag")
                 if lag is not None:
                     return int(lag)

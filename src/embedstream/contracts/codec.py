@@ -26,13 +26,10 @@ from typing import Any
 
 from embedstream.contracts.catalog import PREFIX_PLACEHOLDER
 from embedstream.schemas.envelope import ATTRIBUTES_FIELD, DATA_FIELD, Envelope
+from embedstream.streams.names import as_text
 
 CONTENT_TYPE = "application/json"
 STREAM_METADATA = "stream"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
 def fields_to_body(fields: Mapping[Any, Any]) -> dict[str, Any]:
@@ -41,21 +38,21 @@ def fields_to_body(fields: Mapping[Any, Any]) -> dict[str, Any]:
     instead of raising here."""
     body: dict[str, Any] = {}
     for raw_key, raw_value in fields.items():
-        key, value = _text(raw_key), _text(raw_value)
+        key, value = as_text(raw_key), as_text(raw_value)
         if key == ATTRIBUTES_FIELD:
-            attrs = _json_or_text(value)
+            attrs = _json_oras_text(value)
             if isinstance(attrs, dict):
                 body.update(attrs)
             else:
                 body[key] = attrs
         elif key == DATA_FIELD:
-            body[key] = _json_or_text(value)
+            body[key] = _json_oras_text(value)
         else:
             body[key] = value
     return body
 
 
-def _json_or_text(value: str) -> Any:
+def _json_oras_text(value: str) -> Any:
     try:
         return json.loads(value)
     except ValueError:

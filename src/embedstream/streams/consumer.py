@@ -7,7 +7,6 @@ lives in ``embedstream.streams.runner``.
 from __future__ import annotations
 
 import inspect
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,16 +19,12 @@ from embedstream.errors import GroupMissingError
 from embedstream.schemas.envelope import Fields
 from embedstream.streams import scripts
 from embedstream.streams.messages import Ack, DeadLetter, Outcome, TransactionOp
-from embedstream.streams.names import StreamNames
+from embedstream.streams.names import StreamNames, as_text
 
 RawEntry = tuple[str, Fields, int]
 """(entry id, fields, delivery count)"""
 
 DLQ_META_PREFIX = "dlq_"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -104,7 +99,7 @@ class StreamConsumer:
         if not reply:
             return []
         entries: list[tuple[bytes, Fields]] = reply[0][1]
-        return [(_text(entry_id), fields, 1) for entry_id, fields in entries if fields]
+        return [(as_text(entry_id), fields, 1) for entry_id, fields in entries if fields]
 
     async def claim_own(self, count: int, after: str | None = None) -> list[RawEntry]:
         """Take back up to ``count`` of this consumer's own pending entries with ids above
@@ -114,7 +109,7 @@ class StreamConsumer:
         rows = await self._claim_own(
             keys=[self.stream], args=[self.group, self.consumer, count, start]
         )
-        return [(_text(r[0]), _fields(r[1]), int(r[2])) for r in rows]
+        return [(as_text(r[0]), _fields(r[1]), int(r[2])) for r in rows]
 
     async def claim_idle(
         self, min_idle_ms: int, count: int, cursor: str = "0-0"
@@ -125,8 +120,8 @@ class StreamConsumer:
             keys=[self.stream],
             args=[self.group, self.consumer, min_idle_ms, cursor, count],
         )
-        entries: list[RawEntry] = [(_text(r[0]), _fields(r[1]), int(r[2])) for r in rows]
-        return _text(next_cursor), entries
+        entries: list[RawEntry] = [(as_text(r[0]), _fields(r[1]), int(r[2])) for r in rows]
+        return as_text(next_cursor), entries
 
     async def set_idle(self, entry_ids: Sequence[str], idle_ms: int) -> int:
         """Renew (0), postpone or hand back entries this consumer still owns."""
@@ -196,7 +191,7 @@ class StreamConsumer:
             keys=[self.stream],
             args=[self.group, self.consumer, idle_threshold_ms, visibility_ms, max_entries],
         )
-        return [(_text(name), int(moved)) for name, moved in rows]
+        return [(as_text(name), int(moved)) for name, moved in rows]
 
     async def trim_acked(self) -> int:
         removed: int = await self._trim(keys=[self.stream])
@@ -225,7 +220,3 @@ async def _queue(op: TransactionOp, pipe: Any) -> None:
     queued = op(pipe)
     if inspect.isawaitable(queued):
         await queued
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000

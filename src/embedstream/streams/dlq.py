@@ -14,7 +14,7 @@ from typing import Any
 import redis.asyncio as redis
 
 from embedstream.streams.consumer import DLQ_META_PREFIX
-from embedstream.streams.names import StreamNames
+from embedstream.streams.names import StreamNames, as_text
 
 REPLAY = """
 local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
@@ -45,26 +45,20 @@ class DeadLetterView:
     fields: dict[str, str]
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return str(value)
-
-
 async def list_dead_letters(
     client: redis.Redis, names: StreamNames, *, count: int = 20, start: str = "-"
 ) -> list[DeadLetterView]:
     entries: Any = await client.xrange(names.dlq, min=start, count=count)
     views = []
     for entry_id, raw in entries:
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = {as_text(k): as_text(v) for k, v in raw.items()}
         meta = {
             k.removeprefix(DLQ_META_PREFIX): v
             for k, v in fields.items()
             if k.startswith(DLQ_META_PREFIX)
         }
         original = {k: v for k, v in fields.items() if not k.startswith(DLQ_META_PREFIX)}
-        views.append(DeadLetterView(_text(entry_id), meta, original))
+        views.append(DeadLetterView(as_text(entry_id), meta, original))
     return views
 
 
@@ -76,4 +70,4 @@ async def replay_dead_letter(
     reply: list[Any] | None = await script(keys=[names.dlq], args=[entry_id])
     if not reply:
         return None
-    return _text(reply[0]), _text(reply[1])
+    return as_text(reply[0]), as_text(reply[1])

@@ -44,8 +44,14 @@ class StreamNames:
         return (self.ingest, self.embedded, self.results)
 
 
+def as_text(value: object) -> str:
+    """A value from a Redis reply as text (bytes decoded as UTF-8, bad bytes replaced)."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)
+
+
 def stream_id_to_version(entry_id: str | bytes) -> int:
     """A stream entry id as one sortable integer (ms * 2**20 + seq)."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
+    ms, _, seq = as_text(entry_id).partition("-")
     return (int(ms) << 20) + int(seq or 0)

@@ -261,7 +261,7 @@ class StreamWorker(Generic[T]):
         done, failed, retry = split_outcomes(ready_entries, outcomes)
         dead.extend(failed)
         retry_later: list[tuple[str, int, BaseException]] = []
-        by_id = {entry_id: fields for entry_id, fields, _ in ready_entries}
+        by_id = {entry_id: fields for entry_id, fields, _ in ready_entries} if retry else {}
         for entry_id, attempt, error in retry:
             if attempt >= max_deliveries:
                 dead.append(Dead(entry_id, by_id[entry_id], attempt, error, {}))

@@ -10,7 +10,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
-from embedstream.streams.names import StreamNames
+from embedstream.streams.names import StreamNames, as_text
 
 
 @dataclass
@@ -50,10 +50,6 @@ class StatusReport:
         return asdict(self)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _id_age_ms(entry_id: str, now_ms: int) -> int:
     return max(0, now_ms - int(entry_id.partition("-")[0]))
 
@@ -62,11 +58,11 @@ async def collect_status(client: redis.Redis, names: StreamNames) -> StatusRepor
     """Read the state of every embedstream stream under ``names.prefix``."""
     streams = list(names.pipeline_streams())
     async for key in client.scan_iter(match=f"{names.prefix}:*", _type="stream", count=500):
-        stream = _text(key)
+        stream = as_text(key)
         if stream not in streams and stream != names.dlq:
             streams.append(stream)
     dlq_counts_raw: dict[Any, Any] = await client.hgetall(names.dlq_counts)
-    dlq_counts = {_text(k): int(v) for k, v in dlq_counts_raw.items()}
+    dlq_counts = {as_text(k): int(v) for k, v in dlq_counts_raw.items()}
     now_ms = int(time.time() * 1000)
     views = [await _stream_view(client, stream, dlq_counts, now_ms) for stream in streams]
     return StatusReport(
@@ -89,12 +85,12 @@ async def _stream_view(
     except ResponseError:
         return view
     for info in groups:
-        name = _text(info["name"])
+        name = as_text(info["name"])
         pending = int(info["pending"])
         oldest_age = None
         if pending:
             summary: dict[str, Any] = await client.xpending(stream, name)
-            oldest_age = _id_age_ms(_text(summary["min"]), now_ms)
+            oldest_age = _id_age_ms(as_text(summary["min"]), now_ms)
         consumers: list[dict[str, Any]] = await client.xinfo_consumers(stream, name)
         lag = info.get("lag")
         view.groups.append(
@@ -103,11 +99,11 @@ async def _stream_view(
                 lag=None if lag is None else int(lag),
                 pending=pending,
                 oldest_pending_age_ms=oldest_age,
-                last_delivered_id=_text(info["last-delivered-id"]),
+                last_delivered_id=as_text(info["last-delivered-id"]),
                 dead_letters=dlq_counts.get(f"{stream}|{name}", 0),
                 consumers=[
                     ConsumerView(
-                        name=_text(c["name"]), pending=int(c["pending"]), idle_ms=int(c["idle"])
+                        name=as_text(c["name"]), pending=int(c["pending"]), idle_ms=int(c["idle"])
                     )
                     for c in consumers
                 ],

@@ -57,7 +57,7 @@ from embedstream.streams.messages import (
     Publish,
     TransactionOp,
 )
-from embedstream.streams.names import EMBEDDER_GROUP, StreamNames, stream_id_to_version
+from embedstream.streams.names import EMBEDDER_GROUP, StreamNames, as_text, stream_id_to_version
 from embedstream.streams.runner import RunStats, StreamWorker
 
 STAGE = "embed"
@@ -104,8 +104,7 @@ class StoredEmbedding:
     def parse(cls, raw: bytes | str | None) -> StoredEmbedding | None:
         if raw is None:
             return None
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        parts = text.split("|", 3)
+        parts = as_text(raw).split("|", 3)
         if len(parts) != 4:
             return None
         digest, version, count, profile = parts
@@ -433,6 +432,7 @@ async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -
             model=embedder.name,
             encode_calls=embedder.stats.calls,
             chunks=embedder.stats.chunks,
+            padded_tokens=embedder.stats.padded_tokens,
             encode_s=round(embedder.stats.seconds, 2),
         )
         return stats
