@@ -304,7 +304,7 @@ def reindex(
     """Rebuild the Chroma collection from PostgreSQL. Stop the index workers first."""
     from rich.progress import Progress
 
-    from embedstream.search import reindex as run_reindex
+    from embedstream.reindex import reindex as run_reindex
 
     settings = _settings()
     with Progress(console=console) as progress:

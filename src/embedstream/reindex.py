@@ -1,0 +1,79 @@
+"""``embedstream reindex``: rebuild the Chroma collection from PostgreSQL (invariant 8).
+Stop the index workers while it runs: Chroma writes carry no version guard."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from embedstream.config import Settings
+from embedstream.logging import get_logger
+
+log = get_logger("embedstream.reindex")
+
+
+async def reindex(
+    settings: Settings, *, batch_size: int = 500, progress: Callable[[int, int], None]
+) -> int:
+    """Drop and rebuild the Chroma collection from PostgreSQL; returns chunks written.
+    The index workers' version register is reset to what was rebuilt; every chunk keeps
+    its tenant (id, metadata and register key)."""
+    from embedstream.adapters.chroma import (
+        ChromaIndex,
+        ChunkRecord,
+        chunk_metadata,
+        document_key,
+        upsert_chunks,
+    )
+    from embedstream.adapters.postgres import DocumentStore, create_pool
+    from embedstream.adapters.redis_client import create_redis
+
+    pool = await create_pool(settings.postgres)
+    index = ChromaIndex(settings.chroma)
+    redis = create_redis(settings.redis)
+    register = settings.redis.names.key("index", "versions")
+    written = 0
+    try:
+        store = DocumentStore(pool)
+        total = await store.count_live_chunks()
+        collection = await index.reset()
+        versions: dict[str, int] = {}
+        progress(0, total)
+        async for batch in store.iter_live_chunks(batch_size):
+            first = batch[0]
+            if first.model is None or first.dim is None:
+                raise RuntimeError(f"document {first.document_id!r} has no model recorded")
+            await index.require_model(first.model, first.dim)
+            records = [
+                ChunkRecord(
+                    id=chunk.chunk_id,
+                    embedding=chunk.vector,
+                    metadata=chunk_metadata(
+                        json.loads(chunk.metadata_json),
+                        tenant=chunk.tenant,
+                        document_id=chunk.document_id,
+                        index=chunk.idx,
+                        version=chunk.version,
+                        job_id="reindex",
+                        content_hash=chunk.content_hash or "",
+                    ),
+                    document=chunk.text if settings.chroma.chroma_store_documents else None,
+                )
+                for chunk in batch
+            ]
+            written += await index.call(upsert_chunks, collection, records)
+            versions.update(
+                {document_key(chunk.tenant, chunk.document_id): chunk.version for chunk in batch}
+            )
+            progress(written, total)
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.delete(register)
+            if versions:
+                pipe.hset(register, mapping={k: str(v) for k, v in versions.items()})
+            await pipe.execute()
+    finally:
+        await redis.aclose()
+        await pool.close()
+        index.close()
+    log.info("chroma rebuilt from postgresql", chunks=written, documents=len(versions))
+    return written
