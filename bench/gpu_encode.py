@@ -19,12 +19,9 @@ from pathlib import Path
 
 def write_chunks(path: Path, docs: int) -> None:
     from bench.corpus import generate
-    from embedstream.adapters.embedder import Embedder
-    from embedstream.config import EmbedSettings
+    from bench.pipeline import chunk_texts
 
-    embedder = Embedder.load(EmbedSettings())
-    chunks = [c.text for doc in embedder.chunker().split_many(generate(docs, seed=21)) for c in doc]
-    embedder.close()
+    chunks = chunk_texts(generate(docs, seed=21))
     path.write_text(json.dumps(chunks))
     print(f"wrote {len(chunks)} chunks to {path}")
 

@@ -38,6 +38,7 @@ PG_DSN = os.environ.get(
 
 
 def chunk_texts(texts: list[str]) -> list[str]:
+    """The chunks the embed worker makes of ``texts`` (its chunker, default settings)."""
     from embedstream.adapters.embedder import Embedder
     from embedstream.config import EmbedSettings
 

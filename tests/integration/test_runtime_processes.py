@@ -98,13 +98,7 @@ async def test_sigterm_finishes_the_in_flight_batch_and_exits_zero(
         "--sleep", "1.0", "--batch-size", "3", "--drain-timeout", "20",
         "--visibility-ms", str(VISIBILITY_MS),
     )  # fmt: skip
-    try:
-        in_batch = await victim.wait_mid_batch(redis_client)
-        victim.proc.send_signal(signal.SIGTERM)
-        rc = await victim.wait_exit()
-        out = await victim.output()
-    finally:
-        victim.kill()
+    in_batch, rc, out = await victim.sigterm_mid_batch(redis_client)
     assert rc == 0, out
     assert in_batch == ids[:3]
     started = await victim.started_ids(redis_client)
@@ -130,13 +124,7 @@ async def test_sigterm_past_drain_timeout_hands_entries_back_and_exits_zero(
         "--sleep", "120", "--batch-size", "5", "--drain-timeout", "0.3",
         "--visibility-ms", str(VISIBILITY_MS),
     )  # fmt: skip
-    try:
-        in_batch = await victim.wait_mid_batch(redis_client)
-        victim.proc.send_signal(signal.SIGTERM)
-        rc = await victim.wait_exit()
-        out = await victim.output()
-    finally:
-        victim.kill()
+    in_batch, rc, out = await victim.sigterm_mid_batch(redis_client)
     assert rc == 0, out
     assert in_batch == ids[:5]
     assert await acked_counts(redis_client, names, "victim") == {}

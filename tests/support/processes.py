@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sys
 from pathlib import Path
 
@@ -52,6 +53,17 @@ class ConsumerProcess:
 
         await wait_until(started, within=within, what=f"{self.name} to start a batch")
         return await self.started_ids(client)
+
+    async def sigterm_mid_batch(self, client: redis.Redis) -> tuple[list[str], int, str]:
+        """Wait for the first batch, send SIGTERM, wait for the exit: (batch ids, exit
+        code, output). The process is killed if anything goes wrong."""
+        try:
+            in_batch = await self.wait_mid_batch(client)
+            self.proc.send_signal(signal.SIGTERM)
+            rc = await self.wait_exit()
+            return in_batch, rc, await self.output()
+        finally:
+            self.kill()
 
     async def wait_exit(self, within: float = 30) -> int:
         try:
