@@ -92,20 +92,26 @@ async def pending_ids(client: Any, names: StreamNames) -> list[str]:
 
 
 def test_split_outcomes_sorts_each_message_by_its_outcome() -> None:
-    entries: list[RawEntry] = [(f"1-{i}", {b"k": str(i).encode()}, i + 1) for i in range(4)]
+    messages = [Message(f"1-{i}", "s", {b"k": str(i).encode()}, i, i + 1) for i in range(4)]
     ack = Ack(publish=[Publish("s", {"a": "b"})])
     err_retry, err_dead = RetryableError("r"), PermanentError("p")
     done, dead, retry = split_outcomes(
-        entries, [ack, Retry(err_retry), DeadLetter(err_dead, {"x": "y"}), Ack()]
+        messages, [ack, Retry(err_retry), DeadLetter(err_dead, {"x": "y"}), Ack()]
     )
     assert done == [("1-0", ack), ("1-3", Ack())]
-    assert retry == [("1-1", 2, err_retry)]
+    assert retry == [(messages[1], err_retry)]
     assert dead == [Dead("1-2", {b"k": b"2"}, 3, err_dead, {"x": "y"})]
 
 
 def test_split_outcomes_refuses_a_count_mismatch() -> None:
+    messages = [Message("1-0", "s", {}, None, 1), Message("1-1", "s", {}, None, 1)]
     with pytest.raises(ValueError, match="zip"):
-        split_outcomes([("1-0", {}, 1), ("1-1", {}, 1)], [Ack()])
+        split_outcomes(messages, [Ack()])
+
+
+def test_split_outcomes_refuses_what_is_not_an_outcome() -> None:
+    with pytest.raises(TypeError, match="not Ack, Retry or DeadLetter"):
+        split_outcomes([Message("1-0", "s", {}, None, 1)], [True])  # type: ignore[list-item]
 
 
 @pytest.mark.parametrize(

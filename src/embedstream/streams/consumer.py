@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias, TypeVar
 
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
@@ -18,13 +18,22 @@ from redis.exceptions import ResponseError
 from embedstream.errors import GroupMissingError
 from embedstream.schemas.envelope import Fields
 from embedstream.streams import scripts
-from embedstream.streams.messages import Ack, DeadLetter, Outcome, TransactionOp
+from embedstream.streams.messages import (
+    Ack,
+    DeadLetter,
+    Message,
+    Outcome,
+    Retry,
+    TransactionOp,
+)
 from embedstream.streams.names import StreamNames, as_text
 
 RawEntry = tuple[str, Fields, int]
 """(entry id, fields, delivery count)"""
 
 DLQ_META_PREFIX = "dlq_"
+
+T = TypeVar("T")
 
 
 def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -98,8 +107,12 @@ class StreamConsumer:
         )
         if not reply:
             return []
-        entries: list[tuple[bytes, Fields]] = reply[0][1]
-        return [(as_text(entry_id), fields, 1) for entry_id, fields in entries if fields]
+        entries: list[tuple[bytes | str, Fields]] = reply[0][1]
+        return [
+            (entry_id.decode() if isinstance(entry_id, bytes) else entry_id, fields, 1)
+            for entry_id, fields in entries
+            if fields
+        ]
 
     async def claim_own(self, count: int, after: str | None = None) -> list[RawEntry]:
         """Take back up to ``count`` of this consumer's own pending entries with ids above
@@ -198,20 +211,29 @@ class StreamConsumer:
         return removed
 
 
-def split_outcomes(
-    entries: Sequence[tuple[str, Fields, int]], outcomes: Sequence[Outcome]
-) -> tuple[list[tuple[str, Ack]], list[Dead], list[tuple[str, int, BaseException]]]:
-    """Sort per-message outcomes into acks, dead letters and retries."""
+Outcomes: TypeAlias = tuple[
+    list[tuple[str, Ack]], list[Dead], list[tuple[Message[T], BaseException]]
+]
+"""A batch's outcomes sorted: (entry id, ack)s, dead letters, (message, error)s to retry."""
+
+
+def split_outcomes(messages: Sequence[Message[T]], outcomes: Sequence[Outcome]) -> Outcomes[T]:
+    """Sort per-message outcomes into acks, dead letters and retries; anything else than
+    an outcome raises ``TypeError``."""
     done: list[tuple[str, Ack]] = []
     dead: list[Dead] = []
-    retry: list[tuple[str, int, BaseException]] = []
-    for (entry_id, fields, attempt), outcome in zip(entries, outcomes, strict=True):
+    retry: list[tuple[Message[T], BaseException]] = []
+    for message, outcome in zip(messages, outcomes, strict=True):
         if isinstance(outcome, Ack):
-            done.append((entry_id, outcome))
+            done.append((message.id, outcome))
+        elif isinstance(outcome, Retry):
+            retry.append((message, outcome.error))
         elif isinstance(outcome, DeadLetter):
-            dead.append(Dead(entry_id, fields, attempt, outcome.error, outcome.extra))
+            dead.append(
+                Dead(message.id, message.fields, message.attempt, outcome.error, outcome.extra)
+            )
         else:
-            retry.append((entry_id, attempt, outcome.error))
+            raise TypeError(f"handler returned {outcome!r}, not Ack, Retry or DeadLetter")
     return done, dead, retry
 
 

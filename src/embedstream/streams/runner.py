@@ -16,7 +16,7 @@ import dataclasses
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -28,16 +28,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from embedstream.config import ConsumerSettings
 from embedstream.errors import PermanentError, PoisonMessage
 from embedstream.logging import get_logger
-from embedstream.streams.consumer import Dead, RawEntry, StreamConsumer, split_outcomes
+from embedstream.streams.consumer import Dead, Outcomes, RawEntry, StreamConsumer, split_outcomes
 from embedstream.streams.messages import (
     Ack,
-    DeadLetter,
     DeadLetterOps,
     Decoder,
     Handler,
     Message,
-    Outcome,
-    Retry,
     decode_envelope,
     outcome_for,
 )
@@ -237,9 +234,9 @@ class StreamWorker(Generic[T]):
     async def _process(self, entries: list[RawEntry]) -> None:
         self.stats.batches += 1
         ready: list[Message[T]] = []
-        ready_entries: list[RawEntry] = []
         dead: list[Dead] = []
         max_deliveries = self.settings.max_deliveries
+        decode, stream = self.decode, self.consumer.stream
         for entry_id, fields, attempt in entries:
             if attempt > max_deliveries:
                 error: BaseException = DeliveryLimitExceeded(
@@ -249,24 +246,23 @@ class StreamWorker(Generic[T]):
                 dead.append(Dead(entry_id, fields, attempt - 1, error, {}))
                 continue
             try:
-                body = self.decode(fields)
+                body = decode(fields)
             except Exception as exc:
                 poison = exc if isinstance(exc, PoisonMessage) else PoisonMessage(str(exc))
                 dead.append(Dead(entry_id, fields, attempt, poison, {}))
                 continue
-            ready.append(Message(entry_id, self.consumer.stream, fields, body, attempt))
-            ready_entries.append((entry_id, fields, attempt))
+            ready.append(Message(entry_id, stream, fields, body, attempt))
 
-        outcomes = await self._handle(ready) if ready else []
-        done, failed, retry = split_outcomes(ready_entries, outcomes)
-        dead.extend(failed)
+        done: list[tuple[str, Ack]] = []
         retry_later: list[tuple[str, int, BaseException]] = []
-        by_id = {entry_id: fields for entry_id, fields, _ in ready_entries} if retry else {}
-        for entry_id, attempt, error in retry:
-            if attempt >= max_deliveries:
-                dead.append(Dead(entry_id, by_id[entry_id], attempt, error, {}))
-            else:
-                retry_later.append((entry_id, attempt, error))
+        if ready:
+            done, failed, retries = await self._handle(ready)
+            dead.extend(failed)
+            for message, error in retries:
+                if message.attempt >= max_deliveries:
+                    dead.append(Dead(message.id, message.fields, message.attempt, error, {}))
+                else:
+                    retry_later.append((message.id, message.attempt, error))
 
         if self.dead_letter_ops is not None:
             dead = [self._with_dead_letter_ops(item) for item in dead]
@@ -294,54 +290,27 @@ class StreamWorker(Generic[T]):
             return item
         return dataclasses.replace(item, ops=ops)
 
-    async def _handle(self, ready: list[Message[T]]) -> Sequence[Outcome]:
+    async def _handle(self, ready: list[Message[T]]) -> Outcomes[T]:
+        """The handler's outcomes, sorted; a handler that raises (or answers something
+        else than one outcome per message) gets the exception's outcome for every message."""
         ids = [m.id for m in ready]
+        lease = _Lease(self, ids)
         try:
-            async with self._lease(ids):
+            try:
                 outcomes = await self.handler(ready)
+            finally:
+                await lease.release()
             if len(outcomes) != len(ready):
                 raise RuntimeError(
                     f"handler returned {len(outcomes)} outcomes for {len(ready)} messages"
                 )
-            wrong = [o for o in outcomes if not isinstance(o, Ack | Retry | DeadLetter)]
-            if wrong:
-                raise TypeError(f"handler returned {wrong[0]!r}, not Ack, Retry or DeadLetter")
-            return outcomes
+            return split_outcomes(ready, outcomes)
         except asyncio.CancelledError:
             await _complete(self._hand_back(ids))
             raise
         except Exception as exc:
             self.log.exception("handler failed for the whole batch", messages=len(ready))
-            return [outcome_for(exc)] * len(ready)
-
-    @contextlib.asynccontextmanager
-    async def _lease(self, ids: list[str]) -> AsyncIterator[None]:
-        """Keep entries owned (idle reset to 0) while the handler works on them."""
-        interval = self.settings.visibility_timeout_ms / 3000
-
-        released = asyncio.Event()
-
-        async def renew() -> None:
-            while not released.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(interval):
-                        await released.wait()
-                if released.is_set():
-                    return
-                try:
-                    await self.consumer.set_idle(ids, 0)
-                except TRANSIENT as exc:
-                    self.log.warning("lease renewal failed", error=str(exc))
-
-        renewer = asyncio.create_task(renew())
-        try:
-            yield
-        finally:
-            # The event, not only cancel(): a cancellation can be lost inside a redis-py
-            # call (see _CANCEL_NOTE), and the renewer must end all the same.
-            released.set()
-            renewer.cancel()
-            await asyncio.wait({renewer})  # unlike awaiting it, keeps our own cancellation
+            return split_outcomes(ready, [outcome_for(exc)] * len(ready))
 
     async def _finish(self, done: list[tuple[str, Ack]], dead: list[Dead]) -> None:
         """Write acks, follow-ups and dead letters, retrying through short outages. If
@@ -436,6 +405,45 @@ class StreamWorker(Generic[T]):
 
 
 _CANCEL_GRACE_S = 5.0
+
+
+class _Lease:
+    """Keeps a batch's entries owned (idle reset to 0) while its handler runs, so that a
+    slow but alive consumer is not robbed. Costs one timer per batch; a renewal task only
+    exists for batches that outlive a renewal interval (a third of the visibility timeout)."""
+
+    def __init__(self, worker: StreamWorker[Any], ids: list[str]) -> None:
+        self._worker = worker
+        self._ids = ids
+        self._interval = worker.settings.visibility_timeout_ms / 3000
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(
+            self._interval, self._renew_now
+        )
+        self._renewal: asyncio.Task[None] | None = None
+
+    def _renew_now(self) -> None:
+        self._renewal = self._loop.create_task(self._renew())
+
+    async def _renew(self) -> None:
+        try:
+            await self._worker.consumer.set_idle(self._ids, 0)
+        except TRANSIENT as exc:
+            self._worker.log.warning("lease renewal failed", error=str(exc))
+        if self._timer is not None:  # not released meanwhile
+            self._timer = self._loop.call_later(self._interval, self._renew_now)
+
+    async def release(self) -> None:
+        """Stop renewing; returns once no renewal can land after this point (a hand-back
+        or an ack that follows is not overtaken by a late renewal)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._renewal is not None and not self._renewal.done():
+            # one command, bounded by the client's timeouts; waited for, not cancelled
+            # (a cancel can be lost inside redis-py, see _CANCEL_NOTE)
+            await asyncio.wait({self._renewal})
+
 
 # _CANCEL_NOTE: with redis-py's default socket_timeout, every command is sent through
 # asyncio.wait_for, which on Python 3.11 drops a cancellation that arrives as the send
