@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -285,7 +286,7 @@ async def test_poison_and_blank_documents_are_dead_lettered_alone(
         id="e-bad",
         source="test",
         type=DOCUMENT_UPSERT,
-        time="2026-01-01T00:00:00Z",
+        time=datetime(2026, 1, 1, tzinfo=UTC),
         subject="bad",
         tenant=TENANT,
         data=b'{"job_id": "JOB", "document_id": "bad", "text": 42}',

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
+import msgspec
 import numpy as np
 import pytest
 import redis.asyncio as redis
@@ -350,8 +351,8 @@ async def test_poison_goes_to_the_dead_letter_stream_alone(pipe: Pipeline) -> No
     bad_indexes = pipe.embedded(job, "badidx", 1, chunks=2).model_copy(update={"chunk_count": 3})
     await pipe.send(good, short_vector, bad_indexes)
     await pipe.add(Envelope.wrap("document.surprise.v1", good, source="test", tenant=T).to_fields())
-    invalid = Envelope.wrap(DOCUMENT_EMBEDDED, good, source="test", tenant=T).model_copy(
-        update={"data": b'{"job_id": "x"}'}
+    invalid = msgspec.structs.replace(
+        Envelope.wrap(DOCUMENT_EMBEDDED, good, source="test", tenant=T), data=b'{"job_id": "x"}'
     )
     await pipe.add(invalid.to_fields())
     await pipe.add({"not": "an envelope"})

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from embedstream.contracts.catalog import MESSAGES, MessageType
-from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.envelope import EnvelopeSchema
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID_BASE = "https://embedstream.dev/schemas/json/"
@@ -30,7 +30,7 @@ def message_schema(spec: MessageType, model: type[BaseModel] | None = None) -> d
     """The schema of one message type; ``model`` replaces the catalog's payload model
     (to check a changed model against a released schema)."""
     payload_model = model or spec.model
-    envelope = copy.deepcopy(Envelope.model_json_schema(ref_template=REF_TEMPLATE))
+    envelope = copy.deepcopy(EnvelopeSchema.model_json_schema(ref_template=REF_TEMPLATE))
     payload = payload_model.model_json_schema(ref_template=REF_TEMPLATE)
     defs: dict[str, Any] = dict(envelope.pop("$defs", {}))
     defs.update(payload.pop("$defs", {}))
