@@ -45,9 +45,11 @@ TransactionOp: TypeAlias = Callable[[Pipeline], Any]
 script call does), which the runtime awaits before EXEC."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ack:
-    """Done: acknowledge, publishing ``publish`` and running ``ops`` in the same MULTI/EXEC."""
+    """Done: acknowledge, publishing ``publish`` and running ``ops`` in the same MULTI/EXEC.
+
+    Not frozen, like ``Message``: handlers create one per message."""
 
     publish: Sequence[Publish] = ()
     ops: Sequence[TransactionOp] = ()
