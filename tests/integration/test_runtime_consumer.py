@@ -16,7 +16,7 @@ import redis.asyncio as redis
 from embedstream.config import ConsumerSettings
 from embedstream.errors import GroupMissingError, PermanentError, PoisonMessage, RetryableError
 from embedstream.schemas.envelope import Envelope, Fields
-from embedstream.streams.consumer import StreamConsumer
+from embedstream.streams.consumer import RawEntry, StreamConsumer
 from embedstream.streams.messages import (
     Ack,
     DeadLetter,
@@ -366,14 +366,7 @@ async def test_burst_returns_when_everything_including_retries_is_done(
 ) -> None:
     ids = await produce(redis_client, names.ingest, 25)
     flaky = set(ids[::5])
-    blocks: list[Any] = []
-    original = redis_client.xreadgroup
-
-    async def spy(*args: Any, **kwargs: Any) -> Any:
-        blocks.append(kwargs.get("block"))
-        return await original(*args, **kwargs)
-
-    redis_client.xreadgroup = spy  # type: ignore[method-assign]
+    blocks: list[int | None] = []
 
     def decide(m: Message[Envelope]) -> Outcome | None:
         if m.id in flaky and m.attempt < 3:
@@ -382,7 +375,15 @@ async def test_burst_returns_when_everything_including_retries_is_done(
 
     rec = Recorder(names, "c1", decide)
     cfg = settings("c1", fast_settings, retry_backoff_ms=50, block_ms=5_000)
-    stats = await asyncio.wait_for(worker(redis_client, names, rec, cfg).run(burst=True), 30)
+    runner = worker(redis_client, names, rec, cfg)
+    original = runner.consumer.read_new
+
+    async def spy(count: int, block_ms: int | None) -> list[RawEntry]:
+        blocks.append(block_ms)
+        return await original(count, block_ms)
+
+    runner.consumer.read_new = spy  # type: ignore[method-assign]
+    stats = await asyncio.wait_for(runner.run(burst=True), 30)
 
     assert await acked_counts(redis_client, names, "c1") == {i: 1 for i in ids}
     for entry_id in flaky:
