@@ -125,7 +125,9 @@ class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             raise PoisonMessage(f"undecodable envelope: {exc}") from exc
         if attrs.data:
             raise PoisonMessage("undecodable envelope: `ce` holds `data`; it is a field of its own")
-        return _with_data(attrs, data=data)
+        # the struct was made here and nobody else holds it: set data in place, no copy
+        msgspec.structs.force_setattr(attrs, "data", data)
+        return attrs
 
     def payload(self, model: builtins.type[M]) -> M:
         """Validate ``data`` against a payload model; invalid data raises ``PoisonMessage``."""
@@ -136,7 +138,6 @@ class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 _decode_attributes = msgspec.json.Decoder(Envelope).decode
-_with_data = msgspec.structs.replace
 
 
 class EnvelopeSchema(BaseModel):

@@ -428,8 +428,8 @@ class _Lease:
     async def _renew(self) -> None:
         try:
             await self._worker.consumer.set_idle(self._ids, 0)
-        except TRANSIENT as exc:
-            self._worker.log.warning("lease renewal failed", error=str(exc))
+        except Exception as exc:  # a missed renewal must not end the next ones
+            self._worker.log.warning("lease renewal failed", error=f"{type(exc).__name__}: {exc}")
         if self._timer is not None:  # not released meanwhile
             self._timer = self._loop.call_later(self._interval, self._renew_now)
 
