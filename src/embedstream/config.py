@@ -50,6 +50,12 @@ class RedisSettings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     stream_prefix: str = "embedstream"
+    results_retention_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=0,
+        description="results-stream entries older than this are trimmed once every "
+        "group on it has acknowledged them (with no group: once older); 0 keeps them all",
+    )
 
     @property
     def names(self) -> StreamNames:

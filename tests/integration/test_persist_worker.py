@@ -5,6 +5,7 @@ mode by group ``persister`` into a fresh schema; job marks through ``JobTracker`
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -412,11 +413,16 @@ async def test_a_refused_document_is_dead_lettered_alone(pipe: Pipeline) -> None
 async def test_run_connects_migrates_consumes_and_closes(
     pipe: Pipeline, schema: str, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # two results-stream entries nobody subscribes to: two hours old, and a minute old
+    now_ms = int(time.time() * 1000)
+    aged = [f"{now_ms - 7_200_000}-0", f"{now_ms - 60_000}-0"]
+    for entry_id in aged:
+        await pipe.client.xadd(pipe.names.results, {"n": entry_id}, id=entry_id)
     job = await pipe.job(("a", "upsert"))
     await pipe.send(pipe.embedded(job, "a", 1))
     fresh_schema = schema + "_run"
     settings = Settings()
-    settings.redis = RedisSettings(stream_prefix=prefix)
+    settings.redis = RedisSettings(stream_prefix=prefix, results_retention_s=3600)
     settings.postgres = PostgresSettings(database_url=PG_DSN, database_schema=fresh_schema)
     settings.consumer = pipe.settings
     try:
@@ -430,6 +436,10 @@ async def test_run_connects_migrates_consumes_and_closes(
         finally:
             await conn.close()
         assert version == 1
+        # the results stream is kept to its retention: the two-hour-old entry is gone
+        kept = [i.decode() for i, _ in await pipe.entries(pipe.names.results)]
+        assert aged[0] not in kept
+        assert aged[1] in kept
     finally:
         conn = await asyncpg.connect(PG_DSN)
         await conn.execute(f'DROP SCHEMA IF EXISTS "{fresh_schema}" CASCADE')

@@ -6,6 +6,7 @@ Every test uses its own key prefix (fixtures in tests/conftest.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -647,6 +648,62 @@ async def test_trim_keeps_what_a_slow_group_has_not_acked(
     await redis_client.xack(stream, "slow", *ids[5:])
     assert await slow.trim_acked() == 5
     assert await redis_client.xlen(stream) == 0
+
+
+HOUR_MS = 3_600_000
+
+
+async def add_aged(client: redis.Redis, stream: str, ages_ms: Sequence[int]) -> list[str]:
+    """One entry per age (oldest first), with ids that date it that long ago."""
+    now_ms = int(time.time() * 1000)
+    ids = []
+    for seq, age in enumerate(ages_ms):
+        ids.append(f"{now_ms - age}-{seq}")
+        await client.xadd(stream, {"n": str(seq)}, id=ids[-1])
+    return ids
+
+
+async def test_retention_trims_only_entries_older_than_it_that_every_group_acked(
+    redis_client: redis.Redis, names: StreamNames
+) -> None:
+    stream = names.results
+    ids = await add_aged(redis_client, stream, [3 * HOUR_MS] * 4 + [60_000] * 3)
+    sub = StreamConsumer(redis_client, names, stream, "downstream", "d1", start_id="0")
+    await sub.ensure_group()
+    # the subscriber read and acked the first two old entries; the third is pending
+    await redis_client.xreadgroup("downstream", "d1", {stream: ">"}, count=3)
+    await redis_client.xack(stream, "downstream", ids[0], ids[1])
+
+    assert await sub.trim_acked(stream, retain_ms=HOUR_MS) == 2
+    assert [i.decode() for i, _ in await redis_client.xrange(stream)] == ids[2:]
+
+    # everything read and acked: the old entries go, the recent ones stay (retention)
+    await redis_client.xreadgroup("downstream", "d1", {stream: ">"}, count=100)
+    await redis_client.xack(stream, "downstream", *ids[2:])
+    assert await sub.trim_acked(stream, retain_ms=HOUR_MS) == 2
+    assert [i.decode() for i, _ in await redis_client.xrange(stream)] == ids[4:]
+
+
+async def test_retention_on_a_stream_without_groups_trims_by_age_alone(
+    redis_client: redis.Redis, names: StreamNames, fast_settings: ConsumerSettings
+) -> None:
+    ids = await add_aged(redis_client, names.results, [5 * HOUR_MS, 2 * HOUR_MS, 1_000])
+    plain = StreamConsumer(redis_client, names, names.ingest, GROUP, "c1")
+    await plain.ensure_group()
+    # without a retention, a stream nobody reads is left alone
+    assert await plain.trim_acked(names.results) == 0
+    assert await redis_client.xlen(names.results) == 3
+
+    # a worker retaining it trims in its housekeeping (the burst run's included)
+    keeper = worker(
+        redis_client,
+        names,
+        Recorder(names, "c1"),
+        fast_settings,
+        retain={names.results: 3 * HOUR_MS},
+    )
+    await keeper.run(burst=True)
+    assert [i.decode() for i, _ in await redis_client.xrange(names.results)] == ids[1:]
 
 
 async def test_trim_keeps_entries_the_worker_group_still_has_pending(

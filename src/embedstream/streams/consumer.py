@@ -7,6 +7,7 @@ lives in ``embedstream.streams.runner``.
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -219,8 +220,12 @@ class StreamConsumer:
         )
         return [(as_text(name), int(moved)) for name, moved in rows]
 
-    async def trim_acked(self) -> int:
-        removed: int = await self._trim(keys=[self.stream])
+    async def trim_acked(self, stream: str | None = None, *, retain_ms: int | None = None) -> int:
+        """Trim ``stream`` (this consumer's by default) of what every group on it has
+        acknowledged; with ``retain_ms``, only of such entries older than that (and a
+        stream without groups of everything older). Returns the number removed."""
+        cutoff = "" if retain_ms is None else f"{max(0, int(time.time() * 1000) - retain_ms)}-0"
+        removed: int = await self._trim(keys=[stream or self.stream], args=[cutoff])
         return removed
 
 

@@ -16,7 +16,7 @@ import dataclasses
 import random
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -90,8 +90,13 @@ class StreamWorker(Generic[T]):
         create_group: bool = True,
         start_id: str = "0",
         dead_letter_ops: DeadLetterOps | None = None,
+        retain: Mapping[str, int] | None = None,
     ) -> None:
+        """``retain``: other streams this worker keeps bounded, each with its retention
+        in ms: housekeeping trims their entries older than that which every group on the
+        stream has acknowledged (``StreamConsumer.trim_acked``)."""
         self.settings = settings
+        self.retain = dict(retain or {})
         self.dead_letter_ops = dead_letter_ops
         self.handler = handler
         self.decode = decode
@@ -397,6 +402,8 @@ class StreamWorker(Generic[T]):
                 self.log.info("reaped idle consumer", reaped=name, entries_moved=moved)
             if self.settings.trim:
                 await self.consumer.trim_acked()
+            for stream, retain_ms in self.retain.items():
+                await self.consumer.trim_acked(stream, retain_ms=retain_ms)
         except TRANSIENT as exc:
             self.log.warning("housekeeping skipped: redis unavailable", error=str(exc))
         except ResponseError as exc:

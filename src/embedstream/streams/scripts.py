@@ -89,11 +89,17 @@ return out
 """
 
 # Trim what every group has acknowledged: entries below the oldest pending entry of any
-# group and at or below every group's last-delivered id. A stream without groups is
-# left alone. Returns the number of entries removed.
+# group and at or below every group's last-delivered id. ARGV[1], when given, is a
+# retention cutoff id: only entries below it go as well (those older than the retention
+# window), and a stream without groups is trimmed to it. Without it, a stream without
+# groups is left alone. Returns the number of entries removed.
 TRIM_ACKED = """
 local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
-if #groups == 0 then return 0 end
+local cutoff = ARGV[1]
+if #groups == 0 then
+  if cutoff == nil or cutoff == '' then return 0 end
+  return redis.call('XTRIM', KEYS[1], 'MINID', cutoff)
+end
 local function parse(id)
   local dash = string.find(id, '-')
   return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
@@ -114,6 +120,10 @@ for _, g in ipairs(groups) do
     seq = seq + 1
   end
   if min_ms == nil or less(ms, seq, min_ms, min_seq) then min_ms, min_seq = ms, seq end
+end
+if cutoff ~= nil and cutoff ~= '' then
+  local ms, seq = parse(cutoff)
+  if less(ms, seq, min_ms, min_seq) then min_ms, min_seq = ms, seq end
 end
 return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', min_ms, min_seq))
 """

@@ -251,8 +251,11 @@ def build_persist_worker(
     settings: ConsumerSettings,
     *,
     tracker: JobTracker | None = None,
+    results_retention_s: int = 0,
 ) -> StreamWorker[Envelope]:
-    """The persist stage's stream worker over an open Redis client and pool."""
+    """The persist stage's stream worker over an open Redis client and pool. With
+    ``results_retention_s``, it also keeps the results stream bounded: entries older than
+    that which every subscriber group has acknowledged are trimmed."""
     tracker = tracker or JobTracker(client, names)
     handler = PersistHandler(DocumentStore(pool), tracker)
     return StreamWorker[Envelope](
@@ -264,6 +267,7 @@ def build_persist_worker(
         settings,
         stage=STAGE,
         dead_letter_ops=tracker.dead_letter_ops(STAGE),
+        retain={names.results: results_retention_s * 1000} if results_retention_s else None,
     )
 
 
@@ -278,7 +282,13 @@ async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -
         try:
             async with pool.acquire() as conn:
                 await migrate(conn, settings.postgres.database_schema)
-            worker = build_persist_worker(client, pool, settings.redis.names, settings.consumer)
+            worker = build_persist_worker(
+                client,
+                pool,
+                settings.redis.names,
+                settings.consumer,
+                results_retention_s=settings.redis.results_retention_s,
+            )
             return await worker.run(stop, burst=burst)
         finally:
             await _close_pool(pool)
