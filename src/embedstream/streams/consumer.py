@@ -122,11 +122,7 @@ class StreamConsumer:
             return []
         # RESP3 answers {stream: entries}, RESP2 [[stream, entries]]
         entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-        return [
-            (entry_id.decode() if isinstance(entry_id, bytes) else entry_id, _fields(flat), 1)
-            for entry_id, flat in entries
-            if flat
-        ]
+        return [(as_text(entry_id), _fields(flat), 1) for entry_id, flat in entries if flat]
 
     async def claim_own(self, count: int, after: str | None = None) -> list[RawEntry]:
         """Take back up to ``count`` of this consumer's own pending entries with ids above
