@@ -107,14 +107,21 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     return validation_failed(request, errors)
 
 
+def _undecodable_body(cause: BaseException | None) -> str:
+    """What was wrong with a body FastAPI could not decode, in our words (never the
+    Python exception's text)."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"malformed JSON body: it is not valid UTF-8 (byte {cause.start})"
+    return "malformed JSON body: it could not be decoded as JSON text"
+
+
 async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR:
         # FastAPI's answer to a body that json.loads refuses before parsing (not UTF-8)
-        cause = exc.__cause__
-        reason = f"{type(cause).__name__}: {cause}" if cause else "undecodable"
+        log.info("request body undecodable", error=repr(exc.__cause__))
         error = FieldError(
-            field="body", message=f"malformed JSON body: {reason}", type="json_invalid"
+            field="body", message=_undecodable_body(exc.__cause__), type="json_invalid"
         )
         return validation_failed(request, [error])
     detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
@@ -169,7 +176,8 @@ _DESCRIPTIONS = {
     413: "Request body larger than the configured limit",
     415: "The body is not JSON",
     422: "Validation failed: every problem with its field",
-    429: "The credential's rate limit is exhausted; retry after the Retry-After seconds",
+    429: "The credential's rate limit is exhausted, or too many failed authentication "
+    "attempts came from this client or for this API key; retry after the Retry-After seconds",
     500: "Unexpected error (logged with the request id)",
     503: "Redis or the credential store unavailable, or (writes) the pipeline is "
     "backlogged; retry after the Retry-After seconds",
