@@ -444,7 +444,7 @@ async def test_malformed_json_is_a_clear_422(client: httpx.AsyncClient) -> None:
     assert error["field"] == "body"
     assert error["type"] == "json_invalid"
     assert error["message"] == (
-        "malformed JSON body: Expecting property name enclosed in double quotes (line 2, column 16)"
+        "malformed JSON body: a property name in double quotes is expected (line 2, column 16)"
     )
 
 

@@ -161,6 +161,28 @@ async def test_a_body_that_is_not_utf8_is_described_without_python_text(
         assert python not in response.text
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"text": "a",}', "a property name in double quotes is expected (line 1, column 14)"),
+        (b'{"text": "a"} trailing', "something follows the JSON value (line 1, column 15)"),
+        (b'{"text": "\\q"}', "an escape sequence is invalid (line 1, column 11)"),
+        (b'{"text": ', "a value is expected (line 1, column 10)"),
+    ],
+    ids=["trailing-comma", "extra-data", "bad-escape", "cut-short"],
+)
+async def test_malformed_json_is_described_in_our_words(
+    client: httpx.AsyncClient, content: bytes, message: str
+) -> None:
+    response = await client.post(
+        "/v1/documents", content=content, headers={"content-type": "application/json"}
+    )
+    [error] = validation_errors(response)
+    assert error["message"] == f"malformed JSON body: {message}"
+    for parser in ("Expecting", "Extra data", "Invalid \\escape"):
+        assert parser not in response.text
+
+
 # -- item 9: nothing a store would refuse is accepted --------------------------------------
 
 

@@ -63,8 +63,26 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+#: What the JSON parser's messages mean, in our words: a parser's text is never passed
+#: through (an unknown one reads "it is not valid JSON").
+_JSON_REASONS = {
+    "Expecting value": "a value is expected",
+    "Expecting property name enclosed in double quotes": (
+        "a property name in double quotes is expected"
+    ),
+    "Expecting ':' delimiter": "':' is expected",
+    "Expecting ',' delimiter": "',' is expected",
+    "Unterminated string starting at": "a string is not terminated",
+    "Invalid control character at": "a control character must be escaped",
+    "Invalid \\escape": "an escape sequence is invalid",
+    "Invalid \\uXXXX escape": "a \\u escape is invalid",
+    "Extra data": "something follows the JSON value",
+}
+
+
 def _json_error_message(error: Mapping[str, Any], document: Any) -> str:
-    reason = (error.get("ctx") or {}).get("error", "invalid JSON")
+    parser_says = str((error.get("ctx") or {}).get("error", ""))
+    reason = _JSON_REASONS.get(parser_says, "it is not valid JSON")
     position = error["loc"][-1] if len(error["loc"]) > 1 else None
     if isinstance(position, int) and isinstance(document, str):
         line = document.count("\n", 0, position) + 1
