@@ -284,8 +284,14 @@ def search(
 ) -> None:
     """Embed a query and show one tenant's nearest chunks (Chroma) with their text
     (PostgreSQL)."""
+    from embedstream.schemas.tenancy import InvalidTenant, check_tenant
     from embedstream.search import search as run_search
 
+    try:
+        check_tenant(tenant)
+    except InvalidTenant as exc:
+        console.print(f"[red]--tenant: {exc}[/red]")
+        raise typer.Exit(2) from None
     settings = _settings()
     hits = asyncio.run(run_search(settings, query, limit, tenant=tenant))
     table = Table(title=f"nearest chunks to {query!r}")
@@ -318,4 +324,10 @@ def reindex(
 
 
 def main() -> None:
-    app()
+    from embedstream.config import InvalidSettings
+
+    try:
+        app()
+    except InvalidSettings as exc:  # names the variables and rules, never the values
+        print(f"embedstream: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -15,6 +15,7 @@ import redis.asyncio as redis
 from embedstream.adapters.embedder import PACKAGED_MODEL_NAME, Embedder
 from embedstream.adapters.jobs import JobStatus, JobTracker, Submission
 from embedstream.config import ConsumerSettings, EmbedSettings, Settings
+from embedstream.errors import PoisonMessage
 from embedstream.schemas.commands import (
     DOCUMENT_DELETE,
     DOCUMENT_UPSERT,
@@ -29,7 +30,7 @@ from embedstream.schemas.events import (
     DocumentRemoved,
 )
 from embedstream.schemas.vectors import decode_vector
-from embedstream.streams.messages import Ack, Message
+from embedstream.streams.messages import Ack, DeadLetter, Message
 from embedstream.streams.names import StreamNames, stream_id_to_version
 from embedstream.streams.runner import RunStats
 from embedstream.workers import embed as embed_worker
@@ -412,24 +413,37 @@ async def test_documents_busy_in_another_batch_are_not_reused(
     acked = asyncio.Event()
 
     async def first_batch() -> None:  # handled, its ack not yet written
-        await handler([message("9999999999998-0", DocumentDelete(job_id="j", document_id="doc"))])
+        await handler([message("8000000000000-0", DocumentDelete(job_id="j", document_id="doc"))])
         await acked.wait()
 
     first = asyncio.create_task(first_batch())
     await asyncio.sleep(0.05)
     # each batch runs in its own task, as in the runtime
     [busy] = await asyncio.create_task(
-        handler([message("9999999999999-0", upsert("doc", "Stable text."))])
+        handler([message("8000000000001-0", upsert("doc", "Stable text."))])
     )
     acked.set()
     await first
     [free] = await asyncio.create_task(
-        handler([message("9999999999999-1", upsert("doc", "Stable text."))])
+        handler([message("8000000000001-1", upsert("doc", "Stable text."))])
     )
     assert isinstance(busy, Ack)
     assert isinstance(free, Ack)
     assert reused_flag(busy) is False
     assert reused_flag(free) is True  # nothing busy, the stored hash still matches
+
+
+async def test_an_entry_id_beyond_storable_versions_is_dead_lettered(
+    redis_client: redis.Redis, names: StreamNames, embedder: Embedder, tracker: JobTracker
+) -> None:
+    """Its version would not fit PostgreSQL's bigint: refused here, before the index
+    stage could store what the persist stage refuses (issue 10, item 9)."""
+    handler = embed_worker.EmbedHandler(redis_client, names, embedder, embedder.chunker(), tracker)
+    command = upsert("doc", "Some text.")
+    envelope = Envelope.wrap(DOCUMENT_UPSERT, command, source="test", tenant=TENANT, subject="doc")
+    [outcome] = await handler([Message("9999999999999-0", names.ingest, {}, envelope, 1)])
+    assert isinstance(outcome, DeadLetter)
+    assert isinstance(outcome.error, PoisonMessage)
 
 
 def reused_flag(ack: Ack) -> bool:

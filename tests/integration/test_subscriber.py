@@ -62,7 +62,11 @@ async def test_example_service_counts_jobs_and_records_failures(
 
     assert (stats.completed, stats.failed, stats.deleted, stats.documents) == (2, 1, 1, 5)
     assert stats.failures == [
-        {"document_id": "d", "stage": "index", "error": "PoisonMessage: bad vector"}
+        {
+            "document_id": "d",
+            "stage": "index",
+            "error": "invalid_message: the message is malformed or failed validation",
+        }
     ]
     assert (run.acked, run.dead_lettered) == (4, 0)
     assert await redis_client.xlen(names.dlq) == 0

@@ -48,6 +48,9 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError)
 class DeliveryLimitExceeded(PermanentError):
     """An entry was delivered ``max_deliveries`` times without an outcome."""
 
+    code = "retries_exhausted"
+    public_message = "the stage did not finish the document within its delivery limit"
+
 
 @dataclass
 class RunStats:

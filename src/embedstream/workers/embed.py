@@ -41,6 +41,7 @@ from embedstream.schemas.commands import (
 )
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import (
+    BIGINT_MAX,
     DOCUMENT_EMBEDDED,
     DOCUMENT_REMOVED,
     DocumentEmbedded,
@@ -114,6 +115,16 @@ class StoredEmbedding:
             return None
 
 
+def _version_of(entry_id: str) -> int:
+    """The command's version (its ingest entry id as one integer); an entry id beyond what
+    the stores' versions hold (PostgreSQL's bigint) is poison, refused before either
+    store could disagree about it."""
+    version = stream_id_to_version(entry_id)
+    if version > BIGINT_MAX:
+        raise PoisonMessage(f"ingest entry id {entry_id} is beyond the versions stores hold")
+    return version
+
+
 @dataclass(frozen=True)
 class _Command:
     """A command of this batch, with its position and version."""
@@ -176,10 +187,10 @@ class EmbedHandler:
         for i, message in enumerate(messages):
             try:
                 command = self._parse(message.body)
+                version = _version_of(message.id)
             except PoisonMessage as exc:
                 outcomes[i] = DeadLetter(exc)
                 continue
-            version = stream_id_to_version(message.id)
             if isinstance(command, DocumentUpsert):
                 upserts.append(_Upsert(i, message, command, version, content_hash(command.text)))
             else:
