@@ -286,6 +286,13 @@ def test_compose_services_start_take_a_key_and_complete_a_job(tmp_path: Path) ->
         assert [e.type for e in events[job] if e.type.startswith("job.")] == ["job.completed.v1"], (
             deployment.logs()
         )
+        # each worker's readiness covers Redis and its stage's store
+        stores = {"worker-embed": set(), "worker-index": {"chroma"}, "worker-persist": {"postgres"}}
+        for name, store in stores.items():
+            port = deployment.ports[name]["EMBEDSTREAM_HEALTH_PORT"]
+            ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+            assert ready.status_code == 200, ready.text
+            assert set(ready.json()["checks"]) == {"redis", *store}, ready.text
         deployment.check_alive()
     finally:
         codes = deployment.stop()

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -17,8 +20,10 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as redis
+from bench.stack import free_port
 
-from embedstream.config import ConsumerSettings, HealthSettings
+from embedstream.adapters.chroma import ChromaIndex
+from embedstream.config import ChromaSettings, ConsumerSettings, HealthSettings
 from embedstream.errors import RetryableError
 from embedstream.schemas.envelope import Envelope
 from embedstream.streams.messages import Message, Outcome
@@ -258,3 +263,59 @@ async def test_persist_readiness_checks_postgres(stop: asyncio.Event) -> None:
         assert code == 503 and body["checks"]["postgres"] != "ok", body
     finally:
         await asyncio.to_thread(served.server.close)
+
+
+async def test_index_readiness_checks_the_chroma_server(
+    tmp_path: Path, stop: asyncio.Event
+) -> None:
+    """The index stage's check asks the Chroma server's heartbeat: ok while `chroma run`
+    answers, failing once it is gone."""
+    port = free_port()
+    chroma = subprocess.Popen(  # noqa: ASYNC220 - a server for the test, not awaited
+        [str(Path(sys.executable).with_name("chroma")), "run", "--path", str(tmp_path / "c"),
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
+    )  # fmt: skip
+    index = ChromaIndex(ChromaSettings(chroma_url=f"http://127.0.0.1:{port}"))
+    health = WorkerHealth(HealthSettings(readiness_timeout_s=2.0), "index", stop)
+    served = Served(health)
+    try:
+
+        async def opened() -> bool:
+            try:
+                await index.open()
+            except Exception:
+                return False
+            return True
+
+        await wait_until(opened, within=60, interval=0.2, what="chroma run to answer")
+        health.watch(health.heartbeat, {"chroma": index.heartbeat})
+        code, body = await served.get("/readyz")
+        assert (code, body["checks"]) == (200, {"chroma": "ok"})
+        chroma.terminate()
+        chroma.wait(30)
+        code, body = await served.get("/readyz")
+        assert code == 503 and body["checks"]["chroma"] != "ok", body
+    finally:
+        chroma.kill()
+        await asyncio.to_thread(served.server.close)
+        await asyncio.to_thread(index.close)
+
+
+@pytest.mark.parametrize(("status", "exit_code"), [(200, 0), (503, 1), (404, 1)])
+def test_probe_command_exits_by_the_status(status: int, exit_code: int) -> None:
+    """`python -m embedstream.probe`, the images' HEALTHCHECK, against a served route."""
+    from embedstream.workers.health import Reply
+
+    server = HealthServer("127.0.0.1", 0, {"/healthz": lambda: Reply.json(status, {})})
+    server.start()
+    try:
+        env = {**os.environ, "EMBEDSTREAM_HEALTH_PORT": str(server.port)}
+        target = "worker" if status != 404 else f"http://127.0.0.1:{server.port}/nowhere"
+        done = subprocess.run(
+            [sys.executable, "-m", "embedstream.probe", target], env=env, capture_output=True
+        )
+        assert done.returncode == exit_code, done.stderr
+    finally:
+        server.close()
