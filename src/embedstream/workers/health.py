@@ -96,13 +96,18 @@ class WorkerHealth:
         if loop is None:
             return Reply.json(503, {"status": "starting", "stage": self.stage})
         timeout = self.settings.readiness_timeout_s
-        future = asyncio.run_coroutine_threadsafe(self._run_checks(), loop)
+        checks_run = self._run_checks()
+        try:
+            future = asyncio.run_coroutine_threadsafe(checks_run, loop)
+        except RuntimeError:  # the worker's loop has closed
+            checks_run.close()
+            return Reply.json(503, {"status": "stopping", "stage": self.stage})
         try:
             checks = future.result(timeout + 1.0)
-        except (FutureTimeout, RuntimeError) as exc:
+        except FutureTimeout:
             future.cancel()
             detail = f"the worker's event loop did not answer within {timeout + 1.0:g}s"
-            log.warning("not ready", stage=self.stage, reason=detail, error=repr(exc))
+            log.warning("not ready", stage=self.stage, reason=detail)
             return Reply.json(503, {"status": "unavailable", "stage": self.stage, "detail": detail})
         ok = all(result == "ok" for result in checks.values())
         if not ok:
