@@ -44,12 +44,5 @@ def compose_binary() -> str:
     return str(binary)
 
 
-def run(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(args),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        **kwargs,  # type: ignore[call-overload]
-    )
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, cwd=ROOT, timeout=120)

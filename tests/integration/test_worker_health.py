@@ -121,8 +121,6 @@ async def test_blocked_handler_fails_liveness_then_recovers_once_the_batch_is_ha
     run = asyncio.create_task(worker.run(stop))
     try:
         await asyncio.wait_for(first_batch.wait(), 20)
-        assert (await served.get("/healthz"))[0] == 200  # blocked, but not for long yet
-
         stalled = await served.wait_for("/healthz", 503)
         assert stalled["status"] == "stalled"
         assert "batch" in stalled["detail"], stalled
