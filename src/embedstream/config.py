@@ -111,6 +111,38 @@ class ConsumerSettings(BaseSettings):
     trim: bool = True
 
 
+class HealthSettings(BaseSettings):
+    """The worker's probe endpoint (``/healthz``, ``/readyz``); off unless a port is set."""
+
+    model_config = _config()
+
+    health_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65_535,
+        description="port of the worker's health endpoint (EMBEDSTREAM_HEALTH_PORT); unset: "
+        "no endpoint. The images set 8081.",
+    )
+    health_host: str = Field(
+        default="127.0.0.1",
+        description="bind address of the health endpoint; 0.0.0.0 in containers",
+    )
+    liveness_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="liveness fails when the worker loop and every batch in flight have not "
+        "moved for longer than this (EMBEDSTREAM_LIVENESS_TIMEOUT_S); keep it above the "
+        "longest step that reports no progress (one Chroma or PostgreSQL write, a lock wait "
+        "of half the visibility timeout, one encode sub-batch)",
+    )
+    readiness_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=30,
+        description="time allowed to the readiness checks (Redis, the stage's store)",
+    )
+
+
 class PostgresSettings(BaseSettings):
     model_config = _config()
 
@@ -338,6 +370,10 @@ class Settings:
     @cached_property
     def consumer(self) -> ConsumerSettings:
         return read_settings(ConsumerSettings)
+
+    @cached_property
+    def health(self) -> HealthSettings:
+        return HealthSettings()
 
     @cached_property
     def postgres(self) -> PostgresSettings:

@@ -462,6 +462,14 @@ class ChromaIndex:
         self._collection, self._model = None, None
         return await self.open()
 
+    async def heartbeat(self) -> None:
+        """Ask the server (or the embedded store) whether it answers; on a thread of its
+        own, so that a readiness probe does not wait behind a long write."""
+        client = self._client
+        if client is None:
+            raise RuntimeError("ChromaIndex.open() was not awaited")
+        await asyncio.to_thread(client.heartbeat)
+
     async def apply(self, writes: Sequence[DocumentWrite]) -> dict[str, Exception]:
         return await self.call(apply_writes, self.collection, writes)
 

@@ -60,6 +60,7 @@ from embedstream.streams.messages import (
 )
 from embedstream.streams.names import EMBEDDER_GROUP, StreamNames, as_text, stream_id_to_version
 from embedstream.streams.runner import RunStats, StreamWorker
+from embedstream.workers.health import worker_health
 
 STAGE = "embed"
 SOURCE = "embedstream.embed"
@@ -433,11 +434,13 @@ async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -
     client = create_redis(settings.redis)
     embedder: Embedder | None = None
     try:
-        embedder = await load_embedder(settings.embed)
-        worker = build_embed_worker(
-            client, settings.redis.names, embedder, settings.consumer, settings.embed
-        )
-        stats = await worker.run(stop, burst=burst)
+        async with worker_health(settings.health, STAGE, stop) as health:
+            embedder = await load_embedder(settings.embed)
+            worker = build_embed_worker(
+                client, settings.redis.names, embedder, settings.consumer, settings.embed
+            )
+            health.watch(worker.heartbeat, {"redis": client.ping})
+            stats = await worker.run(stop, burst=burst)
         log.info(
             "embed worker stopped",
             model=embedder.name,

@@ -46,6 +46,7 @@ from embedstream.schemas.vectors import Vector, decode_vector
 from embedstream.streams.messages import Ack, Message, Outcome, Retry, outcome_for
 from embedstream.streams.names import INDEXER_GROUP, StreamNames
 from embedstream.streams.runner import RunStats, StreamWorker
+from embedstream.workers.health import worker_health
 from embedstream.workers.index_order import DocumentOrder, Lease, newer
 
 STAGE = "index"
@@ -391,9 +392,11 @@ async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -
     client = create_redis(settings.redis)
     index = ChromaIndex(settings.chroma)
     try:
-        await index.open()
-        worker = build_index_worker(client, settings.redis.names, settings.consumer, index)
-        return await worker.run(stop, burst=burst)
+        async with worker_health(settings.health, STAGE, stop) as health:
+            await index.open()
+            worker = build_index_worker(client, settings.redis.names, settings.consumer, index)
+            health.watch(worker.heartbeat, {"redis": client.ping, "chroma": index.heartbeat})
+            return await worker.run(stop, burst=burst)
     finally:
         await asyncio.to_thread(index.close)
         await client.aclose()

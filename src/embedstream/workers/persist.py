@@ -45,6 +45,7 @@ from embedstream.schemas.tenancy import chunk_id
 from embedstream.streams.messages import Ack, DeadLetter, Message, Outcome, Retry
 from embedstream.streams.names import PERSISTER_GROUP, StreamNames
 from embedstream.streams.runner import RunStats, StreamWorker
+from embedstream.workers.health import worker_health
 
 STAGE = "persist"
 MAX_BIGINT = 2**63 - 1
@@ -276,22 +277,27 @@ async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -
     has nothing left): connect, migrate, consume, close."""
     client = create_redis(settings.redis)
     try:
-        pool = await connect_pool(settings.postgres, stop)
-        if pool is None:
-            return RunStats()
-        try:
-            async with pool.acquire() as conn:
-                await migrate(conn, settings.postgres.database_schema)
-            worker = build_persist_worker(
-                client,
-                pool,
-                settings.redis.names,
-                settings.consumer,
-                results_retention_s=settings.redis.results_retention_s,
-            )
-            return await worker.run(stop, burst=burst)
-        finally:
-            await _close_pool(pool)
+        async with worker_health(settings.health, STAGE, stop) as health:
+            pool = await connect_pool(settings.postgres, stop)
+            if pool is None:
+                return RunStats()
+            try:
+                async with pool.acquire() as conn:
+                    await migrate(conn, settings.postgres.database_schema)
+                worker = build_persist_worker(
+                    client,
+                    pool,
+                    settings.redis.names,
+                    settings.consumer,
+                    results_retention_s=settings.redis.results_retention_s,
+                )
+                health.watch(
+                    worker.heartbeat,
+                    {"redis": client.ping, "postgres": lambda: pool.fetchval("SELECT 1")},
+                )
+                return await worker.run(stop, burst=burst)
+            finally:
+                await _close_pool(pool)
     finally:
         await client.aclose()
 
