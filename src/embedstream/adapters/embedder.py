@@ -37,7 +37,8 @@ from embedstream.config import EmbedSettings
 from embedstream.logging import get_logger
 
 PACKAGED_MODEL_NAME = "all-MiniLM-L6-v2"
-#: What an int8 model's name carries: its vectors are not those of the fp32 model.
+#: What an int8 model's name carries: its vectors are not those of the fp32 model (the
+#: collection guard in adapters/chroma.py spells it too).
 INT8_SUFFIX = "+int8"
 
 Vectors = npt.NDArray[np.float32]
