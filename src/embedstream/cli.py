@@ -307,6 +307,7 @@ def reindex(
     """Rebuild the Chroma collection from PostgreSQL. Stop the index workers first."""
     from rich.progress import Progress
 
+    from embedstream.reindex import MixedModels
     from embedstream.reindex import reindex as run_reindex
 
     settings = _settings()
@@ -316,7 +317,11 @@ def reindex(
         def report(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        written = asyncio.run(run_reindex(settings, batch_size=batch, progress=report))
+        try:
+            written = asyncio.run(run_reindex(settings, batch_size=batch, progress=report))
+        except MixedModels as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
     console.print(f"rebuilt {settings.chroma.chroma_collection!r}: {written} chunks")
 
 
