@@ -37,9 +37,13 @@ def export(
     from rich.console import Console
 
     from embedstream.adapters.embedder import model_name, resolve_model
-    from embedstream.adapters.model_cache import NOT_EXPORTABLE_EXIT, VARIANTS, NotExportable
+    from embedstream.adapters.model_cache import (
+        NOT_EXPORTABLE_EXIT,
+        VARIANTS,
+        NotExportable,
+        can_export,
+    )
     from embedstream.adapters.model_folder import ModelFolder
-    from embedstream.adapters.onnx_export import export as run_export
     from embedstream.config import AppSettings, EmbedSettings
     from embedstream.logging import configure_logging
 
@@ -54,6 +58,15 @@ def export(
     unknown = [v for v in wanted if v not in VARIANTS]
     if unknown:
         raise typer.BadParameter(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    if not can_export():
+        console.print(
+            "[red]exporting needs torch, sentence-transformers and onnx (the `workers` "
+            "extra: pip install torch==2.13.0 'embedstream[workers]'); this installation "
+            "has the run time only[/red]"
+        )
+        raise typer.Exit(1)
+    from embedstream.adapters.onnx_export import export as run_export
+
     source = resolve_model(model if model is not None else settings.model)
     folder = ModelFolder(source.path)
     target = cache if cache is not None else settings.model_cache

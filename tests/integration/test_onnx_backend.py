@@ -210,6 +210,13 @@ def test_int8_vectors_are_close_but_not_equal(cache: Path, onnx_embedder: Embedd
     assert cosine.min() > 0.95 and cosine.mean() < 0.99999
 
 
+def test_threads_setting_reaches_the_session(cache: Path) -> None:
+    settings = EmbedSettings(backend="onnx", model_cache=cache, embed_threads=1)
+    embedder = Embedder.load(settings)
+    embedder.close()
+    assert embedder.model.session.get_session_options().intra_op_num_threads == 1  # type: ignore[attr-defined]
+
+
 def test_missing_export_without_torch_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -109,6 +109,8 @@ def export(
             manifest = _quantize(folder, directory)
         return directory / GRAPH_FILES[variant], manifest, True
     finally:
+        for partial in directory.glob(f".*.{os.getpid()}.*"):  # what a failure left
+            partial.unlink(missing_ok=True)
         lock.release()
 
 
