@@ -4,6 +4,7 @@ covering every consumer of every stream."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from embedstream.cli import app
 from embedstream.contracts import export
 from embedstream.contracts.catalog import CHANNELS, MESSAGES, messages_on
 from embedstream.contracts.json_schemas import schema_file
+from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.events import JOB_COMPLETED, JobCompleted
 from tests.contract.support import PACTS, RELEASED, RELEASED_PACTS, SCHEMAS
 
 
@@ -133,3 +136,31 @@ def test_release_copies_the_current_contract_set(tmp_path: Path) -> None:
     assert export.released_schemas(tmp_path, "v9").keys() == {m.type for m in MESSAGES}
     with pytest.raises(FileExistsError):
         export.release(tmp_path, "v9")
+
+
+def test_schemas_describe_the_two_field_wire_format() -> None:
+    """Issue 9, item 5: the schema text describes the wire format as it is: two stream
+    fields, ``ce`` (the attributes as one JSON object) and ``data`` (the payload as JSON
+    text), not one field per property with ``schemaversion`` as decimal text."""
+    rendered = {
+        rel: json.loads(text) for rel, text in export.render().items() if rel.endswith(".json")
+    }
+    assert rendered
+    for rel, schema in rendered.items():
+        note = schema["description"]
+        assert "`ce`" in note and "`data`" in note, (rel, note)
+        assert "every property is one field" not in note, rel
+        assert "decimal text" not in json.dumps(schema), rel
+    # what the description says, done literally on fields the code writes, gives a body the
+    # schema accepts: ce parsed as one object, data parsed as the payload
+    fields = Envelope.wrap(
+        JOB_COMPLETED,
+        JobCompleted(job_id="j", documents=1, completed_at=datetime.now(UTC)),
+        source="embedstream",
+        tenant="acme",
+        subject="j",
+    ).to_fields()
+    assert set(fields) == {"ce", "data"}
+    body = {**json.loads(fields["ce"]), "data": json.loads(fields["data"])}
+    schema = rendered[f"json/{schema_file(JOB_COMPLETED)}"]
+    assert not [e.message for e in Draft202012Validator(schema).iter_errors(body)]

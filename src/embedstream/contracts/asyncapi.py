@@ -116,10 +116,11 @@ def asyncapi_document() -> dict[str, Any]:
             "title": "embedstream",
             "version": str(SCHEMA_VERSION),
             "description": "Redis Streams of the embedstream pipeline. Each entry is a "
-            "CloudEvents 1.0 envelope laid out as stream fields; payload schemas describe "
-            "the envelope as one JSON object (schemaversion an integer, data the payload "
-            "object), see embedstream.contracts.codec. Dead letters go to {prefix}:dlq "
-            "with the original fields plus dlq_* fields.",
+            "CloudEvents 1.0 envelope in two stream fields: `ce`, the attributes as one "
+            "JSON object, and `data`, the payload as JSON text. Payload schemas describe "
+            "the envelope as one JSON object (the attributes of `ce` as keys, data the "
+            "payload object), see embedstream.contracts.codec. Dead letters go to "
+            "{prefix}:dlq with the original fields plus dlq_* fields.",
         },
         "defaultContentType": "application/json",
         "channels": {ch.key: _channel(ch) for ch in CHANNELS},
