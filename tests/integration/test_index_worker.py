@@ -27,6 +27,7 @@ import pytest
 import redis.asyncio as redis
 from chromadb.config import Settings as ChromaClientSettings
 from redis.exceptions import ResponseError
+from structlog.testing import capture_logs
 
 from embedstream.adapters import chroma as chroma_adapter
 from embedstream.adapters.chroma import ChromaIndex, DocumentWrite
@@ -53,6 +54,7 @@ from embedstream.streams.runner import RunStats
 from embedstream.workers import index as index_worker
 from embedstream.workers.index import build_index_worker
 from tests.conftest import REDIS_URL
+from tests.support.redis_server import PrivateRedis
 from tests.support.streams import wait_until
 
 pytestmark = pytest.mark.integration
@@ -824,3 +826,38 @@ async def test_tenants_index_the_same_document_id_apart(
         b"t-a/d": b"15",
         b"t-b/d": b"30",
     }
+
+
+# -- transient faults ----------------------------------------------------------------
+
+
+async def test_a_redis_outage_under_a_batch_is_one_warning_without_traceback(
+    tmp_path: Path, names: StreamNames, fast_settings: ConsumerSettings, index: ChromaIndex
+) -> None:
+    """Issue 9, item 4: Redis goes away while the index worker holds a batch (its
+    document locks live in Redis): the batch is retried with backoff and logged as one
+    warning line, not as a crash with a traceback."""
+    server = PrivateRedis(tmp_path / "redis")
+    (tmp_path / "redis").mkdir()
+    await server.start()
+    client = redis.Redis.from_url(server.url, socket_timeout=2)
+    try:
+        await publish(client, names, embedded("j", "a", 1), embedded("j", "b", 2))
+        worker = build_index_worker(client, names, fast_settings, index)
+        await worker.consumer.ensure_group()
+        entries = await worker.consumer.read_new(10, None)
+        assert len(entries) == 2
+        await server.stop()
+        with capture_logs() as logs:
+            await worker._process(entries)
+    finally:
+        await client.aclose()
+        await server.stop()
+
+    assert worker.stats.retried == 2
+    assert not [e for e in logs if e.get("exc_info")], logs
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")], logs
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0]["messages"] == 2
+    assert "ConnectionError" in warnings[0]["error_type"]

@@ -15,6 +15,7 @@ import msgspec
 import numpy as np
 import pytest
 import redis.asyncio as redis
+from structlog.testing import capture_logs
 
 from embedstream.adapters.jobs import JobTracker, Submission
 from embedstream.adapters.postgres import DocumentStore, DocumentWrite, WriteResult
@@ -463,3 +464,33 @@ async def test_tenants_persist_the_same_document_id_apart(pipe: Pipeline) -> Non
     assert (b.version, b.deleted) == (30, True)
     assert len(await pipe.store.get_chunks("t-a", "a")) == 3
     assert await pipe.store.get_chunks("t-b", "a") == []
+
+
+async def test_a_terminated_connection_is_transient_one_warning_without_traceback(
+    pipe: Pipeline,
+) -> None:
+    """Issue 9, item 4: after PostgreSQL terminated its connections, asyncpg may raise
+    ``InternalClientError: cannot switch to state 15``; that is an outage, retried with
+    backoff and logged in one warning line, without a traceback."""
+    job = await pipe.job(("a", "upsert"), ("b", "upsert"))
+    await pipe.send(pipe.embedded(job, "a", 1), pipe.embedded(job, "b", 2))
+    worker = build_persist_worker(pipe.client, pipe.pool, pipe.names, pipe.settings)
+    await worker.consumer.ensure_group()
+    entries = await worker.consumer.read_new(10, None)
+
+    async def broken_write(writes: Sequence[DocumentWrite]) -> list[WriteResult]:
+        raise asyncpg.InternalClientError("cannot switch to state 15; previous state is 2")
+
+    handler = worker.handler
+    assert isinstance(handler, PersistHandler)
+    handler.store.write = broken_write  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        await worker._process(entries)
+
+    assert worker.stats.retried == 2 and worker.stats.dead_lettered == 0
+    assert not [e for e in logs if e.get("exc_info")], logs
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")], logs
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert len(warnings) == 1, warnings
+    assert "cannot switch to state 15" in warnings[0]["error"]
+    assert warnings[0]["messages"] == 2

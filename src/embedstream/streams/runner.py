@@ -313,6 +313,10 @@ class StreamWorker(Generic[T]):
         except asyncio.CancelledError:
             await _complete(self._hand_back(ids))
             raise
+        except TRANSIENT as exc:
+            # an outage of Redis (or of the network) under the handler: nothing to debug;
+            # the batch is retried with backoff and _schedule_retries logs it in one line
+            return split_outcomes(ready, [outcome_for(exc)] * len(ready))
         except Exception as exc:
             self.log.exception("handler failed for the whole batch", messages=len(ready))
             return split_outcomes(ready, [outcome_for(exc)] * len(ready))
@@ -340,20 +344,28 @@ class StreamWorker(Generic[T]):
         backoff are postponed in one call, so they also come back together."""
         vis = self.settings.visibility_timeout_ms
         by_idle: dict[int, list[str]] = {}
+        by_error: dict[int, list[tuple[str, int, int]]] = {}
+        errors: dict[int, BaseException] = {}
         for entry_id, attempt, error in retries:
             backoff = min(
                 self.settings.retry_backoff_max_ms,
                 self.settings.retry_backoff_ms * 2 ** (attempt - 1),
             )
+            by_idle.setdefault(vis - backoff, []).append(entry_id)
+            errors[id(error)] = error
+            by_error.setdefault(id(error), []).append((entry_id, attempt, backoff))
+        for key, items in by_error.items():
+            # one line per error: a batch that failed as a whole logs once, not per entry
+            error = errors[key]
             self.log.warning(
-                "message will be retried",
-                message_id=entry_id,
-                attempt=attempt,
-                retry_in_ms=backoff,
+                "message will be retried" if len(items) == 1 else "messages will be retried",
+                message_id=items[0][0],
+                messages=len(items),
+                attempt=max(attempt for _, attempt, _ in items),
+                retry_in_ms=min(backoff for _, _, backoff in items),
                 error_type=type(error).__name__,
                 error=str(error),
             )
-            by_idle.setdefault(vis - backoff, []).append(entry_id)
         for idle_ms, ids in by_idle.items():
             with contextlib.suppress(*TRANSIENT):
                 await self.consumer.set_idle(ids, idle_ms)

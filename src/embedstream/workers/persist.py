@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import time
 from collections import defaultdict
@@ -53,6 +54,10 @@ DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 """PostgreSQL refused the data itself: retrying the same batch cannot help."""
 
 log = get_logger("embedstream.persist")
+
+
+class PostgresUnavailable(RetryableError):
+    """PostgreSQL is away, restarting, overloaded or dropped the connection: retry later."""
 
 
 class PersistHandler:
@@ -146,9 +151,9 @@ class PersistHandler:
 
     def _retry(self, exc: Exception) -> Retry:
         if is_transient(exc):
-            log.warning("postgres unavailable; batch will be retried", error=f"{exc!r}")
-        else:
-            log.exception("persisting the batch failed; it will be retried")
+            # the runtime logs the retry in one warning line, with this error
+            return Retry(PostgresUnavailable(f"postgres unavailable: {type(exc).__name__}: {exc}"))
+        log.exception("persisting the batch failed; it will be retried")
         return Retry(exc)
 
 
@@ -280,8 +285,8 @@ async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -
         if pool is None:
             return RunStats()
         try:
-            async with pool.acquire() as conn:
-                await migrate(conn, settings.postgres.database_schema)
+            if not await _migrate(pool, settings.postgres.database_schema, stop):
+                return RunStats()
             worker = build_persist_worker(
                 client,
                 pool,
@@ -294,6 +299,30 @@ async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -
             await _close_pool(pool)
     finally:
         await client.aclose()
+
+
+async def _migrate(pool: asyncpg.Pool, schema: str, stop: asyncio.Event) -> bool:
+    """Apply migrations, waiting out a PostgreSQL that went away after the pool was made
+    (a worker does not die at start of an outage). False when stopped while waiting."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn, schema)
+            return True
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            failures += 1
+            delay = min(10.0, 0.1 * 2 ** (failures - 1))
+            log.warning(
+                "postgres unavailable while migrating, retrying",
+                error=f"{type(exc).__name__}: {exc}",
+                retry_in_s=delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+    return False
 
 
 async def _close_pool(pool: asyncpg.Pool, timeout_s: float = 10.0) -> None:
