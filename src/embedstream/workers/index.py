@@ -391,7 +391,15 @@ async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -
     client = create_redis(settings.redis)
     index = ChromaIndex(settings.chroma)
     try:
-        await index.open()
+        # an embedded folder has one writer: a second replica waits here as a standby
+        if not await index.acquire_writer(stop):
+            return RunStats()
+        try:
+            await index.open(stop)
+        except Exception:
+            if stop.is_set():  # stopped while waiting for a Chroma server
+                return RunStats()
+            raise
         worker = build_index_worker(client, settings.redis.names, settings.consumer, index)
         return await worker.run(stop, burst=burst)
     finally:
