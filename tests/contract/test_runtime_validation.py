@@ -98,7 +98,13 @@ async def test_every_job_event_the_lua_writes_fits_its_model_and_schema(
             failures = {f.document_id: f for f in payload.failures}  # type: ignore[attr-defined]
             assert failures["e"].error == 'PoisonMessage: bad "e"\n\u00e9\\'
     assert sorted(seen) == sorted(
-        ["job.completed.v1", "job.failed.v1", "document.deleted.v1", "job.completed.v1"]
+        [
+            "job.completed.v1",
+            "job.failed.v1",
+            "document.deleted.v1",
+            "document.deleted.v2",
+            "job.completed.v1",
+        ]
     )
 
 

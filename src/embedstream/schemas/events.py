@@ -1,5 +1,13 @@
-"""Events: ``document.embedded`` on ``{prefix}:embedded``; job and document lifecycle
-events on ``{prefix}:results``."""
+"""Events: ``document.embedded`` / ``document.removed`` on ``{prefix}:embedded``; job and
+document lifecycle events on ``{prefix}:results``.
+
+The events that carry a document version exist in two type versions: ``*.v1`` with the
+version as a JSON integer (it exceeds 2**53: readers that parse numbers as doubles, such
+as JavaScript's ``JSON.parse``, round it) and ``*.v2`` with the version as exact version
+text (``embedstream.schemas.versions``). Both are produced by default, the same event in
+two entries; ``EMBEDSTREAM_EMBEDDED_EVENT_VERSIONS`` / ``EMBEDSTREAM_RESULTS_EVENT_VERSIONS``
+choose. ``document.embedded.v2`` also names, for a reused embedding, the version it
+builds on (``base_version``)."""
 
 from __future__ import annotations
 
@@ -8,13 +16,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from embedstream.errors import PoisonMessage
 from embedstream.schemas.commands import MetadataValue
+from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.versions import VersionText, parse_version, version_text
 
 DOCUMENT_EMBEDDED = "document.embedded.v1"
 DOCUMENT_REMOVED = "document.removed.v1"
 JOB_COMPLETED = "job.completed.v1"
 JOB_FAILED = "job.failed.v1"
 DOCUMENT_DELETED = "document.deleted.v1"
+DOCUMENT_EMBEDDED_V2 = "document.embedded.v2"
+DOCUMENT_REMOVED_V2 = "document.removed.v2"
+DOCUMENT_DELETED_V2 = "document.deleted.v2"
 
 
 class _Event(BaseModel):
@@ -81,3 +95,101 @@ class DocumentDeleted(_Event):
     job_id: str
     document_id: str
     version: int = Field(ge=0)
+
+
+# -- v2: versions as exact text ----------------------------------------------------
+
+
+class DocumentEmbeddedV2(_Event):
+    """``document.embedded.v1`` with exact version text, and the version a reuse builds on."""
+
+    job_id: str
+    document_id: str
+    version: VersionText
+    content_hash: str
+    model: str
+    dim: int = Field(gt=0)
+    text: str
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    chunk_count: int = Field(ge=0)
+    reused: bool = Field(
+        default=False,
+        description="the text is unchanged since this document was last embedded: `chunks` "
+        "is empty and stores keep their chunks, updating metadata and version only",
+    )
+    base_version: VersionText | None = Field(
+        default=None,
+        description="with reused=true, the version whose chunks are reused (the document's "
+        "previous command); a store that does not hold that content asks the embed stage "
+        "to embed the document again at `version` (document.reembed.v1)",
+    )
+    chunks: list[EmbeddedChunk]
+
+    @property
+    def version_number(self) -> int:
+        return parse_version(self.version)
+
+    @property
+    def base_version_number(self) -> int | None:
+        return None if self.base_version is None else parse_version(self.base_version)
+
+    @classmethod
+    def from_v1(cls, event: DocumentEmbedded) -> DocumentEmbeddedV2:
+        return cls(**{**event.model_dump(), "version": version_text(event.version)})
+
+    def to_v1(self) -> DocumentEmbedded:
+        fields = self.model_dump(exclude={"base_version"})
+        return DocumentEmbedded(**{**fields, "version": self.version_number})
+
+
+class DocumentRemovedV2(_Event):
+    """``document.removed.v1`` with exact version text."""
+
+    job_id: str
+    document_id: str
+    version: VersionText
+
+    @property
+    def version_number(self) -> int:
+        return parse_version(self.version)
+
+    @classmethod
+    def from_v1(cls, event: DocumentRemoved) -> DocumentRemovedV2:
+        return cls(
+            job_id=event.job_id, document_id=event.document_id, version=version_text(event.version)
+        )
+
+    def to_v1(self) -> DocumentRemoved:
+        return DocumentRemoved(
+            job_id=self.job_id, document_id=self.document_id, version=self.version_number
+        )
+
+
+class DocumentDeletedV2(_Event):
+    """``document.deleted.v1`` with exact version text."""
+
+    job_id: str
+    document_id: str
+    version: VersionText
+
+
+EMBEDDED_EVENT_TYPES = (DOCUMENT_EMBEDDED, DOCUMENT_EMBEDDED_V2)
+REMOVED_EVENT_TYPES = (DOCUMENT_REMOVED, DOCUMENT_REMOVED_V2)
+
+
+def document_event(envelope: Envelope) -> DocumentEmbeddedV2 | DocumentRemovedV2 | None:
+    """The ``{prefix}:embedded`` event an envelope carries, in its v2 form whichever type
+    version it came in (None for other types); an invalid payload raises
+    ``PoisonMessage``."""
+    if envelope.type == DOCUMENT_EMBEDDED_V2:
+        return envelope.payload(DocumentEmbeddedV2)
+    if envelope.type == DOCUMENT_REMOVED_V2:
+        return envelope.payload(DocumentRemovedV2)
+    try:
+        if envelope.type == DOCUMENT_EMBEDDED:
+            return DocumentEmbeddedV2.from_v1(envelope.payload(DocumentEmbedded))
+        if envelope.type == DOCUMENT_REMOVED:
+            return DocumentRemovedV2.from_v1(envelope.payload(DocumentRemoved))
+    except ValueError as exc:  # a version too large for version text
+        raise PoisonMessage(f"invalid {envelope.type} payload: {exc}") from exc
+    return None

@@ -35,6 +35,7 @@ from embedstream.streams.messages import (
     Decoder,
     Handler,
     Message,
+    SettleOps,
     decode_envelope,
     outcome_for,
 )
@@ -90,14 +91,18 @@ class StreamWorker(Generic[T]):
         create_group: bool = True,
         start_id: str = "0",
         dead_letter_ops: DeadLetterOps | None = None,
+        settle_ops: SettleOps | None = None,
         retain: Mapping[str, int] | None = None,
     ) -> None:
         """``retain``: other streams this worker keeps bounded, each with its retention
         in ms: housekeeping trims their entries older than that which every group on the
-        stream has acknowledged (``StreamConsumer.trim_acked``)."""
+        stream has acknowledged (``StreamConsumer.trim_acked``). ``settle_ops``: writes
+        to run, by entry id, in the transaction that takes an entry off the pending list
+        (its ack or its dead letter)."""
         self.settings = settings
         self.retain = dict(retain or {})
         self.dead_letter_ops = dead_letter_ops
+        self.settle_ops = settle_ops
         self.handler = handler
         self.decode = decode
         self.create_group = create_group
@@ -271,6 +276,13 @@ class StreamWorker(Generic[T]):
 
         if self.dead_letter_ops is not None:
             dead = [self._with_dead_letter_ops(item) for item in dead]
+        if self.settle_ops is not None:
+            settle = self.settle_ops
+            for entry_id, ack in done:
+                ack.ops = (*ack.ops, *settle(entry_id))
+            dead = [
+                dataclasses.replace(item, ops=(*item.ops, *settle(item.entry_id))) for item in dead
+            ]
         await _complete(self._finish(done, dead))
         if retry_later:
             await _complete(self._schedule_retries(retry_later))
