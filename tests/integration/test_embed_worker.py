@@ -17,8 +17,10 @@ from embedstream.adapters.jobs import JobStatus, JobTracker, Submission
 from embedstream.config import ConsumerSettings, EmbedSettings, Settings
 from embedstream.schemas.commands import (
     DOCUMENT_DELETE,
+    DOCUMENT_REEMBED,
     DOCUMENT_UPSERT,
     DocumentDelete,
+    DocumentReembed,
     DocumentUpsert,
 )
 from embedstream.schemas.envelope import Envelope, attributes_of
@@ -32,6 +34,7 @@ from embedstream.schemas.events import (
     DocumentRemovedV2,
 )
 from embedstream.schemas.vectors import decode_vector
+from embedstream.schemas.versions import version_text
 from embedstream.streams.names import StreamNames, as_text, stream_id_to_version
 from embedstream.streams.runner import RunStats
 from embedstream.workers import embed as embed_worker
@@ -508,3 +511,39 @@ async def test_tenants_have_their_own_content_hashes_and_events(
     hashes = await redis_client.hgetall(names.key("embed", "hashes"))
     assert hashes[b"t-b/doc"].startswith(b"deleted|")
     assert not hashes[b"t-a/doc"].startswith(b"deleted|")
+
+
+async def test_a_dead_lettered_reembed_request_fails_the_stage_that_asked(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    embedder: Embedder,
+    tracker: JobTracker,
+    fast_settings: ConsumerSettings,
+) -> None:
+    """The index stage left its mark for a document to the re-embedded event; if the
+    request itself is dead-lettered (here: nothing to embed), the job records the
+    document failed at the index stage instead of waiting for ever."""
+    job_id = await submit(tracker, [upsert("doc", "Words.")])
+    await run_worker(redis_client, names, embedder, fast_settings)
+    persist_done = tracker.stage_done(job_id, "doc", "persist")
+    async with redis_client.pipeline(transaction=True) as pipe:
+        await persist_done(pipe)
+        await pipe.execute()
+    request = DocumentReembed(
+        job_id=job_id,
+        document_id="doc",
+        version=version_text(stream_id_to_version("9999999999999-0")),
+        text=" \n ",
+        requested_by="index",
+    )
+    envelope = Envelope.wrap(
+        DOCUMENT_REEMBED, request, source="embedstream.index", tenant=TENANT, subject="doc"
+    )
+    await redis_client.xadd(names.ingest, envelope.to_fields())  # type: ignore[arg-type]
+
+    stats = await run_worker(redis_client, names, embedder, fast_settings)
+
+    assert stats.dead_lettered == 1
+    status = await job(tracker, job_id)
+    assert status.state == "failed"
+    assert status.items[0].stages == {"embed": "done", "persist": "done", "index": "failed"}
