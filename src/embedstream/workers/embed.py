@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from embedstream.schemas.commands import (
     DocumentReembed,
     DocumentUpsert,
 )
-from embedstream.schemas.envelope import Envelope, Fields, attributes_of
+from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import (
     DOCUMENT_EMBEDDED,
     DOCUMENT_EMBEDDED_V2,
@@ -72,7 +71,6 @@ from embedstream.schemas.versions import parse_version, version_text
 from embedstream.streams.messages import (
     Ack,
     DeadLetter,
-    DeadLetterOps,
     Message,
     Outcome,
     Publish,
@@ -80,6 +78,7 @@ from embedstream.streams.messages import (
 )
 from embedstream.streams.names import EMBEDDER_GROUP, StreamNames, as_text, stream_id_to_version
 from embedstream.streams.runner import RunStats, StreamWorker
+from embedstream.workers.reembed import reembed_aware_dead_letter_ops
 
 STAGE = "embed"
 SOURCE = "embedstream.embed"
@@ -413,26 +412,6 @@ class EmbedHandler:
         return op
 
 
-def dead_letter_ops(tracker: JobTracker) -> DeadLetterOps:
-    """A dead-lettered command marks its document failed at the embed stage; a re-embed
-    request marks it at the stage that asked for it (that stage left its mark to the
-    re-embedded event, which now never comes)."""
-    by_stage = {stage: tracker.dead_letter_ops(stage) for stage in (STAGE, "index", "persist")}
-
-    def ops(fields: Fields, error: BaseException) -> Sequence[TransactionOp]:
-        stage = STAGE
-        if attributes_of(fields).get("type") == DOCUMENT_REEMBED:
-            try:
-                requested = json.loads(fields.get(b"data") or b"{}").get("requested_by")
-            except (ValueError, AttributeError):
-                requested = None
-            if requested in by_stage:
-                stage = requested
-        return by_stage[stage](fields, error)
-
-    return ops
-
-
 # -- assembly ------------------------------------------------------------------------
 
 
@@ -469,7 +448,7 @@ def build_embed_worker(
         handler,
         consumer,
         stage=STAGE,
-        dead_letter_ops=dead_letter_ops(tracker),
+        dead_letter_ops=reembed_aware_dead_letter_ops(tracker, STAGE),
         settle_ops=handler.in_flight.settle_ops,
     )
 

@@ -93,10 +93,6 @@ class Change:
     def version(self) -> int:
         return self.event.version_number
 
-    @property
-    def reused(self) -> bool:
-        return isinstance(self.event, DocumentEmbeddedV2) and self.event.reused
-
 
 @dataclass
 class DocumentPlan:

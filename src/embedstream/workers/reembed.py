@@ -22,22 +22,27 @@ added (a marker key with a TTL: both stores, or both type versions of the event,
 The store acknowledges the reused event without recording its stage for the job: the
 re-embedded event, a full ``document.embedded`` at the same version, records it. Equal
 versions are idempotent in both stores, so the store that did apply the reuse skips it.
+Should the request itself be dead-lettered by the embed stage, the document is marked
+failed at the stage that asked (``reembed_aware_dead_letter_ops``), so the job ends.
 """
 
 from __future__ import annotations
 
 import enum
+import json
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
 from embedstream.adapters.inflight import COUNT_LUA, InFlight
+from embedstream.adapters.jobs import JobTracker
 from embedstream.schemas.commands import DOCUMENT_REEMBED, DocumentReembed
-from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.envelope import Envelope, Fields, attributes_of
 from embedstream.schemas.events import DocumentEmbeddedV2
 from embedstream.schemas.tenancy import document_key
-from embedstream.streams.messages import TransactionOp
+from embedstream.streams.messages import DeadLetterOps, TransactionOp
 from embedstream.streams.names import StreamNames
 
 Stage = Literal["index", "persist"]
@@ -127,3 +132,23 @@ class ReembedRequests:
             return self._request(keys=keys, args=args, client=pipe)
 
         return op
+
+
+def reembed_aware_dead_letter_ops(tracker: JobTracker, stage: str) -> DeadLetterOps:
+    """For the embed worker: a dead-lettered command marks its document failed at
+    ``stage``; a dead-lettered re-embed request marks it at the stage that asked for it
+    (that stage left its mark to the re-embedded event, which now never comes)."""
+    by_stage = {name: tracker.dead_letter_ops(name) for name in (stage, "index", "persist")}
+
+    def ops(fields: Fields, error: BaseException) -> Sequence[TransactionOp]:
+        target = stage
+        if attributes_of(fields).get("type") == DOCUMENT_REEMBED:
+            try:
+                requested = json.loads(fields.get(b"data") or b"{}").get("requested_by")
+            except (ValueError, AttributeError):
+                requested = None
+            if requested in by_stage:
+                target = requested
+        return by_stage[target](fields, error)
+
+    return ops
