@@ -266,7 +266,11 @@ class StreamWorker(Generic[T]):
         done: list[tuple[str, Ack]] = []
         retry_later: list[tuple[str, int, BaseException]] = []
         if ready:
-            done, failed, retries = await self._handle(ready)
+            # the lease covers the whole batch: entries already known to be dead letters
+            # are written with the others, after the handler, and must not be reclaimed
+            # (and dead-lettered a second time) by another consumer meanwhile
+            batch_ids = [entry_id for entry_id, _, _ in entries]
+            done, failed, retries = await self._handle(ready, batch_ids)
             dead.extend(failed)
             for message, error in retries:
                 if message.attempt >= max_deliveries:
@@ -307,10 +311,10 @@ class StreamWorker(Generic[T]):
             return item
         return dataclasses.replace(item, ops=ops)
 
-    async def _handle(self, ready: list[Message[T]]) -> Outcomes[T]:
+    async def _handle(self, ready: list[Message[T]], ids: list[str]) -> Outcomes[T]:
         """The handler's outcomes, sorted; a handler that raises (or answers something
-        else than one outcome per message) gets the exception's outcome for every message."""
-        ids = [m.id for m in ready]
+        else than one outcome per message) gets the exception's outcome for every message.
+        ``ids``: every entry of the batch, kept leased while the handler runs."""
         lease = _Lease(self, ids)
         try:
             try:
