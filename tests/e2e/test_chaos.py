@@ -145,17 +145,26 @@ KILL_WEIGHTS = {"embed": 1, "index": 2, "persist": 2}
 often as the others, the embed stage would do little but start."""
 
 
-async def chaos(stack: Stack, stop: asyncio.Event, rng: random.Random, kills: list[str]) -> None:
-    """SIGKILL a random worker every 2-4 s and start it again under the same name."""
+async def chaos(
+    stack: Stack,
+    stop: asyncio.Event,
+    rng: random.Random,
+    kills: list[str],
+    struck: asyncio.Event,
+) -> None:
+    """SIGKILL a random worker every 1-2.5 s and start it again under the same name;
+    ``struck`` is set after four kills."""
     weights = [KILL_WEIGHTS[kind] for kind, _ in WORKERS]
     while not stop.is_set():
         try:
-            await asyncio.wait_for(stop.wait(), rng.uniform(2.0, 4.0))
+            await asyncio.wait_for(stop.wait(), rng.uniform(1.0, 2.5))
         except TimeoutError:
             [(kind, name)] = rng.choices(WORKERS, weights)
             stack.kill(name)
             stack.start_worker(kind, name)
             kills.append(name)
+            if len(kills) >= 4:
+                struck.set()
 
 
 async def jobs_finished(
@@ -271,8 +280,8 @@ async def test_chaos(chaos_stack: Stack, private_redis: PrivateRedis) -> None:
     client = redis.Redis.from_url(private_redis.url)
     log: list[Command] = []
     kills: list[str] = []
-    stop = asyncio.Event()
-    monkey = asyncio.create_task(chaos(stack, stop, rng, kills))
+    stop, struck = asyncio.Event(), asyncio.Event()
+    monkey = asyncio.create_task(chaos(stack, stop, rng, kills, struck))
     try:
         items = list(texts.items())
         await upsert(stack, items[:12], log)
@@ -290,7 +299,8 @@ async def test_chaos(chaos_stack: Stack, private_redis: PrivateRedis) -> None:
         await upsert(stack, [("race-0", a["race-0"])], log)
         await upsert(stack, [("race-1", a["race-1"])], log)
 
-        # Redis restarts on its AOF with work in every stage
+        # Redis restarts on its AOF with work in every stage, after some kills
+        await asyncio.wait_for(struck.wait(), 60)
         await client.aclose()
         await private_redis.stop()
         await asyncio.sleep(1.0)
