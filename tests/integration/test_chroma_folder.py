@@ -1,7 +1,7 @@
 """Issue 9, item 2: an embedded Chroma folder shared by processes. Processes opening a
 fresh folder at the same moment all succeed (their client creation is serialized across
 processes); one process at a time holds the folder's writer lock, and a holder that is
-killed frees it."""
+killed frees it. In server mode, a server that is not up yet is waited for."""
 
 from __future__ import annotations
 
@@ -14,13 +14,19 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from structlog.testing import capture_logs
 
 from embedstream.adapters.chroma import ChromaIndex
 from embedstream.adapters.chroma_folder import WriterLock
 from embedstream.config import ChromaSettings, PostgresSettings, Settings
 from embedstream.reindex import reindex
+from embedstream.streams.names import StreamNames
+from embedstream.workers import index as index_worker
+from tests.conftest import REDIS_URL
 from tests.integration.conftest import PG_DSN
 from tests.support.chroma_openers import open_together
+from tests.support.redis_server import free_port
+from tests.support.streams import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +113,32 @@ async def test_reindex_refuses_while_an_index_worker_writes(
             await reindex(settings, progress=lambda done, total: None)
     finally:
         stop_holder(holder)
+
+
+async def test_an_index_worker_waits_for_a_chroma_server_that_is_not_up_yet(
+    names: StreamNames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Server mode: the server is not answering when the worker starts. The worker waits
+    for it with backoff (a warning per try) instead of dying, and stops cleanly."""
+    for key, value in {
+        "EMBEDSTREAM_REDIS_URL": REDIS_URL,
+        "EMBEDSTREAM_STREAM_PREFIX": names.prefix,
+        "EMBEDSTREAM_CHROMA_URL": f"http://127.0.0.1:{free_port()}",
+    }.items():
+        monkeypatch.setenv(key, value)
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        running = asyncio.create_task(index_worker.run(Settings(), stop))
+
+        def waiting() -> int:
+            return sum(e["event"] == "chroma unavailable, retrying" for e in logs)
+
+        async def tried_twice() -> bool:
+            assert not running.done(), running.result()
+            return waiting() >= 2
+
+        await wait_until(tried_twice, within=30, what="two attempts to reach Chroma")
+        stop.set()
+        stats = await asyncio.wait_for(running, 30)
+    assert stats.batches == 0
+    assert not [e for e in logs if e.get("exc_info") or e["log_level"] == "error"]
