@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 from examples.downstream.service import build_subscriber
+from structlog.testing import capture_logs
 
 from embedstream.adapters.jobs import JobTracker
 from embedstream.config import ConsumerSettings
 from embedstream.errors import PermanentError, PoisonMessage
 from embedstream.schemas.envelope import Envelope, attributes_of
-from embedstream.schemas.events import DocumentEmbedded, JobCompleted, JobFailed
+from embedstream.schemas.events import DocumentDeletedV2, DocumentEmbedded, JobCompleted, JobFailed
 from embedstream.streams.names import StreamNames
 from embedstream.subscribe import Subscriber
 from tests.conftest import REDIS_URL
@@ -272,3 +273,17 @@ def test_example_service_runs_until_sigterm(prefix: str) -> None:
             proc.kill()
             proc.wait()
         asyncio.run(cleanup())
+
+
+def test_handlers_for_both_type_versions_of_one_event_are_warned_about() -> None:
+    """v1 and v2 of an event are the same event twice: the kit says so."""
+    sub = Subscriber("redis://unused", "embedstream", "svc")
+    with capture_logs() as logs:
+        sub.on(DocumentDeletedV2)(lambda event, envelope: None)
+        sub.on(JobCompleted)(lambda event, envelope: None)
+    assert not [e for e in logs if e["log_level"] == "warning"]
+    with capture_logs() as logs:
+        sub.on("document.deleted.v1")(lambda event, envelope: None)
+    [warning] = [e for e in logs if e["log_level"] == "warning"]
+    assert warning["type"] == "document.deleted.v1"
+    assert warning["also"] == ["document.deleted.v2"]
