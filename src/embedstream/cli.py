@@ -1,4 +1,4 @@
-"""The ``embedstream`` command: api | worker KIND | dev | status | dlq | migrate | ingest."""
+"""The ``embedstream`` command: api | worker KIND | dev | status | dlq | migrate | init | ingest."""
 
 from __future__ import annotations
 
@@ -97,13 +97,37 @@ def worker(
 
 
 @app.command()
-def migrate() -> None:
-    """Apply PostgreSQL migrations (safe to run from several processes at once)."""
+def migrate(
+    streams: Annotated[
+        bool, typer.Option(help="also create the streams and consumer groups (`init`)")
+    ] = True,
+) -> None:
+    """Apply PostgreSQL migrations (safe to run from several processes at once), then
+    create every stream and consumer group (`embedstream init`)."""
     settings = _settings()
     from embedstream.adapters.postgres.migrate import migrate as apply
 
     applied = asyncio.run(apply(settings.postgres.database_url, settings.postgres.database_schema))
     console.print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none needed'}")
+    if streams:
+        _init_streams(settings)
+
+
+@app.command()
+def init() -> None:
+    """Create every stream and every stage's consumer group (embedder on ingest; indexer
+    and persister on embedded), so lag is readable before any worker runs. Idempotent:
+    what exists is left as it is."""
+    _init_streams(_settings())
+
+
+def _init_streams(settings: Settings) -> None:
+    from embedstream.streams.init import init_streams
+
+    names = settings.redis.names
+    for item in _with_redis(settings, lambda client: init_streams(client, names)):
+        what = f"{item.stream} group {item.group}" if item.group else item.stream
+        console.print(f"{'created' if item.created else 'exists '} {what}")
 
 
 @app.command()
@@ -215,19 +239,37 @@ def dlq_replay(
         raise typer.Exit(1)
 
 
+def dev_worker_env(env: dict[str, str], index: int, health_port: int | None) -> dict[str, str]:
+    """The environment of `dev`'s worker number ``index``: a health endpoint on
+    ``health_port + index`` when asked for, none otherwise (whatever the caller's
+    environment says: the workers share one host)."""
+    child = dict(env)
+    child.pop("EMBEDSTREAM_HEALTH_PORT", None)
+    if health_port is not None:
+        child["EMBEDSTREAM_HEALTH_PORT"] = str(health_port + index)
+    return child
+
+
 @app.command()
 def dev(
     replicas: Annotated[int, typer.Option(help="replicas of each worker")] = 1,
+    health_port: Annotated[
+        int | None,
+        typer.Option(help="serve each worker's /healthz and /readyz on PORT, PORT+1, ..."),
+    ] = None,
 ) -> None:
     """Run the API and one replica of each worker as child processes (Ctrl-C stops all)."""
     settings = _settings()
-    commands = [["api"]] + [["worker", kind.value] for kind in WorkerKind for _ in range(replicas)]
+    workers = [["worker", kind.value] for kind in WorkerKind for _ in range(replicas)]
     env = dict(os.environ)
     procs: list[subprocess.Popen[bytes]] = []
     if settings.chroma.chroma_url is None:
         settings.chroma.chroma_path.mkdir(parents=True, exist_ok=True)
-    for command in commands:
-        procs.append(subprocess.Popen([sys.executable, "-m", "embedstream", *command], env=env))
+    procs.append(subprocess.Popen([sys.executable, "-m", "embedstream", "api"], env=env))
+    for index, command in enumerate(workers):
+        child_env = dev_worker_env(env, index, health_port)
+        command = [sys.executable, "-m", "embedstream", *command]
+        procs.append(subprocess.Popen(command, env=child_env))
     console.print(
         f"started api on http://{settings.api.host}:{settings.api.port} and "
         f"{len(procs) - 1} workers; Ctrl-C stops them"
@@ -284,8 +326,14 @@ def search(
 ) -> None:
     """Embed a query and show one tenant's nearest chunks (Chroma) with their text
     (PostgreSQL)."""
+    from embedstream.schemas.tenancy import InvalidTenant, check_tenant
     from embedstream.search import search as run_search
 
+    try:
+        check_tenant(tenant)
+    except InvalidTenant as exc:
+        console.print(f"[red]--tenant: {exc}[/red]")
+        raise typer.Exit(2) from None
     settings = _settings()
     hits = asyncio.run(run_search(settings, query, limit, tenant=tenant))
     table = Table(title=f"nearest chunks to {query!r}")
@@ -318,4 +366,10 @@ def reindex(
 
 
 def main() -> None:
-    app()
+    from embedstream.config import InvalidSettings
+
+    try:
+        app()
+    except InvalidSettings as exc:  # names the variables and rules, never the values
+        print(f"embedstream: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,7 +1,10 @@
 """Settings, one class per area, all read from ``EMBEDSTREAM_*`` environment variables.
 
 Nothing here opens a connection: processes build their clients from these values at
-start-up and pass them on.
+start-up and pass them on. A refused value is never repeated: errors name the variable
+and the rule (``hide_input_in_errors``, and no validator quotes its input), since the
+value may be a secret or a URL with a password. ``Settings`` turns them into one
+``InvalidSettings`` message per refusal.
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ import os
 import socket
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from embedstream.streams.names import StreamNames
@@ -20,8 +23,28 @@ from embedstream.streams.names import StreamNames
 Environment = Literal["development", "production", "test"]
 
 
+ENV_PREFIX = "EMBEDSTREAM_"
+
+
 def _config() -> SettingsConfigDict:
-    return SettingsConfigDict(env_prefix="EMBEDSTREAM_", extra="ignore")
+    return SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", hide_input_in_errors=True)
+
+
+class InvalidSettings(ValueError):
+    """The environment holds settings that are refused; the message names each variable
+    and its rule, never the value."""
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line per refused setting: ``EMBEDSTREAM_<NAME>: <rule>``."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False, include_context=False):
+        field = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        variable = f"{ENV_PREFIX}{field.upper()}"
+        named = not field or message.startswith(variable)
+        lines.append(message if named else f"{variable}: {message}")
+    return f"invalid settings ({exc.title}): " + "; ".join(lines)
 
 
 def default_consumer_name() -> str:
@@ -128,6 +151,38 @@ class EventSettings(BaseSettings):
         return versions
 
 
+class HealthSettings(BaseSettings):
+    """The worker's probe endpoint (``/healthz``, ``/readyz``); off unless a port is set."""
+
+    model_config = _config()
+
+    health_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65_535,
+        description="port of the worker's health endpoint (EMBEDSTREAM_HEALTH_PORT); unset: "
+        "no endpoint. The images set 8081.",
+    )
+    health_host: str = Field(
+        default="127.0.0.1",
+        description="bind address of the health endpoint; 0.0.0.0 in containers",
+    )
+    liveness_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="liveness fails when the worker loop and every batch in flight have not "
+        "moved for longer than this (EMBEDSTREAM_LIVENESS_TIMEOUT_S); keep it above the "
+        "longest step that reports no progress (one Chroma or PostgreSQL write, a lock wait "
+        "of half the visibility timeout, one encode sub-batch)",
+    )
+    readiness_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=30,
+        description="time allowed to the readiness checks (Redis, the stage's store)",
+    )
+
+
 class PostgresSettings(BaseSettings):
     model_config = _config()
 
@@ -205,7 +260,7 @@ class ApiSettings(BaseSettings):
     @field_validator("cors_origins")
     @classmethod
     def _explicit_origins(cls, value: list[str]) -> list[str]:
-        for origin in value:
+        for position, origin in enumerate(value, start=1):
             if origin == "*":
                 raise ValueError(
                     "EMBEDSTREAM_CORS_ORIGINS must list explicit origins "
@@ -213,7 +268,7 @@ class ApiSettings(BaseSettings):
                 )
             if not origin.startswith(("http://", "https://")) or origin.endswith("/"):
                 raise ValueError(
-                    f"EMBEDSTREAM_CORS_ORIGINS: {origin!r} is not an origin "
+                    f"EMBEDSTREAM_CORS_ORIGINS: entry {position} is not an origin "
                     "(scheme://host[:port], no path or trailing slash)"
                 )
         return value
@@ -221,17 +276,23 @@ class ApiSettings(BaseSettings):
     @field_validator("rate_limit")
     @classmethod
     def _parseable_rate_limit(cls, value: str) -> str:
-        if value.strip():
-            from limits import parse_many
+        return rate_limit_spec(value, "EMBEDSTREAM_RATE_LIMIT")
 
-            try:
-                parse_many(value)
-            except ValueError as exc:
-                raise ValueError(
-                    f"EMBEDSTREAM_RATE_LIMIT {value!r} is not a rate limit such as "
-                    f"'100/minute' or '10/second;1000/hour': {exc}"
-                ) from exc
-        return value.strip()
+
+def rate_limit_spec(value: str, variable: str) -> str:
+    """``value`` stripped, if the ``limits`` library parses it (empty: no limit); the
+    refusal names ``variable`` and the rule, not the value."""
+    if value.strip():
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError(
+                f"{variable} is not a rate limit such as '100/minute' or "
+                "'10/second;1000/hour' (several separated by ';')"
+            ) from None
+    return value.strip()
 
 
 #: JWT secrets that are placeholders, never real ones (compared case-insensitively).
@@ -295,6 +356,17 @@ class AuthSettings(BaseSettings):
         "again: a revoked key stops working within this many seconds",
     )
     api_key_cache_size: int = Field(default=10_000, ge=1)
+    auth_failure_limit: str = Field(
+        default="10/minute;100/hour",
+        description="failed credential checks allowed per client address and per API key "
+        "id (EMBEDSTREAM_AUTH_FAILURE_LIMIT, `limits` notation); past it: 429, and no "
+        "uncached API key is checked; empty turns it off",
+    )
+
+    @field_validator("auth_failure_limit")
+    @classmethod
+    def _parseable_failure_limit(cls, value: str) -> str:
+        return rate_limit_spec(value, "EMBEDSTREAM_AUTH_FAILURE_LIMIT")
 
     @model_validator(mode="after")
     def _secrets_fit_for_production(self) -> AuthSettings:
@@ -312,41 +384,57 @@ class AuthSettings(BaseSettings):
         return self.jwt_secret.get_secret_value() if self.jwt_secret else None
 
 
+A = TypeVar("A", bound=BaseSettings)
+
+
+def read_settings(area: type[A]) -> A:
+    """``area`` read from the environment; ``InvalidSettings`` (variables and rules, no
+    values) when something is refused."""
+    try:
+        return area()
+    except ValidationError as exc:
+        raise InvalidSettings(describe_settings_error(exc)) from None
+
+
 class Settings:
     """All areas together; each area is read from the environment on first use."""
 
     @cached_property
     def app(self) -> AppSettings:
-        return AppSettings()
+        return read_settings(AppSettings)
 
     @cached_property
     def redis(self) -> RedisSettings:
-        return RedisSettings()
+        return read_settings(RedisSettings)
 
     @cached_property
     def consumer(self) -> ConsumerSettings:
-        return ConsumerSettings()
+        return read_settings(ConsumerSettings)
+
+    @cached_property
+    def health(self) -> HealthSettings:
+        return HealthSettings()
 
     @cached_property
     def postgres(self) -> PostgresSettings:
-        return PostgresSettings()
+        return read_settings(PostgresSettings)
 
     @cached_property
     def chroma(self) -> ChromaSettings:
-        return ChromaSettings()
+        return read_settings(ChromaSettings)
 
     @cached_property
     def embed(self) -> EmbedSettings:
-        return EmbedSettings()
+        return read_settings(EmbedSettings)
 
     @cached_property
     def events(self) -> EventSettings:
-        return EventSettings()
+        return read_settings(EventSettings)
 
     @cached_property
     def api(self) -> ApiSettings:
-        return ApiSettings()
+        return read_settings(ApiSettings)
 
     @cached_property
     def auth(self) -> AuthSettings:
-        return AuthSettings()
+        return read_settings(AuthSettings)

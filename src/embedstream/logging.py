@@ -1,4 +1,9 @@
-"""structlog set-up: JSON lines in production, a readable console in development."""
+"""structlog set-up: JSON lines in production, a readable console in development.
+
+Credentials never reach the output: ``redact_secrets`` runs last before rendering, the
+console renders tracebacks without local variables (rich's default shows them, request
+headers included, where no redaction sees them), and the rendered line is redacted once
+more by pattern."""
 
 from __future__ import annotations
 
@@ -7,7 +12,27 @@ import sys
 
 import structlog
 
-from embedstream.redaction import install_stdlib_redaction, redact_secrets
+from embedstream.redaction import install_stdlib_redaction, redact_secrets, redact_text
+
+
+def _redacted(renderer: structlog.types.Processor) -> structlog.types.Processor:
+    """``renderer`` whose output is redacted by pattern (keys, JWTs, Bearer values)."""
+
+    def render(
+        logger: object, method_name: str, event_dict: structlog.types.EventDict
+    ) -> structlog.typing.ProcessorReturnValue:
+        line = renderer(logger, method_name, event_dict)
+        return redact_text(line) if isinstance(line, str) else line
+
+    return render
+
+
+def console_renderer(colors: bool) -> structlog.dev.ConsoleRenderer:
+    """The development renderer: rich tracebacks, but never their local variables."""
+    formatter = structlog.dev.RichTracebackFormatter(
+        show_locals=False, color_system="truecolor" if colors else None
+    )
+    return structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=formatter)
 
 
 def configure_logging(level: str = "INFO", json: bool = False) -> None:
@@ -25,10 +50,10 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
         shared.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        renderer = console_renderer(colors=sys.stderr.isatty())
     shared.append(redact_secrets)  # last before rendering: nothing escapes it
     structlog.configure(
-        processors=[*shared, renderer],
+        processors=[*shared, _redacted(renderer)],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from embedstream.config import Settings
+from embedstream.schemas.tenancy import check_tenant
 
 
 @dataclass
@@ -23,6 +24,7 @@ async def search(settings: Settings, query: str, limit: int, *, tenant: str) -> 
     from embedstream.adapters.embedder import load_embedder
     from embedstream.adapters.postgres import create_pool
 
+    check_tenant(tenant)  # InvalidTenant before any model is loaded
     embedder = await load_embedder(settings.embed)
     index = ChromaIndex(settings.chroma)
     pool = await create_pool(settings.postgres)

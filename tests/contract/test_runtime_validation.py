@@ -76,9 +76,11 @@ async def test_every_job_event_the_lua_writes_fits_its_model_and_schema(
         job = ok if doc != "d" else failing
         for stage in ("index", "persist"):
             await apply(redis_client, [tracker.stage_done(job, doc, stage)])
-    for doc, stage in (("e", "index"), ("f", "persist")):
-        error = PoisonMessage(f'bad "{doc}"\n\u00e9\\')  # quotes, newline, non-ASCII
-        await apply(redis_client, tracker.dead_letter_ops(stage)(entries[doc][1], error))
+    # "e": a failure text with quotes, a newline and non-ASCII must survive the Lua's
+    # JSON; "f": a dead letter, whose failure clients read as a stable code
+    await apply(redis_client, [tracker.stage_failed(failing, "e", "index", 'bad "e"\n\u00e9\\')])
+    error = PoisonMessage("bad f: the database said no")
+    await apply(redis_client, tracker.dead_letter_ops("persist")(entries["f"][1], error))
     for stage in ("index", "persist"):
         op = tracker.stage_done(removing, "g", stage, deleted_version=entries["g"][0])
         await apply(redis_client, [op])
@@ -96,7 +98,10 @@ async def test_every_job_event_the_lua_writes_fits_its_model_and_schema(
         seen.append(envelope.type)
         if envelope.type == "job.failed.v1":
             failures = {f.document_id: f for f in payload.failures}  # type: ignore[attr-defined]
-            assert failures["e"].error == 'PoisonMessage: bad "e"\n\u00e9\\'
+            assert failures["e"].error == 'bad "e"\n\u00e9\\'
+            assert failures["f"].error == (
+                "invalid_message: the message is malformed or failed validation"
+            )
     assert sorted(seen) == sorted(
         [
             "job.completed.v1",

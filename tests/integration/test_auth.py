@@ -186,7 +186,7 @@ async def test_401_messages_are_precise_and_never_echo_the_secret(
         ({"scope": None}, JWT_SECRET, "lacks the 'scope' claim"),
         ({"exp": None}, JWT_SECRET, "lacks the 'exp' claim"),
         ({"scope": "jobs:read root"}, JWT_SECRET, "unknown scope(s) root"),
-        ({"tenant": "bad tenant!"}, JWT_SECRET, "invalid tenant"),
+        ({"tenant": "bad tenant!"}, JWT_SECRET, "'tenant' claim is invalid: 1-64 characters"),
         ({"exp": int(time.time()) + 86_400}, JWT_SECRET, "accepts at most 3600 s"),
         ({"iat": int(time.time()) + 600}, JWT_SECRET, "not valid yet"),
     ],

@@ -15,6 +15,7 @@ import redis.asyncio as redis
 from embedstream.adapters.embedder import PACKAGED_MODEL_NAME, Embedder
 from embedstream.adapters.jobs import JobStatus, JobTracker, Submission
 from embedstream.config import ConsumerSettings, EmbedSettings, Settings
+from embedstream.errors import PoisonMessage
 from embedstream.schemas.commands import (
     DOCUMENT_DELETE,
     DOCUMENT_REEMBED,
@@ -35,6 +36,7 @@ from embedstream.schemas.events import (
 )
 from embedstream.schemas.vectors import decode_vector
 from embedstream.schemas.versions import version_text
+from embedstream.streams.messages import Ack, DeadLetter, Message
 from embedstream.streams.names import StreamNames, as_text, stream_id_to_version
 from embedstream.streams.runner import RunStats
 from embedstream.workers import embed as embed_worker
@@ -481,6 +483,27 @@ async def test_an_entry_settled_twice_is_counted_once(
     assert await redis_client.hgetall(names.key("ingest", "inflight", "entries")) == {}
 
 
+async def test_an_entry_id_beyond_storable_versions_is_dead_lettered(
+    redis_client: redis.Redis, names: StreamNames, embedder: Embedder, tracker: JobTracker
+) -> None:
+    """Its version would not fit PostgreSQL's bigint: refused here, before the index
+    stage could store what the persist stage refuses (issue 10, item 9)."""
+    handler = embed_worker.EmbedHandler(redis_client, names, embedder, embedder.chunker(), tracker)
+    command = upsert("doc", "Some text.")
+    envelope = Envelope.wrap(DOCUMENT_UPSERT, command, source="test", tenant=TENANT, subject="doc")
+    [outcome] = await handler([Message("9999999999999-0", names.ingest, {}, envelope, 1)])
+    assert isinstance(outcome, DeadLetter)
+    assert isinstance(outcome.error, PoisonMessage)
+
+
+def reused_flag(ack: Ack) -> bool:
+    [publish] = ack.publish
+    fields = {
+        k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in publish.fields.items()
+    }
+    return Envelope.from_fields(fields).payload(DocumentEmbedded).reused
+
+
 async def test_tenants_have_their_own_content_hashes_and_events(
     redis_client: redis.Redis,
     names: StreamNames,
@@ -532,7 +555,7 @@ async def test_a_dead_lettered_reembed_request_fails_the_stage_that_asked(
     request = DocumentReembed(
         job_id=job_id,
         document_id="doc",
-        version=version_text(stream_id_to_version("9999999999999-0")),
+        version=version_text(stream_id_to_version("8000000000000-0")),
         text=" \n ",
         requested_by="index",
     )

@@ -113,5 +113,6 @@ async def test_several_limits_and_off(
 
 
 def test_a_malformed_rate_limit_is_refused_with_the_variable_name() -> None:
-    with pytest.raises(ValidationError, match="EMBEDSTREAM_RATE_LIMIT 'lots' is not a rate"):
+    with pytest.raises(ValidationError, match="EMBEDSTREAM_RATE_LIMIT is not a rate") as caught:
         ApiSettings(rate_limit="lots")
+    assert "lots" not in str(caught.value)  # the rule, never the value

@@ -63,7 +63,11 @@ async def test_example_service_counts_jobs_and_records_failures(
 
     assert (stats.completed, stats.failed, stats.deleted, stats.documents) == (2, 1, 1, 5)
     assert stats.failures == [
-        {"document_id": "d", "stage": "index", "error": "PoisonMessage: bad vector"}
+        {
+            "document_id": "d",
+            "stage": "index",
+            "error": "invalid_message: the message is malformed or failed validation",
+        }
     ]
     # 5: document.deleted.v1, the v1 twin of the v2 event it handles, is acked unhandled
     assert (run.acked, run.dead_lettered) == (5, 0)

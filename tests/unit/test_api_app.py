@@ -9,13 +9,16 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 
 import embedstream
 from embedstream.api.app import create_app
-from embedstream.api.auth import authorize
+from embedstream.api.auth import PrincipalDep, authorize
+from embedstream.api.authentication import AuthenticatedRoute, needs_credential
 from embedstream.api.deps import get_tracker
 from embedstream.api.middleware import choose_request_id
 from embedstream.api.principal import Principal
+from embedstream.api.routes import documents, health, jobs
 from embedstream.config import AuthSettings, RedisSettings, Settings
 
 
@@ -103,7 +106,9 @@ async def exploding_client(settings: Settings) -> AsyncIterator[httpx.AsyncClien
 async def test_an_unexpected_error_is_a_json_500_with_the_request_id(
     exploding_client: httpx.AsyncClient,
 ) -> None:
-    response = await exploding_client.get("/v1/jobs/x", headers={"X-Request-ID": "r-1"})
+    response = await exploding_client.get(
+        "/v1/jobs/0b9f6e0e-8d0c-4c39-9a55-3b7f0c1d2e3f", headers={"X-Request-ID": "r-1"}
+    )
 
     assert response.status_code == 500
     assert response.headers["x-request-id"] == "r-1"
@@ -126,7 +131,16 @@ async def test_unknown_routes_and_methods_name_themselves(
 
 @pytest.mark.parametrize(
     ("incoming", "kept"),
-    [("abc-123", True), ("a" * 128, True), ("a" * 129, False), ("x y", False), ("", False)],
+    [
+        ("abc-123", True),
+        ("a" * 128, True),
+        ("a" * 129, False),
+        ("x y", False),
+        ("", False),
+        # '$' matched before a final newline: it went back out in the response header
+        ("abc\n", False),
+        ("abc\r\n", False),
+    ],
 )
 def test_choose_request_id(incoming: str, kept: bool) -> None:
     assert (choose_request_id(incoming) == incoming) is kept
@@ -140,3 +154,24 @@ def test_the_ingress_is_thin() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, f"the api imports {result.stdout.strip()}"
+
+
+def test_every_route_that_needs_a_credential_checks_it_before_the_body(
+    settings: Settings,
+) -> None:
+    app = create_app(settings)
+
+    @app.post("/v1/extra")
+    async def extra(principal: PrincipalDep, body: dict[str, int]) -> None:
+        return None
+
+    routes = [r for module in (documents, jobs, health) for r in module.router.routes]
+    routes += [r for r in app.router.routes if isinstance(r, APIRoute)]
+    protected = [r for r in routes if isinstance(r, APIRoute) and needs_credential(r.dependant)]
+    assert {r.path for r in protected} >= {
+        "/v1/documents",
+        "/v1/documents/{document_id:document_id}",
+        "/v1/jobs/{job_id}",
+        "/v1/extra",
+    }
+    assert all(isinstance(r, AuthenticatedRoute) for r in protected)

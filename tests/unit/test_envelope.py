@@ -42,6 +42,11 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("tenant with a slash", {"tenant": "a/b"}),
     ("tenant too long", {"tenant": "x" * 65}),
     ("empty tenant", {"tenant": ""}),
+    # Python's '$' matches before a final newline: both must still refuse (issue 10, item 4)
+    ("tenant with a trailing newline", {"tenant": "tA\n"}),
+    ("tenant with a leading newline", {"tenant": "\ntA"}),
+    ("tenant starting with a dot", {"tenant": ".acme"}),
+    ("valid tenant of 64 characters", {"tenant": "a" + "-" * 63}),
     ("specversion 2.0", {"specversion": "2.0"}),
     ("other content type", {"datacontenttype": "text/plain"}),
     ("schemaversion as text", {"schemaversion": "1"}),

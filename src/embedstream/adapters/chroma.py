@@ -70,6 +70,9 @@ log = get_logger("embedstream.chroma")
 class ModelMismatch(PermanentError):
     """Vectors of one model were about to be written to a collection of another."""
 
+    code = "model_mismatch"
+    public_message = "the index holds vectors of another embedding model"
+
     def __init__(self, collection: str, recorded: tuple[str, int], got: tuple[str, int]) -> None:
         super().__init__(
             f"collection {collection!r} holds vectors of model {recorded[0]!r} "
@@ -140,10 +143,8 @@ def create_client(settings: ChromaSettings) -> ClientAPI:
     if settings.chroma_url:
         url = urlsplit(settings.chroma_url)
         if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(
-                f"EMBEDSTREAM_CHROMA_URL must look like http://host:port, got "
-                f"{settings.chroma_url!r}"
-            )
+            # the value is not repeated: a URL may carry credentials
+            raise ValueError("EMBEDSTREAM_CHROMA_URL must look like http(s)://host[:port]")
         ssl = url.scheme == "https"
         return chromadb.HttpClient(
             host=url.hostname,
@@ -530,6 +531,14 @@ class ChromaIndex:
         await self.call(client.delete_collection, self.name)
         self._collection, self._model = None, None
         return await self.open()
+
+    async def heartbeat(self) -> None:
+        """Ask the server (or the embedded store) whether it answers; on a thread of its
+        own, so that a readiness probe does not wait behind a long write."""
+        client = self._client
+        if client is None:
+            raise RuntimeError("ChromaIndex.open() was not awaited")
+        await asyncio.to_thread(client.heartbeat)
 
     async def apply(self, writes: Sequence[DocumentWrite]) -> dict[str, Exception]:
         return await self.call(apply_writes, self.collection, writes)

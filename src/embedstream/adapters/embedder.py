@@ -12,6 +12,7 @@ event loop keeps reading and decoding the next batch.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import time
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from tokenizers import Tokenizer
 from embedstream.adapters.chunking import Chunker, special_token_count
 from embedstream.config import EmbedSettings
 from embedstream.logging import get_logger
+from embedstream.streams.heartbeat import report_progress
 
 PACKAGED_MODEL_NAME = "all-MiniLM-L6-v2"
 
@@ -189,9 +191,13 @@ class Embedder:
     async def encode(
         self, texts: Sequence[str], token_counts: Sequence[int] | None = None
     ) -> Vectors:
-        """``encode_sync`` on the embedder's inference thread."""
+        """``encode_sync`` on the embedder's inference thread, in a copy of the caller's
+        context (so that each encoded sub-batch counts as the batch's progress)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.encode_sync, texts, token_counts)
+        run = contextvars.copy_context().run
+        return await loop.run_in_executor(
+            self._executor, run, self.encode_sync, texts, token_counts
+        )
 
     def encode_sync(
         self, texts: Sequence[str], token_counts: Sequence[int] | None = None
@@ -221,6 +227,7 @@ class Embedder:
             )
             out[batch] = np.asarray(vectors, dtype=np.float32)
             self.stats.padded_tokens += len(batch) * counts[batch[0]]
+            report_progress()
         self.stats.chunks += len(texts)
         self.stats.batches += len(batches)
         self.stats.tokens += sum(counts)

@@ -11,6 +11,7 @@ redelivered message is counted once.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from redis.asyncio.client import Pipeline
 
 from embedstream.adapters import job_scripts
 from embedstream.adapters.inflight import InFlight
+from embedstream.errors import public_error
+from embedstream.logging import get_logger
 from embedstream.schemas.envelope import Envelope, Fields
 from embedstream.schemas.events import (
     DOCUMENT_DELETED,
@@ -33,10 +36,25 @@ from embedstream.schemas.versions import version_text
 from embedstream.streams.messages import DeadLetterOps, TransactionOp
 from embedstream.streams.names import StreamNames, stream_id_to_version
 
+log = get_logger(__name__)
+
 STAGES = ("embed", "index", "persist")
 REQUIRED_STAGES = ("index", "persist")
 DEFAULT_TTL_S = 7 * 24 * 3600
 DELETED_TYPES = {1: DOCUMENT_DELETED, 2: DOCUMENT_DELETED_V2}
+#: What may name a job in a Redis key: the ingress's UUIDs and the plain ids tools and
+#: tests use. Never ':' (``{job}:docs``, ``{job}:state``... are the job's other keys, so
+#: ``<id>:state`` would read another key as a job) and never braces (cluster hash tags).
+JOB_ID_SYNTAX = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_JOB_FIELDS = (b"id", b"state", b"documents", b"done", b"failed", b"created_at")
+
+
+def valid_job_id(job_id: object) -> bool:
+    return isinstance(job_id, str) and JOB_ID_SYNTAX.fullmatch(job_id) is not None
+
+
+class InvalidJobId(ValueError):
+    """A string that cannot name a job (see ``JOB_ID_SYNTAX``)."""
 
 
 class IdempotencyConflict(Exception):
@@ -114,6 +132,10 @@ class JobTracker:
     # -- keys ------------------------------------------------------------------------
 
     def job_key(self, job_id: str) -> str:
+        """``{prefix}:job:{job_id}``; ``InvalidJobId`` unless ``job_id`` fits
+        ``JOB_ID_SYNTAX``: no key is built from anything else."""
+        if not valid_job_id(job_id):
+            raise InvalidJobId("not a job id: 1-128 letters, digits, '_' or '-'")
         return self.names.key("job", job_id)
 
     def idempotency_key(self, tenant: str, key: str) -> str:
@@ -201,7 +223,8 @@ class JobTracker:
         return self._mark_op(job_id, document_id, stage, "done", "", deleted)
 
     def stage_failed(self, job_id: str, document_id: str, stage: str, error: str) -> TransactionOp:
-        """The op recording a document failed at ``stage`` (after a dead letter)."""
+        """The op recording a document failed at ``stage`` (after a dead letter); ``error``
+        is what clients read (``public_error``), never an internal message."""
         return self._mark_op(job_id, document_id, stage, "failed", error[:1000], [])
 
     def _mark_op(
@@ -213,6 +236,10 @@ class JobTracker:
         error: str,
         deleted: list[str],
     ) -> TransactionOp:
+        if not valid_job_id(job_id):
+            # a message made outside the ingress: it has no job record to keep
+            log.warning("no job bookkeeping for a message without a valid job id", stage=stage)
+            return _no_op
         keys = self._keys(job_id, stage)
         args: list[str | int] = [
             document_id,
@@ -240,16 +267,19 @@ class JobTracker:
             if ref is None:
                 return ()
             job_id, document_id = ref
-            message = f"{type(error).__name__}: {error}"
-            return (self.stage_failed(job_id, document_id, stage, message),)
+            # the job record and job.failed carry a stable code and a short message; the
+            # full error stays in the dead letter and the worker's log
+            return (self.stage_failed(job_id, document_id, stage, public_error(error)),)
 
         return ops
 
     # -- reading ---------------------------------------------------------------------
 
     async def status(self, job_id: str, *, tenant: str | None = None) -> JobStatus | None:
-        """The job's status; None when it is unknown, expired or (with ``tenant``) owned by
-        another tenant: callers cannot tell those apart."""
+        """The job's status; None when it is unknown, expired, not a job id or (with
+        ``tenant``) owned by another tenant: callers cannot tell those apart."""
+        if not valid_job_id(job_id):
+            return None
         job = self.job_key(job_id)
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(job)
@@ -260,7 +290,9 @@ class JobTracker:
                 pipe.hgetall(f"{job}:stage:{stage}")
             replies: list[dict[bytes, bytes]] = await pipe.execute()
         record, docs, states, failures = replies[:4]
-        if not record or (tenant is not None and record.get(b"tenant") != tenant.encode()):
+        if not all(name in record for name in _JOB_FIELDS):
+            return None  # nothing there, or a hash that is not a job record
+        if tenant is not None and record.get(b"tenant") != tenant.encode():
             return None
         stage_maps = dict(zip(STAGES, replies[4:], strict=True))
         items: list[DocumentStatus] = []
@@ -294,6 +326,10 @@ class JobTracker:
             finished_at=text.get("finished_at"),
             items=items,
         )
+
+
+def _no_op(pipe: Pipeline) -> None:
+    return None
 
 
 def job_reference(fields: Fields) -> tuple[str, str] | None:

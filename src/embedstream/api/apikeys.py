@@ -18,10 +18,11 @@ import asyncpg
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
-from embedstream.api.principal import check_scopes, check_tenant
+from embedstream.api.principal import check_scopes
+from embedstream.schemas.tenancy import check_tenant
 
 KEY_PREFIX = "es_"
-KEY_PATTERN = re.compile(r"^es_(?P<id>[0-9a-f]{16})_(?P<secret>[A-Za-z0-9_-]{43})$")
+KEY_PATTERN = re.compile(r"es_(?P<id>[0-9a-f]{16})_(?P<secret>[A-Za-z0-9_-]{43})")
 
 _HASHER = PasswordHash((Argon2Hasher(),))  # argon2id, pwdlib's recommended parameters
 
@@ -38,7 +39,7 @@ def new_key() -> tuple[str, str]:
 
 def key_id_of(key: str) -> str | None:
     """The id of a well-formed key, else None."""
-    match = KEY_PATTERN.match(key)
+    match = KEY_PATTERN.fullmatch(key)
     return match["id"] if match else None
 
 
@@ -114,6 +115,8 @@ class ApiKeyStore:
         return None if row is None else ApiKeyRecord.from_row(row)
 
     async def list_keys(self, tenant: str | None = None) -> list[ApiKeyRecord]:
+        if tenant is not None:
+            check_tenant(tenant)
         rows = await self.pool.fetch(
             f"SELECT {_COLUMNS} FROM api_keys WHERE $1::text IS NULL OR tenant = $1 "
             "ORDER BY tenant, created_at, id",

@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 import embedstream
 from embedstream.adapters.jobs import JobTracker
 from embedstream.adapters.redis_client import create_redis
+from embedstream.api.authentication import AuthenticatedRoute
 from embedstream.api.commands import SOURCE
 from embedstream.api.errors import install_error_handlers
 from embedstream.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -47,8 +48,9 @@ Every operation but the probes needs a credential: `Authorization: Bearer <JWT>`
 HS256 OAuth2 access token) or an API key (`X-API-Key: es_...` or `Authorization: Bearer
 es_...`). Scopes: `documents:write` (POST/DELETE documents), `jobs:read` (job status),
 `admin` (everything). 401 means no valid credential, 403 a missing scope, 429 the
-credential's rate limit (see `Retry-After`); writes answer 503 while the pipeline is
-backlogged.
+credential's rate limit or too many failed authentication attempts (see `Retry-After`);
+writes answer 503 while the pipeline is backlogged. The credential is checked before the
+request body is read.
 
 Every error answers `{"error", "request_id"}` (validation: `{"detail", "errors",
 "request_id"}`); send `X-Request-ID` to choose the request id, `Idempotency-Key` to make
@@ -66,11 +68,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.redis = client
     app.state.tracker = JobTracker(client, settings.redis.names, source=SOURCE)
     app.state.guards = build_guards(settings, client, pool)
+    await app.state.guards.keys.warm()
     log.info(
         "api started",
         stream_prefix=settings.redis.stream_prefix,
         max_body_bytes=settings.api.max_body_bytes,
         rate_limit=settings.api.rate_limit or "off",
+        auth_failure_limit=settings.auth.auth_failure_limit or "off",
         max_ingest_lag=settings.api.max_ingest_lag or "off",
         jwt=settings.auth.secret is not None,
     )
@@ -101,6 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
+    # routes added to the app itself also check credentials before reading a body
+    app.router.route_class = AuthenticatedRoute
     install_error_handlers(app)
     app.include_router(documents.router)
     app.include_router(jobs.router)

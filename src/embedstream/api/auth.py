@@ -1,7 +1,9 @@
 """Authentication and authorization dependencies.
 
+- ``authenticate_headers``: the caller from the headers alone; ``AuthenticatedRoute``
+  (``embedstream.api.authentication``) runs it before a route reads the request body.
 - ``PrincipalDep``: the authenticated caller (tenant, scopes, credential id); 401 when
-  there is no valid credential.
+  there is no valid credential, 429 after too many failed checks.
 - ``require(scope)``: a route dependency that also checks the scope (403) and the
   credential's rate limit (429).
 
@@ -17,13 +19,15 @@ from typing import Annotated, Any
 import structlog
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer, SecurityScopes
+from starlette.datastructures import Headers
+from starlette.types import Scope
 
-from embedstream.api.apikeys import KEY_PREFIX
+from embedstream.api.apikeys import KEY_PREFIX, key_id_of
 from embedstream.api.backpressure import Backpressure
 from embedstream.api.credentials import Forbidden, InvalidCredential, Unauthorized
 from embedstream.api.keycache import ApiKeyVerifier
-from embedstream.api.principal import SCOPES, Principal
-from embedstream.api.ratelimit import CredentialRateLimiter
+from embedstream.api.principal import SCOPES, CredentialKind, Principal
+from embedstream.api.ratelimit import CredentialRateLimiter, FailedAuthLimiter
 from embedstream.api.tokens import verify_token
 from embedstream.config import AuthSettings
 from embedstream.logging import get_logger
@@ -54,6 +58,7 @@ class Guards:
     keys: ApiKeyVerifier
     rate_limiter: CredentialRateLimiter
     backpressure: Backpressure
+    failures: FailedAuthLimiter
 
 
 def get_guards(request: Request) -> Guards:
@@ -66,23 +71,68 @@ NO_CREDENTIAL = (
 )
 
 
-def _presented(request: Request) -> tuple[str, str]:
-    """(kind, credential) from the request's headers; 401 when absent or ill-formed."""
-    authorization = request.headers.get("authorization")
-    api_key = request.headers.get("x-api-key")
+def presented(headers: Headers) -> tuple[CredentialKind, str]:
+    """(kind, credential) from the request's headers: ``Unauthorized`` when there is
+    none, ``InvalidCredential`` when the headers are ill-formed."""
+    authorization = headers.get("authorization")
+    api_key = headers.get("x-api-key")
     if authorization is not None and api_key is not None:
-        raise Unauthorized("send one credential: Authorization or X-API-Key, not both")
+        raise InvalidCredential(
+            "send one credential: Authorization or X-API-Key, not both", kind="malformed"
+        )
     if api_key is not None:
         if not api_key.strip():
-            raise Unauthorized("the X-API-Key header is empty")
+            raise InvalidCredential("the X-API-Key header is empty", kind="malformed")
         return "api_key", api_key.strip()
     if authorization is None:
-        raise Unauthorized(NO_CREDENTIAL, invalid_token=False)
+        raise Unauthorized(NO_CREDENTIAL, kind=None)
     scheme, _, value = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
-        raise Unauthorized("the Authorization header must read 'Bearer <token or API key>'")
+        raise InvalidCredential(
+            "the Authorization header must read 'Bearer <token or API key>'", kind="malformed"
+        )
     value = value.strip()
     return ("api_key" if value.startswith(KEY_PREFIX) else "jwt"), value
+
+
+def client_address(scope: Scope) -> str:
+    """The peer's address (uvicorn puts the forwarded one here for trusted proxies)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+async def authenticate_headers(guards: Guards, headers: Headers, address: str) -> Principal:
+    """The caller, from the request's headers alone (the body is never needed).
+
+    Raises ``Unauthorized`` (401), ``TooManyFailedAttempts`` (429: this address or key
+    id failed too often; an uncached API key is then not even checked) or
+    ``CredentialStoreUnavailable``. A cached valid API key and a JWT cost no Redis
+    round trip; failures are counted per address and per API key id."""
+    key_id: str | None = None
+    kind = "unreadable"
+    try:
+        kind, credential = presented(headers)
+        if kind == "jwt":
+            return verify_token(guards.auth, credential)
+        principal = guards.keys.cached(credential)
+        if principal is not None:
+            return principal
+        key_id = key_id_of(credential)
+        await guards.failures.check(address, key_id)
+        return await guards.keys.verify(credential)
+    except InvalidCredential as exc:
+        log.info("authentication failed", credential=kind, reason=exc.reason, key_id=key_id)
+        await guards.failures.failed(address, key_id)
+        raise Unauthorized(exc.reason, kind=exc.kind) from None
+
+
+def remember(state: dict[str, Any], principal: Principal) -> None:
+    """Keep the principal for the request's route, and name it in every later log
+    line of the request (``RequestContextMiddleware`` unbinds them at its end)."""
+    state["principal"] = principal
+    structlog.contextvars.bind_contextvars(
+        tenant=principal.tenant, credential_id=principal.credential_id
+    )
 
 
 async def authenticate(
@@ -91,25 +141,14 @@ async def authenticate(
     _bearer: Annotated[Any, Depends(bearer_scheme)] = None,
     _api_key: Annotated[str | None, Depends(api_key_scheme)] = None,
 ) -> Principal:
-    """The caller, once per request (kept on ``request.state.principal``)."""
+    """The caller, once per request. ``AuthenticatedRoute`` found it before the body
+    was read (``request.state.principal``); on a route of another class, it is found
+    here."""
     known: Principal | None = getattr(request.state, "principal", None)
     if known is not None:
         return known
-    kind, credential = _presented(request)
-    try:
-        if kind == "api_key":
-            principal = await guards.keys.verify(credential)
-        else:
-            principal = verify_token(guards.auth, credential)
-    except InvalidCredential as exc:
-        log.info("authentication failed", credential=kind, reason=exc.reason)
-        raise Unauthorized(exc.reason) from None
-    request.state.principal = principal
-    # every later log line of this request (the access log included) says who it was;
-    # RequestContextMiddleware unbinds them when the request ends
-    structlog.contextvars.bind_contextvars(
-        tenant=principal.tenant, credential_id=principal.credential_id
-    )
+    principal = await authenticate_headers(guards, request.headers, client_address(request.scope))
+    remember(request.scope.setdefault("state", {}), principal)
     return principal
 
 

@@ -21,8 +21,8 @@ from embedstream.schemas.envelope import Envelope
 SOURCE = "embedstream.api"
 
 _TRACEPARENT = re.compile(
-    r"^(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<parent>[0-9a-f]{16})"
-    r"-(?P<flags>[0-9a-f]{2})(?P<rest>-.*)?$"
+    r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<parent>[0-9a-f]{16})"
+    r"-(?P<flags>[0-9a-f]{2})(?P<rest>-[\x21-\x7e]*)?"
 )
 
 
@@ -34,7 +34,7 @@ def valid_traceparent(value: str | None) -> str | None:
     if value is None:
         return None
     value = value.strip()
-    match = _TRACEPARENT.match(value)
+    match = _TRACEPARENT.fullmatch(value)
     if match is None or match["version"] == "ff":
         return None
     if match["version"] == "00" and match["rest"]:

@@ -63,8 +63,26 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+#: What the JSON parser's messages mean, in our words: a parser's text is never passed
+#: through (an unknown one reads "it is not valid JSON").
+_JSON_REASONS = {
+    "Expecting value": "a value is expected",
+    "Expecting property name enclosed in double quotes": (
+        "a property name in double quotes is expected"
+    ),
+    "Expecting ':' delimiter": "':' is expected",
+    "Expecting ',' delimiter": "',' is expected",
+    "Unterminated string starting at": "a string is not terminated",
+    "Invalid control character at": "a control character must be escaped",
+    "Invalid \\escape": "an escape sequence is invalid",
+    "Invalid \\uXXXX escape": "a \\u escape is invalid",
+    "Extra data": "something follows the JSON value",
+}
+
+
 def _json_error_message(error: Mapping[str, Any], document: Any) -> str:
-    reason = (error.get("ctx") or {}).get("error", "invalid JSON")
+    parser_says = str((error.get("ctx") or {}).get("error", ""))
+    reason = _JSON_REASONS.get(parser_says, "it is not valid JSON")
     position = error["loc"][-1] if len(error["loc"]) > 1 else None
     if isinstance(position, int) and isinstance(document, str):
         line = document.count("\n", 0, position) + 1
@@ -107,14 +125,21 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     return validation_failed(request, errors)
 
 
+def _undecodable_body(cause: BaseException | None) -> str:
+    """What was wrong with a body FastAPI could not decode, in our words (never the
+    Python exception's text)."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"malformed JSON body: it is not valid UTF-8 (byte {cause.start})"
+    return "malformed JSON body: it could not be decoded as JSON text"
+
+
 async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR:
         # FastAPI's answer to a body that json.loads refuses before parsing (not UTF-8)
-        cause = exc.__cause__
-        reason = f"{type(cause).__name__}: {cause}" if cause else "undecodable"
+        log.info("request body undecodable", error=repr(exc.__cause__))
         error = FieldError(
-            field="body", message=f"malformed JSON body: {reason}", type="json_invalid"
+            field="body", message=_undecodable_body(exc.__cause__), type="json_invalid"
         )
         return validation_failed(request, [error])
     detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
@@ -169,7 +194,8 @@ _DESCRIPTIONS = {
     413: "Request body larger than the configured limit",
     415: "The body is not JSON",
     422: "Validation failed: every problem with its field",
-    429: "The credential's rate limit is exhausted; retry after the Retry-After seconds",
+    429: "The credential's rate limit is exhausted, or too many failed authentication "
+    "attempts came from this client or for this API key; retry after the Retry-After seconds",
     500: "Unexpected error (logged with the request id)",
     503: "Redis or the credential store unavailable, or (writes) the pipeline is "
     "backlogged; retry after the Retry-After seconds",

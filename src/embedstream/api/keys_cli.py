@@ -95,6 +95,13 @@ def keys_list(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """List keys (ids, tenants, scopes, use and revocation; never secrets or hashes)."""
+    from embedstream.schemas.tenancy import InvalidTenant, check_tenant
+
+    if tenant is not None:
+        try:
+            check_tenant(tenant)
+        except InvalidTenant as exc:
+            raise _fail(f"--tenant: {exc}") from None
     settings = _settings()
     records = _with_store(settings, lambda store: store.list_keys(tenant))
     rows = [

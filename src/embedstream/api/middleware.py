@@ -25,7 +25,7 @@ from embedstream.schemas.api import ErrorResponse
 log = get_logger("embedstream.api.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+=@-]{0,127}$")
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=@-]{0,127}")
 _PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 PRINCIPAL_LOG_KEYS = ("tenant", "credential_id")
 
@@ -42,7 +42,8 @@ def request_id_of(scope: Scope) -> str:
 def choose_request_id(incoming: str | None) -> str:
     """The caller's X-Request-ID when it is sane (1-128 URL-safe characters), else a
     new one."""
-    if incoming and _SANE_REQUEST_ID.match(incoming):
+    # fullmatch: with match and '$', "abc\n" passed and went back out in a header
+    if incoming and _SANE_REQUEST_ID.fullmatch(incoming):
         return incoming
     return uuid.uuid4().hex
 

@@ -21,30 +21,42 @@ SCOPES: dict[str, str] = {
     ADMIN: "everything (implies every other scope)",
 }
 
-TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CredentialKind = Literal["api_key", "jwt"]
+
+
+#: RFC 6749 3.3: ``scope = scope-token *( SP scope-token )``, ``scope-token = 1*( %x21 /
+#: %x23-5B / %x5D-7E )``: printable ASCII but '"' and '\\', separated by single spaces.
+SCOPE_CLAIM = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
+_MAX_NAMED_UNKNOWN = 5
 
 
 class InvalidScope(ValueError):
     pass
 
 
-def check_tenant(tenant: str) -> str:
-    if not TENANT_PATTERN.match(tenant):
-        raise ValueError(
-            f"invalid tenant {tenant[:80]!r}: 1-64 characters of letters, digits, '.', '_' "
-            "or '-', starting with a letter or digit"
+def parse_scope_claim(claim: str) -> list[str]:
+    """The scope tokens of an OAuth2 ``scope`` string. Only single ASCII spaces separate
+    them: a tab, a newline, a no-break space, leading or trailing or doubled spaces make
+    the whole claim malformed (``InvalidScope``, which never repeats the claim)."""
+    if SCOPE_CLAIM.fullmatch(claim) is None:
+        raise InvalidScope(
+            "the scope claim is malformed: scope names are printable ASCII separated by "
+            "single spaces (RFC 6749 section 3.3)"
         )
-    return tenant
+    return claim.split(" ")
 
 
 def check_scopes(scopes: Iterable[str]) -> frozenset[str]:
     """The scopes as a set; unknown ones are refused, and at least one is required."""
     found = frozenset(scopes)
     if unknown := sorted(found - SCOPES.keys()):
-        raise InvalidScope(
-            f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(sorted(SCOPES))}"
+        named = ", ".join(name[:40] for name in unknown[:_MAX_NAMED_UNKNOWN])
+        more = (
+            f" and {len(unknown) - _MAX_NAMED_UNKNOWN} more"
+            if len(unknown) > _MAX_NAMED_UNKNOWN
+            else ""
         )
+        raise InvalidScope(f"unknown scope(s) {named}{more}; known: {', '.join(sorted(SCOPES))}")
     if not found:
         raise InvalidScope(f"at least one scope is required ({', '.join(sorted(SCOPES))})")
     return found

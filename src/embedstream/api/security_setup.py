@@ -11,7 +11,7 @@ from embedstream.api.apikeys import ApiKeyStore
 from embedstream.api.auth import Guards
 from embedstream.api.backpressure import Backpressure, IngestLagGauge
 from embedstream.api.keycache import ApiKeyVerifier
-from embedstream.api.ratelimit import CredentialRateLimiter
+from embedstream.api.ratelimit import CredentialRateLimiter, FailedAuthLimiter
 from embedstream.config import Settings, jwt_secret_problem
 
 KEY_LOOKUP_TIMEOUT_S = 5.0
@@ -62,4 +62,5 @@ def build_guards(settings: Settings, client: redis.Redis, pool: asyncpg.Pool) ->
             IngestLagGauge(client, names, ttl_s=settings.api.ingest_lag_cache_s),
             settings.api.max_ingest_lag,
         ),
+        failures=FailedAuthLimiter(client, names, settings.auth.auth_failure_limit),
     )

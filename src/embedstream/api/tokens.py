@@ -1,21 +1,24 @@
 """OAuth2 bearer JWTs (HS256): issuing them (for development) and verifying them.
 
 Claims: ``iss`` and ``aud`` (must match the settings), ``sub`` (who), ``tenant``,
-``scope`` (space-separated, RFC 8693), ``iat`` and ``exp`` (lifetime at most
-``jwt_max_ttl_s``), ``jti``; a small ``leeway`` absorbs clock skew."""
+``scope`` (scope names separated by single spaces, RFC 6749 3.3 / RFC 8693), ``iat`` and
+``exp`` (lifetime at most ``jwt_max_ttl_s``), ``jti``; a small ``leeway`` absorbs clock
+skew. Refusals state what is wrong without repeating the claim's text."""
 
 from __future__ import annotations
 
 import time
+import unicodedata
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
 import jwt
 
-from embedstream.api.credentials import InvalidCredential
-from embedstream.api.principal import InvalidScope, Principal, check_scopes, check_tenant
+from embedstream.api.credentials import FailureKind, InvalidCredential
+from embedstream.api.principal import InvalidScope, Principal, check_scopes, parse_scope_claim
 from embedstream.config import AuthSettings
+from embedstream.schemas.tenancy import TENANT_RULE, check_tenant, is_tenant
 
 ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "exp", "iat", "tenant", "scope")
@@ -56,26 +59,35 @@ def issue_token(
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
-    (jwt.ExpiredSignatureError, "the bearer token has expired"),
-    (jwt.ImmatureSignatureError, "the bearer token is not valid yet (iat/nbf in the future)"),
-    (jwt.InvalidSignatureError, "the bearer token's signature does not verify"),
-    (jwt.InvalidAlgorithmError, f"the bearer token must be signed with {ALGORITHM}"),
-    (jwt.DecodeError, "the bearer token is not a well-formed JWT"),
+_REASONS: tuple[tuple[type[jwt.PyJWTError], FailureKind, str], ...] = (
+    (jwt.ExpiredSignatureError, "expired", "the bearer token has expired"),
+    (
+        jwt.ImmatureSignatureError,
+        "expired",
+        "the bearer token is not valid yet (iat/nbf in the future)",
+    ),
+    (jwt.InvalidSignatureError, "invalid", "the bearer token's signature does not verify"),
+    (jwt.InvalidAlgorithmError, "invalid", f"the bearer token must be signed with {ALGORITHM}"),
+    (jwt.DecodeError, "malformed", "the bearer token is not a well-formed JWT"),
 )
 
 
-def _reason(exc: jwt.PyJWTError, settings: AuthSettings) -> str:
+def _refusal(exc: jwt.PyJWTError, settings: AuthSettings) -> InvalidCredential:
     if isinstance(exc, jwt.MissingRequiredClaimError):
-        return f"the bearer token lacks the {exc.claim!r} claim"
+        # the claim's name is one of REQUIRED_CLAIMS: ours, not the token's text
+        return InvalidCredential(f"the bearer token lacks the {exc.claim!r} claim")
     if isinstance(exc, jwt.InvalidAudienceError):
-        return f"the bearer token is for another audience (expected {settings.jwt_audience!r})"
+        return InvalidCredential(
+            f"the bearer token is for another audience (expected {settings.jwt_audience!r})"
+        )
     if isinstance(exc, jwt.InvalidIssuerError):
-        return f"the bearer token is from another issuer (expected {settings.jwt_issuer!r})"
-    for kind, reason in _REASONS:
-        if isinstance(exc, kind):
-            return reason
-    return f"the bearer token is invalid ({type(exc).__name__})"
+        return InvalidCredential(
+            f"the bearer token is from another issuer (expected {settings.jwt_issuer!r})"
+        )
+    for error_type, kind, reason in _REASONS:
+        if isinstance(exc, error_type):
+            return InvalidCredential(reason, kind=kind)
+    return InvalidCredential(f"the bearer token is invalid ({type(exc).__name__})")
 
 
 def verify_token(settings: AuthSettings, token: str) -> Principal:
@@ -84,7 +96,8 @@ def verify_token(settings: AuthSettings, token: str) -> Principal:
     if not secret:
         raise InvalidCredential(
             "bearer JWTs are not accepted by this server (no signing secret is configured); "
-            "use an API key"
+            "use an API key",
+            kind="not_accepted",
         )
     options: dict[str, Any] = {"require": list(REQUIRED_CLAIMS)}
     try:
@@ -98,16 +111,28 @@ def verify_token(settings: AuthSettings, token: str) -> Principal:
             options=options,  # type: ignore[arg-type]
         )
     except jwt.PyJWTError as exc:
-        raise InvalidCredential(_reason(exc, settings)) from None
+        raise _refusal(exc, settings) from None
     return _principal(settings, claims)
+
+
+def _valid_subject(subject: object) -> bool:
+    """1-256 characters, none of them a control, format or separator character other
+    than the plain space (it names the caller in logs and rate limits)."""
+    return (
+        isinstance(subject, str)
+        and 0 < len(subject) <= 256
+        and not any(unicodedata.category(char)[0] in "CZ" and char != " " for char in subject)
+    )
 
 
 def _principal(settings: AuthSettings, claims: dict[str, Any]) -> Principal:
     subject, tenant, scope = claims["sub"], claims["tenant"], claims["scope"]
-    if not isinstance(subject, str) or not subject or len(subject) > 256:
-        raise InvalidCredential("the bearer token's 'sub' claim must be a 1-256 character string")
-    if not isinstance(tenant, str):
-        raise InvalidCredential("the bearer token's 'tenant' claim must be a string")
+    if not _valid_subject(subject):
+        raise InvalidCredential(
+            "the bearer token's 'sub' claim must be 1-256 characters without control characters"
+        )
+    if not is_tenant(tenant):
+        raise InvalidCredential(f"the bearer token's 'tenant' claim is invalid: {TENANT_RULE}")
     if not isinstance(scope, str):
         raise InvalidCredential("the bearer token's 'scope' claim must be a space-separated string")
     lifetime = int(claims["exp"]) - int(claims["iat"])
@@ -117,10 +142,9 @@ def _principal(settings: AuthSettings, claims: dict[str, Any]) -> Principal:
             f"{settings.jwt_max_ttl_s} s"
         )
     try:
-        check_tenant(tenant)
-        scopes = check_scopes(scope.split())
-    except (ValueError, InvalidScope) as exc:
-        raise InvalidCredential(f"the bearer token's claims are invalid: {exc}") from None
+        scopes = check_scopes(parse_scope_claim(scope))
+    except InvalidScope as exc:
+        raise InvalidCredential(f"the bearer token's 'scope' claim is invalid: {exc}") from None
     return Principal(
         tenant=tenant,
         scopes=scopes,

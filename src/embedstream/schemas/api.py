@@ -8,7 +8,7 @@ checked by the route, so their errors can name the exact field.
 
 from __future__ import annotations
 
-import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -22,10 +22,17 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from embedstream.schemas.commands import MetadataValue
+from embedstream.schemas.storable import (
+    describe,
+    metadata_key_problem,
+    metadata_value_problem,
+    text_problem,
+)
 
 DOCUMENT_ID_MAX_CHARS = 512
-METADATA_KEY_MAX_CHARS = 256
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+#: A job id as the ingress makes them: a random (version 4) UUID, lowercase, with dashes.
+JOB_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 JobState = Literal["queued", "completed", "failed"]
 DocumentState = Literal["pending", "done", "failed"]
@@ -36,15 +43,18 @@ CommandKind = Literal["upsert", "delete"]
 # -- field checks ------------------------------------------------------------------------
 
 
-def _first_surrogate(value: str) -> int | None:
-    for position, char in enumerate(value):
-        if "\ud800" <= char <= "\udfff":
-            return position
-    return None
+def is_job_id(value: str) -> bool:
+    """Whether ``value`` is a job id of the ingress's making (the whole string)."""
+    return JOB_ID_PATTERN.fullmatch(value) is not None
+
+
+def _refuse(kind: str, message: str) -> PydanticCustomError:
+    # the message is context, not the template: braces in it are not format fields
+    return PydanticCustomError(kind, "{message}", {"message": message})
 
 
 def check_document_id(value: str) -> str:
-    """1-512 characters, no control characters, no ``|``, valid Unicode."""
+    """1-512 characters, no control characters (NUL included), no ``|``, valid Unicode."""
     for position, char in enumerate(value):
         if ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F:
             raise PydanticCustomError(
@@ -59,12 +69,8 @@ def check_document_id(value: str) -> str:
                 "document id must not contain '|' (found at position {position})",
                 {"position": position},
             )
-    if (surrogate := _first_surrogate(value)) is not None:
-        raise PydanticCustomError(
-            "document_id_surrogate",
-            "document id must be valid Unicode (lone surrogate at position {position})",
-            {"position": surrogate},
-        )
+    if (problem := text_problem(value)) is not None:
+        raise _refuse("document_id_surrogate", f"document id {problem}")
     return value
 
 
@@ -85,78 +91,27 @@ def _check_text(value: str) -> str:
         raise PydanticCustomError(
             "blank_text", "text must contain at least one non-whitespace character"
         )
-    if (position := value.find("\x00")) >= 0:
-        raise PydanticCustomError(
-            "text_nul_char",
-            "text must not contain NUL (U+0000) characters (found at position {position})",
-            {"position": position},
-        )
-    if (surrogate := _first_surrogate(value)) is not None:
-        raise PydanticCustomError(
-            "text_surrogate",
-            "text must be valid Unicode (lone surrogate at position {position})",
-            {"position": surrogate},
-        )
+    if (problem := text_problem(value)) is not None:
+        kind = "text_nul_char" if "NUL" in problem else "text_surrogate"
+        raise _refuse(kind, f"text {problem}")
     return value
 
 
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list):
-        return "array"
-    return type(value).__name__
-
-
-def _check_metadata_value(key: str, value: Any) -> MetadataValue:
-    if isinstance(value, bool | str):
-        if isinstance(value, str) and _first_surrogate(value) is not None:
-            raise PydanticCustomError(
-                "metadata_value", "metadata['{key}'] must be valid Unicode", {"key": key}
-            )
-        return value
-    if isinstance(value, int):
-        if not _INT64_MIN <= value <= _INT64_MAX:
-            raise PydanticCustomError(
-                "metadata_value",
-                "metadata['{key}'] is out of range: integers must fit in 64 bits",
-                {"key": key},
-            )
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise PydanticCustomError(
-                "metadata_value",
-                "metadata['{key}'] must be a finite number (got {value})",
-                {"key": key, "value": str(value)},
-            )
-        return value
-    raise PydanticCustomError(
-        "metadata_value",
-        "metadata['{key}'] must be a string, number or boolean (got {kind})",
-        {"key": key, "kind": _describe(value)},
-    )
-
-
 def _check_metadata(value: Any) -> dict[str, MetadataValue]:
+    """Everything both stores can hold (``embedstream.schemas.storable``), with one
+    precise error for the first problem."""
     if not isinstance(value, dict):
         raise PydanticCustomError(
             "metadata_type",
             "metadata must be an object of string keys to scalar values (got {kind})",
-            {"kind": _describe(value)},
+            {"kind": describe(value)},
         )
-    checked: dict[str, MetadataValue] = {}
-    for key, item in value.items():
-        if not key or len(key) > METADATA_KEY_MAX_CHARS or _first_surrogate(key) is not None:
-            raise PydanticCustomError(
-                "metadata_key",
-                "metadata keys must be 1-{limit} characters of valid Unicode (got '{key}')",
-                {"limit": METADATA_KEY_MAX_CHARS, "key": key[:80]},
-            )
-        checked[key] = _check_metadata_value(key, item)
-    return checked
+    for position, (key, item) in enumerate(value.items()):
+        if (problem := metadata_key_problem(key)) is not None:
+            raise _refuse("metadata_key", f"metadata key #{position + 1} {problem}")
+        if (problem := metadata_value_problem(item)) is not None:
+            raise _refuse("metadata_value", f"metadata[{key[:80]!r}] {problem}")
+    return value
 
 
 class _Request(BaseModel):
@@ -177,7 +132,9 @@ class DocumentIn(_Request):
     )
     metadata: dict[str, MetadataValue] = Field(
         default_factory=dict,
-        description="String keys to strings, numbers (64-bit integers, finite floats) or booleans.",
+        description="String keys (1-256 characters, not starting with '#', '$' or "
+        "'chroma:') to strings, numbers (64-bit integers, finite floats) or booleans; no "
+        "NUL characters anywhere.",
         examples=[{"source": "handbook", "page": 3}],
     )
 

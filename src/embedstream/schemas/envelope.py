@@ -21,7 +21,7 @@ from msgspec import Meta
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from embedstream.errors import PoisonMessage
-from embedstream.schemas.tenancy import TENANT_REGEX
+from embedstream.schemas.tenancy import TENANT_REGEX, TENANT_REGEX_PY, TENANT_RULE
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -54,7 +54,8 @@ class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     source: Annotated[str, Meta(min_length=1)]
     type: Annotated[str, Meta(min_length=1)]
     time: datetime
-    tenant: Annotated[str, Meta(pattern=TENANT_REGEX)]
+    # msgspec matches patterns with re.search: \A...\Z, since ^...$ would let "acme\n" in
+    tenant: Annotated[str, Meta(pattern=TENANT_REGEX_PY)]
     data: bytes = b""
     """The payload's JSON text (the ``data`` stream field; empty only while decoding ``ce``)."""
     specversion: Literal["1.0"] = "1.0"
@@ -157,7 +158,7 @@ class EnvelopeSchema(BaseModel):
     tenant: str = Field(
         pattern=TENANT_REGEX,
         description="the tenant that owns the document or job (CloudEvents extension); "
-        "1-64 characters of letters, digits, '.', '_' or '-'",
+        + TENANT_RULE,
     )
     datacontenttype: Literal["application/json"] = "application/json"
     traceparent: str | None = None

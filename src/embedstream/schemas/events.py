@@ -12,18 +12,21 @@ builds on (``base_version``)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from embedstream.errors import PoisonMessage
 from embedstream.schemas.commands import MetadataValue
 from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.storable import check_metadata, check_texts
 from embedstream.schemas.versions import VersionText, parse_version, version_text
 
 DOCUMENT_EMBEDDED = "document.embedded.v1"
 DOCUMENT_REMOVED = "document.removed.v1"
 JOB_COMPLETED = "job.completed.v1"
+#: PostgreSQL's bigint and integer: what the persist stage's columns hold.
+BIGINT_MAX, INTEGER_MAX = 2**63 - 1, 2**31 - 1
 JOB_FAILED = "job.failed.v1"
 DOCUMENT_DELETED = "document.deleted.v1"
 DOCUMENT_EMBEDDED_V2 = "document.embedded.v2"
@@ -37,7 +40,7 @@ class _Event(BaseModel):
 
 class EmbeddedChunk(_Event):
     id: str = Field(description="deterministic: {tenant}/{document_id}:{index}")
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, le=INTEGER_MAX)
     text: str
     vector: str = Field(description="base64 of little-endian float32, `dim` values")
 
@@ -47,13 +50,15 @@ class DocumentEmbedded(_Event):
 
     job_id: str
     document_id: str
-    version: int = Field(ge=0, description="monotonic per document: the ingest entry id")
+    version: int = Field(
+        ge=0, le=BIGINT_MAX, description="monotonic per document: the ingest entry id"
+    )
     content_hash: str
     model: str
-    dim: int = Field(gt=0)
+    dim: int = Field(gt=0, le=INTEGER_MAX)
     text: str
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
-    chunk_count: int = Field(ge=0)
+    chunk_count: int = Field(ge=0, le=INTEGER_MAX)
     reused: bool = Field(
         default=False,
         description="the text is unchanged since this document was last embedded: `chunks` "
@@ -61,13 +66,34 @@ class DocumentEmbedded(_Event):
     )
     chunks: list[EmbeddedChunk]
 
+    @model_validator(mode="after")
+    def _storable(self) -> Self:
+        """Refused alike by the index and the persist stage when either store would refuse
+        it (``embedstream.schemas.storable``), so neither stores it without the other."""
+        check_texts(
+            job_id=self.job_id,
+            document_id=self.document_id,
+            content_hash=self.content_hash,
+            model=self.model,
+            text=self.text,
+        )
+        check_metadata(self.metadata)
+        for chunk in self.chunks:
+            check_texts(chunk_id=chunk.id, chunk_text=chunk.text)
+        return self
+
 
 class DocumentRemoved(_Event):
     """A delete command forwarded, with its version, to the index and persist workers."""
 
     job_id: str
     document_id: str
-    version: int = Field(ge=0)
+    version: int = Field(ge=0, le=BIGINT_MAX)
+
+    @model_validator(mode="after")
+    def _storable(self) -> Self:
+        check_texts(job_id=self.job_id, document_id=self.document_id)
+        return self
 
 
 class DocumentFailure(_Event):
@@ -100,6 +126,14 @@ class DocumentDeleted(_Event):
 # -- v2: versions as exact text ----------------------------------------------------
 
 
+def _check_versions(*versions: str | None) -> None:
+    """Versions beyond what the stores hold (PostgreSQL's bigint) are refused, as v1's
+    ``le=BIGINT_MAX`` refuses them."""
+    for version in versions:
+        if version is not None and parse_version(version) > BIGINT_MAX:
+            raise ValueError(f"version {version} is beyond the versions stores hold")
+
+
 class DocumentEmbeddedV2(_Event):
     """``document.embedded.v1`` with exact version text, and the version a reuse builds on."""
 
@@ -108,10 +142,10 @@ class DocumentEmbeddedV2(_Event):
     version: VersionText
     content_hash: str
     model: str
-    dim: int = Field(gt=0)
+    dim: int = Field(gt=0, le=INTEGER_MAX)
     text: str
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
-    chunk_count: int = Field(ge=0)
+    chunk_count: int = Field(ge=0, le=INTEGER_MAX)
     reused: bool = Field(
         default=False,
         description="the text is unchanged since this document was last embedded: `chunks` "
@@ -124,6 +158,22 @@ class DocumentEmbeddedV2(_Event):
         "to embed the document again at `version` (document.reembed.v1)",
     )
     chunks: list[EmbeddedChunk]
+
+    @model_validator(mode="after")
+    def _storable(self) -> Self:
+        """What ``DocumentEmbedded`` refuses, refused here too."""
+        _check_versions(self.version, self.base_version)
+        check_texts(
+            job_id=self.job_id,
+            document_id=self.document_id,
+            content_hash=self.content_hash,
+            model=self.model,
+            text=self.text,
+        )
+        check_metadata(self.metadata)
+        for chunk in self.chunks:
+            check_texts(chunk_id=chunk.id, chunk_text=chunk.text)
+        return self
 
     @property
     def version_number(self) -> int:
@@ -148,6 +198,12 @@ class DocumentRemovedV2(_Event):
     job_id: str
     document_id: str
     version: VersionText
+
+    @model_validator(mode="after")
+    def _storable(self) -> Self:
+        _check_versions(self.version)
+        check_texts(job_id=self.job_id, document_id=self.document_id)
+        return self
 
     @property
     def version_number(self) -> int:

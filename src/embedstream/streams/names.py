@@ -43,6 +43,14 @@ class StreamNames:
     def pipeline_streams(self) -> tuple[str, ...]:
         return (self.ingest, self.embedded, self.results)
 
+    def stage_groups(self) -> tuple[tuple[str, str], ...]:
+        """(stream, group) of every pipeline stage: embed, index, persist."""
+        return (
+            (self.ingest, EMBEDDER_GROUP),
+            (self.embedded, INDEXER_GROUP),
+            (self.embedded, PERSISTER_GROUP),
+        )
+
 
 def as_text(value: object) -> str:
     """A value from a Redis reply as text (bytes decoded as UTF-8, bad bytes replaced)."""

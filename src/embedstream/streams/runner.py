@@ -29,6 +29,7 @@ from embedstream.config import ConsumerSettings
 from embedstream.errors import PermanentError, PoisonMessage
 from embedstream.logging import get_logger
 from embedstream.streams.consumer import Dead, Outcomes, RawEntry, StreamConsumer, split_outcomes
+from embedstream.streams.heartbeat import Heartbeat
 from embedstream.streams.messages import (
     Ack,
     DeadLetterOps,
@@ -48,6 +49,9 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError)
 
 class DeliveryLimitExceeded(PermanentError):
     """An entry was delivered ``max_deliveries`` times without an outcome."""
+
+    code = "retries_exhausted"
+    public_message = "the stage did not finish the document within its delivery limit"
 
 
 @dataclass
@@ -93,13 +97,16 @@ class StreamWorker(Generic[T]):
         dead_letter_ops: DeadLetterOps | None = None,
         settle_ops: SettleOps | None = None,
         retain: Mapping[str, int] | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         """``retain``: other streams this worker keeps bounded, each with its retention
         in ms: housekeeping trims their entries older than that which every group on the
         stream has acknowledged (``StreamConsumer.trim_acked``). ``settle_ops``: writes
         to run, by entry id, in the transaction that takes an entry off the pending list
-        (its ack or its dead letter)."""
+        (its ack or its dead letter). ``heartbeat``: where the loop marks its progress
+        (read by the liveness probe); one of its own by default."""
         self.settings = settings
+        self.heartbeat = heartbeat or Heartbeat()
         self.retain = dict(retain or {})
         self.dead_letter_ops = dead_letter_ops
         self.settle_ops = settle_ops
@@ -132,8 +139,11 @@ class StreamWorker(Generic[T]):
             await self._housekeep_once()
         self.log.info("consumer started", burst=burst)
         stopped = asyncio.ensure_future(stop.wait())
+        heartbeat = self.heartbeat
+        heartbeat.start(self.settings.max_in_flight)
         try:
             while not stop.is_set():
+                heartbeat.loop()
                 if len(in_flight) >= self.settings.max_in_flight:
                     # every slot busy: wait for a batch to end, or for stop (so the drain
                     # window starts now, not after the slowest batch)
@@ -150,6 +160,7 @@ class StreamWorker(Generic[T]):
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
         finally:
+            heartbeat.stop()
             stopped.cancel()
             await self._drain(in_flight)
             halt.set()
@@ -232,7 +243,9 @@ class StreamWorker(Generic[T]):
 
     async def _process_batch(self, entries: list[RawEntry]) -> None:
         """``_process``, logging what it could not handle: such entries stay pending and
-        are redelivered after the visibility timeout."""
+        are redelivered after the visibility timeout. The batch's progress is tracked
+        for the liveness probe while it runs."""
+        progress = self.heartbeat.batch_started()
         try:
             await self._process(entries)
         except Exception:
@@ -240,6 +253,8 @@ class StreamWorker(Generic[T]):
                 "batch failed; its entries will be redelivered",
                 messages=[entry_id for entry_id, _, _ in entries],
             )
+        finally:
+            self.heartbeat.batch_ended(progress)
 
     async def _process(self, entries: list[RawEntry]) -> None:
         self.stats.batches += 1

@@ -57,6 +57,7 @@ from embedstream.schemas.commands import (
 )
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import (
+    BIGINT_MAX,
     DOCUMENT_EMBEDDED,
     DOCUMENT_EMBEDDED_V2,
     DOCUMENT_REMOVED,
@@ -78,6 +79,7 @@ from embedstream.streams.messages import (
 )
 from embedstream.streams.names import EMBEDDER_GROUP, StreamNames, as_text, stream_id_to_version
 from embedstream.streams.runner import RunStats, StreamWorker
+from embedstream.workers.health import worker_health
 from embedstream.workers.reembed import reembed_aware_dead_letter_ops
 
 STAGE = "embed"
@@ -132,6 +134,16 @@ class StoredEmbedding:
             return cls(digest, int(version), int(count), profile)
         except ValueError:
             return None
+
+
+def _version_of(entry_id: str) -> int:
+    """The command's version (its ingest entry id as one integer); an entry id beyond what
+    the stores' versions hold (PostgreSQL's bigint) is poison, refused before either
+    store could disagree about it."""
+    version = stream_id_to_version(entry_id)
+    if version > BIGINT_MAX:
+        raise PoisonMessage(f"ingest entry id {entry_id} is beyond the versions stores hold")
+    return version
 
 
 @dataclass(frozen=True)
@@ -209,10 +221,10 @@ class EmbedHandler:
             try:
                 command = self._parse(message.body)
                 if isinstance(command, DocumentReembed):
-                    version = parse_version(command.version)
+                    version = parse_version(command.version)  # the model bounds it
                 else:
-                    version = stream_id_to_version(message.id)
-            except (PoisonMessage, ValueError) as exc:
+                    version = _version_of(message.id)
+            except PoisonMessage as exc:
                 outcomes[i] = DeadLetter(exc)
                 continue
             if isinstance(command, DocumentDelete):
@@ -458,16 +470,18 @@ async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -
     client = create_redis(settings.redis)
     embedder: Embedder | None = None
     try:
-        embedder = await load_embedder(settings.embed)
-        worker = build_embed_worker(
-            client,
-            settings.redis.names,
-            embedder,
-            settings.consumer,
-            settings.embed,
-            events=settings.events,
-        )
-        stats = await worker.run(stop, burst=burst)
+        async with worker_health(settings.health, STAGE, stop) as health:
+            embedder = await load_embedder(settings.embed)
+            worker = build_embed_worker(
+                client,
+                settings.redis.names,
+                embedder,
+                settings.consumer,
+                settings.embed,
+                events=settings.events,
+            )
+            health.watch(worker.heartbeat, {"redis": client.ping})
+            stats = await worker.run(stop, burst=burst)
         log.info(
             "embed worker stopped",
             model=embedder.name,

@@ -53,6 +53,7 @@ from embedstream.schemas.vectors import Vector, decode_vector
 from embedstream.streams.messages import Ack, Message, Outcome, Retry, outcome_for
 from embedstream.streams.names import INDEXER_GROUP, StreamNames
 from embedstream.streams.runner import RunStats, StreamWorker
+from embedstream.workers.health import worker_health
 from embedstream.workers.index_order import DocumentOrder, Lease, newer
 from embedstream.workers.reembed import ReembedRequests, Unapplied, decide
 
@@ -456,19 +457,22 @@ async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -
     client = create_redis(settings.redis)
     index = ChromaIndex(settings.chroma)
     try:
-        # an embedded folder has one writer: a second replica waits here as a standby
-        if not await index.acquire_writer(stop):
-            return RunStats()
-        try:
-            await index.open(stop)
-        except Exception:
-            if stop.is_set():  # stopped while waiting for a Chroma server
+        async with worker_health(settings.health, STAGE, stop) as health:
+            # an embedded folder has one writer: a second replica waits here as a standby
+            # (live, not ready)
+            if not await index.acquire_writer(stop):
                 return RunStats()
-            raise
-        worker = build_index_worker(
-            client, settings.redis.names, settings.consumer, index, events=settings.events
-        )
-        return await worker.run(stop, burst=burst)
+            try:
+                await index.open(stop)
+            except Exception:
+                if stop.is_set():  # stopped while waiting for a Chroma server
+                    return RunStats()
+                raise
+            worker = build_index_worker(
+                client, settings.redis.names, settings.consumer, index, events=settings.events
+            )
+            health.watch(worker.heartbeat, {"redis": client.ping, "chroma": index.heartbeat})
+            return await worker.run(stop, burst=burst)
     finally:
         await asyncio.to_thread(index.close)
         await client.aclose()

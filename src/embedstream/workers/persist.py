@@ -45,6 +45,7 @@ from embedstream.schemas.tenancy import chunk_id
 from embedstream.streams.messages import Ack, DeadLetter, Message, Outcome, Retry
 from embedstream.streams.names import PERSISTER_GROUP, StreamNames
 from embedstream.streams.runner import RunStats, StreamWorker
+from embedstream.workers.health import worker_health
 from embedstream.workers.reembed import ReembedRequests, Unapplied, decide
 
 STAGE: Final = "persist"
@@ -339,23 +340,28 @@ async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -
     has nothing left): connect, migrate, consume, close."""
     client = create_redis(settings.redis)
     try:
-        pool = await connect_pool(settings.postgres, stop)
-        if pool is None:
-            return RunStats()
-        try:
-            if not await _migrate(pool, settings.postgres.database_schema, stop):
+        async with worker_health(settings.health, STAGE, stop) as health:
+            pool = await connect_pool(settings.postgres, stop)
+            if pool is None:
                 return RunStats()
-            worker = build_persist_worker(
-                client,
-                pool,
-                settings.redis.names,
-                settings.consumer,
-                results_retention_s=settings.redis.results_retention_s,
-                events=settings.events,
-            )
-            return await worker.run(stop, burst=burst)
-        finally:
-            await _close_pool(pool)
+            try:
+                if not await _migrate(pool, settings.postgres.database_schema, stop):
+                    return RunStats()
+                worker = build_persist_worker(
+                    client,
+                    pool,
+                    settings.redis.names,
+                    settings.consumer,
+                    results_retention_s=settings.redis.results_retention_s,
+                    events=settings.events,
+                )
+                health.watch(
+                    worker.heartbeat,
+                    {"redis": client.ping, "postgres": lambda: pool.fetchval("SELECT 1")},
+                )
+                return await worker.run(stop, burst=burst)
+            finally:
+                await _close_pool(pool)
     finally:
         await client.aclose()
 

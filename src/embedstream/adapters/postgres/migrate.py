@@ -21,7 +21,7 @@ from embedstream.logging import get_logger
 
 log = get_logger("embedstream.postgres.migrate")
 
-MIGRATION_FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
+MIGRATION_FILE = re.compile(r"(?P<version>[0-9]{4})_(?P<name>[a-z0-9_]+)\.sql")
 LOCK_NAMESPACE = "embedstream.migrate:"
 
 
@@ -49,7 +49,7 @@ def available_migrations() -> list[Migration]:
     folder = resources.files("embedstream.adapters.postgres").joinpath("migrations")
     found: list[Migration] = []
     for item in folder.iterdir():
-        match = MIGRATION_FILE.match(item.name)
+        match = MIGRATION_FILE.fullmatch(item.name)
         if match:
             found.append(
                 Migration(int(match["version"]), match["name"], item.read_text(encoding="utf-8"))

@@ -15,6 +15,7 @@ from starlette.convertors import PathConvertor, register_url_convertor
 
 from embedstream.adapters.jobs import JobTracker, Submission
 from embedstream.api.auth import check_backpressure, require
+from embedstream.api.authentication import AuthenticatedRoute
 from embedstream.api.commands import build_delete, build_upsert
 from embedstream.api.deps import (
     ApiSettingsDep,
@@ -48,7 +49,7 @@ class DocumentIdConvertor(PathConvertor):
 
 
 register_url_convertor("document_id", DocumentIdConvertor())
-router = APIRouter(prefix="/v1/documents", tags=["documents"])
+router = APIRouter(prefix="/v1/documents", tags=["documents"], route_class=AuthenticatedRoute)
 
 # the same dependency as in each route's ``dependencies`` (solved once per request): the
 # caller, whose tenant owns the documents
@@ -84,6 +85,7 @@ PathDocumentId = Annotated[
 
 
 def new_job_id() -> str:
+    """A random UUID in its canonical text form (what ``is_job_id`` accepts)."""
     return str(uuid.uuid4())
 
 

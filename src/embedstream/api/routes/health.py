@@ -8,13 +8,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from embedstream.api.authentication import AuthenticatedRoute
 from embedstream.api.deps import RedisDep
 from embedstream.api.errors import RETRY_AFTER_S, error_response, error_responses
 from embedstream.logging import get_logger
 from embedstream.schemas.api import Health, Readiness
 
 log = get_logger(__name__)
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=AuthenticatedRoute)
 
 READY_TIMEOUT_S = 2.0
 

@@ -9,13 +9,14 @@ from fastapi import APIRouter, HTTPException
 
 from embedstream.adapters.jobs import DocumentStatus, JobStatus
 from embedstream.api.auth import require
+from embedstream.api.authentication import AuthenticatedRoute
 from embedstream.api.deps import TrackerDep
 from embedstream.api.errors import AUTH_ERRORS, error_responses
 from embedstream.api.principal import JOBS_READ, Principal
-from embedstream.schemas.api import JobOut
+from embedstream.schemas.api import JobOut, is_job_id
 from embedstream.streams.names import stream_id_to_version
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=AuthenticatedRoute)
 
 
 def in_submission_order(items: Iterable[DocumentStatus]) -> list[DocumentStatus]:
@@ -62,11 +63,13 @@ async def get_job(
 ) -> JobOut:
     """The job's state (queued, completed, failed) and, per document, its state and the
     state of each stage (embed, index, persist). Jobs are kept for 7 days. Needs the
-    scope ``jobs:read``; another tenant's job is answered like an unknown one (404)."""
-    status = await tracker.status(job_id, tenant=principal.tenant)
+    scope ``jobs:read``; another tenant's job, and anything that is not a job id (the
+    `job_id` of a 202: a UUID), is answered like an unknown job (404)."""
+    # only a job id ever names a Redis key: anything else is unknown before any lookup
+    status = await tracker.status(job_id, tenant=principal.tenant) if is_job_id(job_id) else None
     if status is None:
         raise HTTPException(
             status_code=404,
-            detail=f"job {job_id!r} not found (unknown, or older than the 7-day retention)",
+            detail="job not found (unknown, another tenant's, or older than the 7-day retention)",
         )
     return job_out(status)
