@@ -532,7 +532,7 @@ async def test_a_dead_lettered_reembed_request_fails_the_stage_that_asked(
     request = DocumentReembed(
         job_id=job_id,
         document_id="doc",
-        version=version_text(stream_id_to_version("9999999999999-0")),
+        version=version_text(stream_id_to_version("8000000000000-0")),
         text=" \n ",
         requested_by="index",
     )
