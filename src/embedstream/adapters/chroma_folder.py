@@ -7,8 +7,9 @@ open the same folder:
   between processes (``table collections already exists``, ``database is locked``) and
   crash all but one of them;
 - two processes *writing* one folder lose vectors: each keeps its own HNSW index in
-  memory and persists it over the other's (measured here: two writers of 1,000 vectors
-  each left 50 of the 2,000 unfindable by a query, while ``count()`` said 2,000).
+  memory and persists it over the other's (``python -m bench.chroma_writers``: two
+  concurrent writers of 1,000 vectors each left 9-50 of the 2,000 unfindable by a query,
+  while ``count()`` said 2,000; the same writers one after the other, none).
 
 So every process opens the folder under a short **open lock** (``.embedstream-open.lock``
 in the folder), retrying what is still transient, and a process that writes holds the
