@@ -14,9 +14,10 @@ from embedstream.adapters.jobs import JobTracker
 from embedstream.adapters.redis_client import create_redis
 from embedstream.api.authentication import AuthenticatedRoute
 from embedstream.api.commands import SOURCE
+from embedstream.api.console import mount_console
 from embedstream.api.errors import install_error_handlers
 from embedstream.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from embedstream.api.routes import documents, health, jobs
+from embedstream.api.routes import admin, admin_dead_letters, documents, health, jobs
 from embedstream.api.security_setup import build_guards, check_production, create_key_pool
 from embedstream.config import Settings
 from embedstream.logging import get_logger
@@ -47,9 +48,10 @@ embed, index and persist stages. It talks to Redis, and to PostgreSQL for API ke
 Every operation but the probes needs a credential: `Authorization: Bearer <JWT>` (an
 HS256 OAuth2 access token) or an API key (`X-API-Key: es_...` or `Authorization: Bearer
 es_...`). Scopes: `documents:write` (POST/DELETE documents), `jobs:read` (job status),
-`admin` (everything). 401 means no valid credential, 403 a missing scope, 429 the
-credential's rate limit or too many failed authentication attempts (see `Retry-After`);
-writes answer 503 while the pipeline is backlogged. The credential is checked before the
+`admin` (everything within the credential's tenant, the admin endpoints included),
+`operator` (the admin endpoints across every tenant). 401 means no valid credential,
+403 a missing scope, 429 the credential's rate limit or too many failed authentication
+attempts (see `Retry-After`); writes answer 503 while the pipeline is backlogged. The credential is checked before the
 request body is read.
 
 Every error answers `{"error", "request_id"}` (validation: `{"detail", "errors",
@@ -111,6 +113,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(documents.router)
     app.include_router(jobs.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
+    app.include_router(admin_dead_letters.router)
+    console = settings.api.console if settings.api.console is not None else not production
+    if console:
+        mount_console(app)
     # Added last runs first: the request context wraps everything, the 413 included.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.api.max_body_bytes)
     if settings.api.cors_origins:

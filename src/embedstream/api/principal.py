@@ -14,12 +14,17 @@ from typing import Literal
 DOCUMENTS_WRITE = "documents:write"
 JOBS_READ = "jobs:read"
 ADMIN = "admin"
+OPERATOR = "operator"
 #: Every scope a credential may carry, with what it allows.
 SCOPES: dict[str, str] = {
     DOCUMENTS_WRITE: "create, replace and delete documents",
     JOBS_READ: "read the status of jobs",
-    ADMIN: "everything (implies every other scope)",
+    ADMIN: "everything within the credential's tenant (implies every scope but operator)",
+    OPERATOR: "the admin endpoints across every tenant: stream status, every tenant's dead "
+    "letters and jobs (implies no other scope)",
 }
+#: Scopes ``admin`` does not imply: they reach beyond the credential's tenant.
+CROSS_TENANT_SCOPES = frozenset({OPERATOR})
 
 CredentialKind = Literal["api_key", "jwt"]
 
@@ -76,7 +81,11 @@ class Principal:
     subject: str
 
     def has_scope(self, scope: str) -> bool:
-        return scope in self.scopes or ADMIN in self.scopes
+        """``admin`` grants every scope of the credential's own tenant, never a
+        cross-tenant one (``operator``)."""
+        if scope in self.scopes:
+            return True
+        return ADMIN in self.scopes and scope not in CROSS_TENANT_SCOPES
 
     def missing(self, required: Iterable[str]) -> list[str]:
         return sorted(s for s in required if not self.has_scope(s))

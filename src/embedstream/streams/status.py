@@ -29,6 +29,9 @@ class GroupView:
     last_delivered_id: str
     dead_letters: int
     consumers: list[ConsumerView] = field(default_factory=list)
+    #: entries delivered to the group so far (Redis 7 ``entries-read``; None when Redis
+    #: cannot tell): its growth is the group's read rate
+    entries_read: int | None = None
 
 
 @dataclass
@@ -45,6 +48,8 @@ class StatusReport:
     streams: list[StreamView]
     dead_letter_stream: str
     dead_letters_total: int
+    #: when it was read (epoch ms, Redis' clock): rates are differences between readings
+    time_ms: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,14 +68,24 @@ async def collect_status(client: redis.Redis, names: StreamNames) -> StatusRepor
             streams.append(stream)
     dlq_counts_raw: dict[Any, Any] = await client.hgetall(names.dlq_counts)
     dlq_counts = {as_text(k): int(v) for k, v in dlq_counts_raw.items()}
-    now_ms = int(time.time() * 1000)
+    now_ms = await server_time_ms(client)
     views = [await _stream_view(client, stream, dlq_counts, now_ms) for stream in streams]
     return StatusReport(
         prefix=names.prefix,
         streams=views,
         dead_letter_stream=names.dlq,
         dead_letters_total=int(await client.xlen(names.dlq)),
+        time_ms=now_ms,
     )
+
+
+async def server_time_ms(client: redis.Redis) -> int:
+    """Redis' clock (entry ids are its timestamps, so ages are measured against it)."""
+    try:
+        seconds, micros = await client.time()
+    except ResponseError:  # TIME renamed or disabled: this host's clock
+        return int(time.time() * 1000)
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 async def _stream_view(
@@ -93,6 +108,7 @@ async def _stream_view(
             oldest_age = _id_age_ms(as_text(summary["min"]), now_ms)
         consumers: list[dict[str, Any]] = await client.xinfo_consumers(stream, name)
         lag = info.get("lag")
+        entries_read = info.get("entries-read")
         view.groups.append(
             GroupView(
                 name=name,
@@ -107,6 +123,7 @@ async def _stream_view(
                     )
                     for c in consumers
                 ],
+                entries_read=None if entries_read is None else int(entries_read),
             )
         )
     return view
