@@ -51,8 +51,8 @@ es_...`). Scopes: `documents:write` (POST/DELETE documents), `jobs:read` (job st
 `admin` (everything within the credential's tenant, the admin endpoints included),
 `operator` (the admin endpoints across every tenant). 401 means no valid credential,
 403 a missing scope, 429 the credential's rate limit or too many failed authentication
-attempts (see `Retry-After`); writes answer 503 while the pipeline is backlogged. The credential is checked before the
-request body is read.
+attempts (see `Retry-After`); writes answer 503 while the pipeline is backlogged. The
+credential is checked before the request body is read.
 
 Every error answers `{"error", "request_id"}` (validation: `{"detail", "errors",
 "request_id"}`); send `X-Request-ID` to choose the request id, `Idempotency-Key` to make
