@@ -144,6 +144,16 @@ class DeadLetterFilterIn(BaseModel):
     )
 
 
+class DeadLetterListQuery(DeadLetterFilterIn):
+    """The query of ``GET /v1/admin/dead-letters``: the filter, and the page."""
+
+    cursor: EntryId | None = Field(default=None, description="`next_cursor` of the last page")
+    limit: int = Field(default=50, ge=1, le=500, description="entries per page")
+    order: Literal["newest", "oldest"] = Field(
+        default="newest", description="newest first (default) or oldest first"
+    )
+
+
 class DeadLetterSelection(BaseModel):
     """`ids`, or `filter` (every matching entry, oldest first, at most 10,000 a call);
     `dry_run` changes nothing and answers what would be done, with `through_id`: pass it

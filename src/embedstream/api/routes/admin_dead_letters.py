@@ -5,7 +5,7 @@ selection or a filter's result (with a dry run). Who sees what:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +20,7 @@ from embedstream.schemas.admin_api import (
     ActionOut,
     DeadLetterDetail,
     DeadLetterFilterIn,
+    DeadLetterListQuery,
     DeadLetterPage,
     DeadLetterSelection,
     DeadLetterSummary,
@@ -125,23 +126,21 @@ async def list_dead_letters(
     client: RedisDep,
     settings: SettingsDep,
     viewer: ViewerDep,
-    filters: Annotated[DeadLetterFilterIn, Query()],
-    cursor: Annotated[
-        EntryId | None, Query(description="`next_cursor` of the previous page")
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=500, description="entries per page")] = 50,
-    order: Annotated[
-        Literal["newest", "oldest"], Query(description="newest first (default) or oldest")
-    ] = "newest",
+    query: Annotated[DeadLetterListQuery, Query()],
 ) -> DeadLetterPage:
     """Dead letters that match every filter given, a page at a time. Needs `admin` (the
     credential's tenant's entries only) or `operator` (every entry, those whose tenant
     cannot be read too). A page looks at no more than 20,000 entries: a sparse filter
     may answer fewer items than `limit` with a `next_cursor` to go on."""
     names = settings.redis.names
-    filt = to_filter(filters, viewer, ("query",))
+    filt = to_filter(query, viewer, ("query",))
     page = await find_dead_letters(
-        client, names, filt, limit=limit, cursor=cursor, newest_first=order == "newest"
+        client,
+        names,
+        filt,
+        limit=query.limit,
+        cursor=query.cursor,
+        newest_first=query.order == "newest",
     )
     return DeadLetterPage(
         items=[summary(letter) for letter in page.items],

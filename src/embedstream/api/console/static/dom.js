@@ -1,4 +1,5 @@
-// Building the page without innerHTML: every value from the API goes in as text.
+// Building the page from elements and text nodes: every value from the API goes in as
+// text, never parsed as HTML.
 
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
