@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import redis.asyncio as redis
 
+from embedstream.adapters.inflight import InFlight
+from embedstream.adapters.jobs import JobTracker
 from embedstream.api.commands import build_upsert
 from embedstream.config import ConsumerSettings
 from embedstream.errors import PermanentError
@@ -46,16 +48,32 @@ async def dead_letter_all(
     *,
     error: str = "cannot use this one",
     stage: str = "embed",
+    bookkeeping: bool = False,
 ) -> list[str]:
     """Run a worker of the embedder group that refuses everything on the ingest stream
-    (poison is dead-lettered by the runtime itself); the new dead letters' ids."""
+    (poison is dead-lettered by the runtime itself); the new dead letters' ids. With
+    ``bookkeeping``, as the embed worker does: each document's job is marked failed at
+    the stage and its command settled in flight, in the dead letter's transaction."""
     before = {entry_id for entry_id, _ in await client.xrange(names.dlq)}
 
     async def refuse(messages: Sequence[Message[object]]) -> Sequence[Outcome]:
         return [DeadLetter(PermanentError(error)) for _ in messages]
 
+    extra: dict[str, object] = {}
+    if bookkeeping:
+        extra = {
+            "dead_letter_ops": JobTracker(client, names).dead_letter_ops(stage),
+            "settle_ops": InFlight(client, names).settle_ops,
+        }
     worker: StreamWorker[object] = StreamWorker(
-        client, names, names.ingest, EMBEDDER_GROUP, refuse, settings, stage=stage
+        client,
+        names,
+        names.ingest,
+        EMBEDDER_GROUP,
+        refuse,
+        settings,
+        stage=stage,
+        **extra,  # type: ignore[arg-type]
     )
     await asyncio.wait_for(worker.run(burst=True), 30)
     return [

@@ -29,8 +29,9 @@ class GroupView:
     last_delivered_id: str
     dead_letters: int
     consumers: list[ConsumerView] = field(default_factory=list)
-    #: entries delivered to the group so far (Redis 7 ``entries-read``; None when Redis
-    #: cannot tell): its growth is the group's read rate
+    #: entries delivered to the group so far (Redis 7 ``entries-read``, or the stream's
+    #: entries added minus the lag where Redis no longer counts them, after deletions;
+    #: None when neither is known): its growth is the group's read rate
     entries_read: int | None = None
 
 
@@ -88,6 +89,16 @@ async def server_time_ms(client: redis.Redis) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
+async def _entries_added(client: redis.Redis, stream: str) -> int | None:
+    """Entries ever added to the stream (Redis 7 ``XINFO STREAM``'s ``entries-added``)."""
+    try:
+        info: dict[str, Any] = await client.xinfo_stream(stream)
+    except ResponseError:
+        return None
+    added = info.get("entries-added")
+    return None if added is None else int(added)
+
+
 async def _stream_view(
     client: redis.Redis, stream: str, dlq_counts: dict[str, int], now_ms: int
 ) -> StreamView:
@@ -95,6 +106,7 @@ async def _stream_view(
     if not exists:
         return StreamView(stream=stream, length=0, exists=False)
     view = StreamView(stream=stream, length=int(await client.xlen(stream)), exists=True)
+    added = await _entries_added(client, stream)
     try:
         groups: list[dict[str, Any]] = await client.xinfo_groups(stream)
     except ResponseError:
@@ -109,6 +121,8 @@ async def _stream_view(
         consumers: list[dict[str, Any]] = await client.xinfo_consumers(stream, name)
         lag = info.get("lag")
         entries_read = info.get("entries-read")
+        if entries_read is None and lag is not None and added is not None:
+            entries_read = added - int(lag)
         view.groups.append(
             GroupView(
                 name=name,

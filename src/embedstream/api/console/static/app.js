@@ -1,6 +1,6 @@
 // The console's shell: sign in, navigation (hash routes), one view at a time.
 import { ApiError, get, session } from "./api.js";
-import { banner, clear, field, h } from "./dom.js";
+import { append, banner, clear, field, h } from "./dom.js";
 import { mountDeadLetters } from "./views/dead_letters.js";
 import { mountDocuments } from "./views/documents.js";
 import { mountJobs } from "./views/jobs.js";
@@ -68,7 +68,7 @@ function showSignIn(message) {
     session.signIn(input.value);
     await start();
   });
-  clear(main).append(form);
+  append(clear(main), form);
   input.focus();
 }
 

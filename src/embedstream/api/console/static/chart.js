@@ -10,7 +10,9 @@ function svg(tag, attrs = {}, text) {
 }
 
 function line(values, width, height, top) {
-  const max = Math.max(1, ...values.filter((v) => v !== null));
+  const known = values.filter((v) => v !== null);
+  const peak = known.length ? Math.max(...known) : 0;
+  const max = Math.max(1, peak);
   const step = values.length > 1 ? width / (values.length - 1) : width;
   const points = [];
   values.forEach((value, i) => {
@@ -18,7 +20,7 @@ function line(values, width, height, top) {
     const y = top + height - (value / max) * height;
     points.push(`${(i * step).toFixed(1)},${y.toFixed(1)}`);
   });
-  return { points: points.join(" "), max };
+  return { points: points.join(" "), peak };
 }
 
 // samples: [{t (ms), lag (number|null), rate (per second|null)}], oldest first
@@ -41,6 +43,6 @@ export function groupChart(samples, { width = 260, height = 56, label = "" } = {
   if (rate.points) root.append(svg("polyline", { class: "rate", points: rate.points }));
   const span = samples.length > 1 ? Math.round((samples[samples.length - 1].t - samples[0].t) / 1000) : 0;
   root.append(svg("text", { x: 0, y: height - 2 }, `${span}s`));
-  root.append(svg("text", { x: width, y: height - 2, "text-anchor": "end" }, `max lag ${lag.max} · max ${rate.max.toFixed(1)}/s`));
+  root.append(svg("text", { x: width, y: height - 2, "text-anchor": "end" }, `max lag ${lag.peak} · max ${rate.peak.toFixed(1)}/s`));
   return root;
 }

@@ -2,7 +2,7 @@
 // purge of one, of a selection or of every entry a filter matches (after a dry run and a
 // confirmation), and the replayed entries followed until their groups are done.
 import { get, post } from "../api.js";
-import { banner, clear, confirmDialog, field, h, pill, when } from "../dom.js";
+import { append, banner, clear, confirmDialog, field, h, pill, when } from "../dom.js";
 
 const FILTERS = ["stage", "type", "grep", "since", "job_id", "document_id", "tenant"];
 const PAGE = 50;
@@ -91,7 +91,7 @@ export function mountDeadLetters(container, { arg, params, me, go }) {
   }
 
   function say(kind, ...children) {
-    clear(messages).append(banner(kind, ...children));
+    append(clear(messages), banner(kind, ...children));
   }
 
   // -- list ------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ export function mountDeadLetters(container, { arg, params, me, go }) {
     try {
       page = await get("v1/admin/dead-letters", { ...filter, cursor, limit: PAGE });
     } catch (error) {
-      clear(list).append(banner("error", `Could not list dead letters: ${error.message}`));
+      append(clear(list), banner("error", `Could not list dead letters: ${error.message}`));
       return;
     }
     if (stopped) return;
@@ -136,7 +136,7 @@ export function mountDeadLetters(container, { arg, params, me, go }) {
       h("td", { class: "num" }, item.attempts ?? "?"),
       h("td", { class: "truncate error-text" }, item.error));
     });
-    clear(list).append(
+    append(clear(list), 
       h("div", { class: "muted" },
         `${items.length} shown (${describeFilter(filter)}); ${page.total} in the dead-letter stream`),
       items.length
@@ -158,7 +158,7 @@ export function mountDeadLetters(container, { arg, params, me, go }) {
     try {
       letter = await get(`v1/admin/dead-letters/${encodeURIComponent(id)}`);
     } catch (error) {
-      clear(detail).append(banner("error", error.message));
+      append(clear(detail), banner("error", error.message));
       return;
     }
     if (stopped) return;
@@ -171,7 +171,7 @@ export function mountDeadLetters(container, { arg, params, me, go }) {
     const jobLink = letter.job_id
       ? h("a", { href: `#/jobs/${encodeURIComponent(letter.job_id)}` }, letter.job_id)
       : "-";
-    clear(detail).append(
+    append(clear(detail), 
       h("h2", {}, "Dead letter"),
       h("dl", { class: "grid2", id: "dlq-fields" },
         rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", { class: "mono" }, v ?? "-")]),
@@ -233,7 +233,7 @@ export function mountDeadLetters(container, { arg, params, me, go }) {
       missing ? ` (${missing} no longer there)` : "", ".");
     if (action === "replay") track(result.results.filter((r) => r.outcome === "replayed"));
     if (arg && result.results.some((r) => r.id === arg && r.outcome !== "missing")) {
-      clear(detail).append(h("p", { class: "muted" }, `${arg} is no longer a dead letter.`));
+      append(clear(detail), h("p", { class: "muted" }, `${arg} is no longer a dead letter.`));
     }
     await load();
   }
@@ -252,7 +252,7 @@ export function mountDeadLetters(container, { arg, params, me, go }) {
         return h("tr", { dataset: { replayed: r.new_id } },
           h("td", { class: "mono" }, r.id), h("td", { class: "mono" }, `${r.stream} ${r.new_id}`), groups, state);
       })));
-    clear(tracker).append(h("div", { class: "panel" }, h("h2", {}, "Replayed entries"), table,
+    append(clear(tracker), h("div", { class: "panel" }, h("h2", {}, "Replayed entries"), table,
       replayed.length > shown.length ? h("p", { class: "muted" }, `and ${replayed.length - shown.length} more`) : null));
     const poll = async () => {
       let open = 0;
@@ -260,15 +260,15 @@ export function mountDeadLetters(container, { arg, params, me, go }) {
         if (row.state.dataset.state === "processed" || row.state.dataset.state === "dead-lettered") continue;
         try {
           const entry = await get(`v1/admin/streams/${encodeURIComponent(row.result.stream)}/entries/${encodeURIComponent(newId)}`);
-          clear(row.groups).append(entry.groups.map((g) => h("span", {}, `${g.group}: `, pill(g.state), " ")));
+          append(clear(row.groups), entry.groups.map((g) => h("span", {}, `${g.group}: `, pill(g.state), " ")));
           let state = "pending";
           if (entry.dead_letters.length) state = "dead-lettered";
           else if (entry.groups.length && entry.groups.every((g) => g.state === "done")) state = "processed";
           row.state.dataset.state = state;
-          clear(row.state).append(pill(state, state === "processed" ? "done" : state === "dead-lettered" ? "failed" : "pending"));
+          append(clear(row.state), pill(state, state === "processed" ? "done" : state === "dead-lettered" ? "failed" : "pending"));
           if (state === "pending") open += 1;
         } catch (error) {
-          clear(row.groups).append(h("span", { class: "error-text" }, error.message));
+          append(clear(row.groups), h("span", { class: "error-text" }, error.message));
           open += 1;
         }
       }

@@ -1,6 +1,6 @@
 // A document by id: what PostgreSQL, the system of record, holds for it (GET /v1/documents/{id}).
 import { ApiError, get } from "../api.js";
-import { banner, clear, h, pill, when } from "../dom.js";
+import { append, banner, clear, h, pill, when } from "../dom.js";
 import { lookupForm } from "./lookup.js";
 
 export function mountDocuments(container, { arg, me, go }) {
@@ -20,7 +20,7 @@ export function mountDocuments(container, { arg, me, go }) {
     } catch (error) {
       const hint = error instanceof ApiError && error.status === 405
         ? " (this API has no document reads: it predates GET /v1/documents/{id})" : "";
-      clear(result).append(banner("error", `${error.message}${hint}`));
+      append(clear(result), banner("error", `${error.message}${hint}`));
       return;
     }
     if (stopped) return;
@@ -28,7 +28,7 @@ export function mountDocuments(container, { arg, me, go }) {
       ["id", doc.id], ["version", doc.version], ["updated", when(doc.updated_at)],
       ["chunks", doc.chunk_count], ["model", doc.model || "-"], ["content hash", doc.content_hash || "-"],
     ];
-    clear(result).append(h("div", { class: "panel" },
+    append(clear(result), h("div", { class: "panel" },
       h("dl", { class: "grid2", id: "document-fields" },
         h("dt", {}, "state"), h("dd", { id: "document-state" }, pill(doc.state)),
         rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", { class: "mono" }, v)])),

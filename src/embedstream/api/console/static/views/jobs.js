@@ -1,6 +1,6 @@
 // A job by id: its state and, per document, each stage's state and the failure if any.
 import { get } from "../api.js";
-import { banner, clear, h, pill, when } from "../dom.js";
+import { append, banner, clear, h, pill, when } from "../dom.js";
 import { lookupForm } from "./lookup.js";
 
 const STAGES = ["embed", "index", "persist"];
@@ -20,14 +20,14 @@ export function mountJobs(container, { arg, me, go }) {
     try {
       job = await get(`v1/admin/jobs/${encodeURIComponent(id)}`);
     } catch (error) {
-      clear(result).append(banner("error", error.message));
+      append(clear(result), banner("error", error.message));
       return;
     }
     if (stopped) return;
     const failedLink = job.failed
       ? h("a", { href: `#/dead-letters?job_id=${encodeURIComponent(job.job_id)}` }, "its dead letters")
       : null;
-    clear(result).append(h("div", { class: "panel" },
+    append(clear(result), h("div", { class: "panel" },
       h("dl", { class: "grid2", id: "job-fields" },
         h("dt", {}, "job"), h("dd", { class: "mono" }, job.job_id),
         h("dt", {}, "state"), h("dd", { id: "job-state" }, pill(job.state)),

@@ -1,6 +1,6 @@
 // Search the credential's tenant's chunks (POST /v1/search).
 import { ApiError, post } from "../api.js";
-import { banner, clear, field, h } from "../dom.js";
+import { append, banner, clear, field, h } from "../dom.js";
 
 export function mountSearch(container, { params, me, go }) {
   const query = h("input", { id: "search-query", class: "wide", value: params.get("q") || "", placeholder: "what to look for" });
@@ -22,18 +22,18 @@ export function mountSearch(container, { params, me, go }) {
   async function run() {
     const q = params.get("q");
     if (!q) return;
-    clear(results).append(h("p", { class: "muted" }, "Searching…"));
+    append(clear(results), h("p", { class: "muted" }, "Searching…"));
     let found;
     try {
       found = await post("v1/search", { query: q, mode: params.get("mode") || "vector", limit: Number(params.get("limit") || 10) });
     } catch (error) {
       const hint = error instanceof ApiError && (error.status === 404 || error.status === 405)
         ? " (this API has no search endpoint)" : "";
-      clear(results).append(banner("error", `${error.message}${hint}`));
+      append(clear(results), banner("error", `${error.message}${hint}`));
       return;
     }
     if (stopped) return;
-    clear(results).append(h("div", { class: "panel" },
+    append(clear(results), h("div", { class: "panel" },
       found.results.length
         ? h("table", { id: "search-table" },
           h("thead", {}, h("tr", {}, ["document", "chunk", "score", "text"].map((t) => h("th", {}, t)))),

@@ -1,7 +1,7 @@
 // Streams and consumer groups, refreshed live, with a lag and read-rate chart per group.
 import { get } from "../api.js";
 import { groupChart } from "../chart.js";
-import { age, banner, clear, h } from "../dom.js";
+import { age, append, banner, clear, h } from "../dom.js";
 
 const MAX_SAMPLES = 90;
 // history survives switching views (not reloads): group key -> samples
@@ -64,7 +64,7 @@ function table(report) {
     "table",
     { id: "streams-table" },
     h("thead", {}, h("tr", {},
-      ["stream", "length", "group", "lag", "pending", "oldest pending", "read rate", "dead-lettered", "consumers (idle)", ""]
+      ["stream", "length", "group", "lag", "pending", "oldest pending", "finished/s", "dead-lettered", "consumers (idle)", ""]
         .map((title, i) => h("th", { class: [1, 3, 4, 5, 6, 7].includes(i) ? "num" : "" }, title)))),
     h("tbody", {}, rows),
   );
@@ -98,7 +98,7 @@ export function mountStreams(container, { params, go }) {
       }
       const dead = h("a", { href: "#/dead-letters", onclick: (e) => { e.preventDefault(); go("dead-letters"); } },
         `${report.dead_letters_total} dead letter${report.dead_letters_total === 1 ? "" : "s"}`);
-      clear(body).append(
+      append(clear(body), 
         h("div", { class: "toolbar" },
           h("span", { class: "muted" }, `prefix ${report.prefix} · read at ${new Date(report.time_ms).toISOString()} · `),
           dead, h("span", { class: "muted" }, ` in ${report.dead_letter_stream}`)),
@@ -106,7 +106,7 @@ export function mountStreams(container, { params, go }) {
       );
     } catch (error) {
       if (stopped) return;
-      clear(status).append(banner("error", `Could not read the status: ${error.message}`));
+      append(clear(status), banner("error", `Could not read the status: ${error.message}`));
     }
     if (!stopped) timer = setTimeout(refresh, every * 1000);
   }
