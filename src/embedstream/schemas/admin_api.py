@@ -6,14 +6,28 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
 from embedstream.schemas.api import JobOut
-from embedstream.streams.dlq_query import ENTRY_ID_PATTERN, MAX_FILTER_TEXT, WHEN_HELP
+from embedstream.streams.dlq_query import (
+    ENTRY_ID_PATTERN,
+    MAX_FILTER_TEXT,
+    WHEN_HELP,
+    is_entry_id,
+)
+
+
+def _check_entry_id(value: str) -> str:
+    if not is_entry_id(value):
+        raise PydanticCustomError("entry_id", "each part of an entry id is at most 2**64 - 1")
+    return value
+
 
 EntryId = Annotated[
     str,
     StringConstraints(pattern=ENTRY_ID_PATTERN, max_length=41),
+    AfterValidator(_check_entry_id),
     Field(description="a stream entry id (`<ms>-<seq>`)", examples=["1733050000000-0"]),
 ]
 FilterText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_FILTER_TEXT)]

@@ -47,8 +47,19 @@ class InvalidWhen(ValueError):
     """A time bound that is neither a duration nor an ISO 8601 time."""
 
 
+MAX_ID_PART = 2**64 - 1
+
+
 def is_entry_id(value: object) -> bool:
-    return isinstance(value, str) and _ENTRY_ID.fullmatch(value) is not None
+    """A stream entry id Redis accepts: ``<ms>-<seq>``, each part an unsigned 64-bit
+    integer."""
+    if not isinstance(value, str) or _ENTRY_ID.fullmatch(value) is None:
+        return False
+    ms, _, seq = value.partition("-")
+    return int(ms) <= MAX_ID_PART and int(seq) <= MAX_ID_PART
+
+
+_LAST = (MAX_ID_PART, MAX_ID_PART)
 
 
 def entry_key(entry_id: str) -> tuple[int, int]:
@@ -61,16 +72,16 @@ def parse_when(value: str, *, now: datetime | None = None) -> int:
     """A time bound as epoch milliseconds: ``2h`` is two hours before ``now``; an ISO
     8601 time is that time (UTC when it names no zone). ``InvalidWhen`` otherwise."""
     now = now or datetime.now(UTC)
-    if match := _DURATION.fullmatch(value):
-        seconds = int(match.group(1)) * _UNITS[match.group(2).lower()]
-        return int((now - timedelta(seconds=seconds)).timestamp() * 1000)
     try:
+        if match := _DURATION.fullmatch(value):
+            seconds = int(match.group(1)) * _UNITS[match.group(2).lower()]
+            return int((now - timedelta(seconds=seconds)).timestamp() * 1000)
         when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return int(when.timestamp() * 1000)
+    except (ValueError, OverflowError):  # not a time, or one no clock reaches
         raise InvalidWhen(f"not a time: use {WHEN_HELP}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
 
 
 @dataclass(frozen=True)
@@ -217,11 +228,22 @@ class DeadLetterFilter:
 
     @property
     def lower_id(self) -> str:
-        return "-" if self.since_ms is None else f"{max(0, self.since_ms)}-0"
+        return "-" if self.since_ms is None else f"{min(max(0, self.since_ms), MAX_ID_PART)}-0"
 
     @property
     def upper_id(self) -> str:
-        return "+" if self.until_ms is None else f"({max(0, self.until_ms)}-0"
+        return "+" if self.until_ms is None else f"({min(self.until_ms, MAX_ID_PART)}-0"
+
+    @property
+    def empty_range(self) -> bool:
+        """Nothing can match: before the first possible id, or an empty interval."""
+        if self.until_ms is not None and self.until_ms <= 0:
+            return True
+        return (
+            self.since_ms is not None
+            and self.until_ms is not None
+            and (self.since_ms >= self.until_ms)
+        )
 
     def describe(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -282,6 +304,10 @@ async def _entries(
 ) -> AsyncIterator[tuple[str, DeadLetter]]:
     """Every entry within the filter's time bounds, after the cursor ``after``."""
     low, high = filt.lower_id, filt.upper_id
+    if filt.empty_range or (
+        after is not None and entry_key(after) == ((0, 0) if newest_first else _LAST)
+    ):
+        return  # an exclusive bound past the first or the last id Redis can hold
     if after is not None:
         if newest_first:
             high = f"({after}"

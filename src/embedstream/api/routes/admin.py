@@ -29,6 +29,7 @@ from embedstream.schemas.admin_api import (
 from embedstream.schemas.api import is_job_id
 from embedstream.streams.dlq_query import read_dead_letters
 from embedstream.streams.entry_state import entry_state
+from embedstream.streams.names import as_text
 from embedstream.streams.status import StatusReport, collect_status
 from embedstream.streams.status_checks import HealthBounds, check_status, live_consumers
 
@@ -149,7 +150,16 @@ async def get_entry(
     still answers. A stream of this deployment only; an existing entry of another
     tenant is a 404."""
     names = settings.redis.names
-    if not stream.startswith(f"{names.prefix}:") or stream == names.dlq:
+    kind = as_text(await client.type(stream))
+    if (
+        not stream.startswith(f"{names.prefix}:")
+        or stream == names.dlq
+        or kind
+        not in (
+            "stream",
+            "none",
+        )
+    ):
         raise HTTPException(status_code=404, detail="not a stream of this deployment")
     state = await entry_state(client, names, stream, entry_id)
     if state.exists and not viewer.may_see(state.tenant):
