@@ -249,3 +249,47 @@ def test_console_operator_purges_a_filters_result_after_confirming(
     expect(page.locator("#dlq-messages .banner.ok")).to_contain_text("Purged 3 dead letters")
     expect(page.locator("#dlq-list")).to_contain_text("No dead letters match.")
     assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_console_search_and_document_lookup(stack: Stack, browser: sync_api.Browser) -> None:
+    """The search box and the document lookup, on the search and read API (issue 14):
+    skipped where this API has none."""
+    start_chroma_server = getattr(stack, "start_chroma_server", None)
+    if start_chroma_server is None:
+        pytest.skip("this tree has no search API (POST /v1/search, GET /v1/documents/{id})")
+    start_chroma_server()  # the API searches an index served by a Chroma server
+    stack.start("api", "api")
+    stack.start_worker("embed", "embed-0")
+    stack.start_worker("index", "index-0")
+    stack.start_worker("persist", "persist-0")
+    stack.wait_ready()
+    paths = httpx.get(f"{stack.url}/openapi.json").json()["paths"]
+    if "/v1/search" not in paths:
+        pytest.skip("this API has no POST /v1/search")
+    job = post(
+        stack,
+        [
+            {"id": "guide/streams.md", "text": "Consumer groups share a stream between workers."},
+            {"id": "guide/rare.md", "text": "The part number ZX-4411-QUASAR is on the label."},
+            {"id": "guide/cats.md", "text": "Cats sleep most of the day in the sun."},
+        ],
+    )
+    wait_for_job(stack, job, "completed")
+
+    page = open_console(browser, stack)
+    sign_in(page, stack.api_key)
+    expect(page.locator("#who")).to_contain_text("admin of tenant bench")
+    page.goto(f"{stack.url}/console/#/search")
+    page.fill("#search-query", "ZX-4411-QUASAR")
+    page.select_option("#search-mode", "hybrid")
+    page.click("#search-form button[type=submit]")
+    first = page.locator("#search-table tbody tr").first
+    expect(first).to_have_attribute("data-document", "guide/rare.md")
+    expect(first).to_contain_text("ZX-4411-QUASAR")
+    shot(page, "08-search")
+
+    first.locator("a").click()  # the document it came from
+    expect(page.locator("#document-state")).to_have_text("live")
+    expect(page.locator("#document-text")).to_contain_text("ZX-4411-QUASAR")
+    shot(page, "09-document")
+    assert page.errors == []  # type: ignore[attr-defined]
