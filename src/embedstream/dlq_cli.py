@@ -24,6 +24,7 @@ from embedstream.streams.dlq_query import (
     is_entry_id,
     parse_when,
 )
+from embedstream.streams.names import StreamNames
 
 dlq_app = typer.Typer(
     help="Find, replay and purge dead letters (the entries workers gave up on).",
@@ -69,10 +70,10 @@ def _run(body: Callable[[Any], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
-def _names() -> Any:
+def _names() -> StreamNames:
     from embedstream.cli import cli_settings
 
-    return cli_settings().redis.names
+    return StreamNames(cli_settings().redis.stream_prefix)
 
 
 def build_filter(

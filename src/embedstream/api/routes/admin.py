@@ -29,7 +29,7 @@ from embedstream.schemas.admin_api import (
 from embedstream.schemas.api import is_job_id
 from embedstream.streams.dlq_query import read_dead_letters
 from embedstream.streams.entry_state import entry_state
-from embedstream.streams.names import as_text
+from embedstream.streams.names import StreamNames, as_text
 from embedstream.streams.status import StatusReport, collect_status
 from embedstream.streams.status_checks import HealthBounds, check_status, live_consumers
 
@@ -106,7 +106,7 @@ async def get_status(client: RedisDep, settings: SettingsDep, viewer: ViewerDep)
     read, dead letters, consumers with their idle time; and the groups that have work
     waiting and no live consumer (none seen within the visibility timeout). Counts and
     consumer names only, no tenant's data: `admin` and `operator` see the same."""
-    report = await collect_status(client, settings.redis.names)
+    report = await collect_status(client, StreamNames(settings.redis.stream_prefix))
     bounds = HealthBounds(consumer_idle_ms=settings.consumer.visibility_timeout_ms)
     return status_out(report, bounds)
 
@@ -149,7 +149,7 @@ async def get_entry(
     The entry may be gone (consumed entries are trimmed): its position in each group
     still answers. A stream of this deployment only; an existing entry of another
     tenant is a 404."""
-    names = settings.redis.names
+    names = StreamNames(settings.redis.stream_prefix)
     kind = as_text(await client.type(stream))
     if (
         not stream.startswith(f"{names.prefix}:")
