@@ -60,13 +60,24 @@ def _id_age_ms(entry_id: str, now_ms: int) -> int:
     return max(0, now_ms - int(entry_id.partition("-")[0]))
 
 
-async def collect_status(client: redis.Redis, names: StreamNames) -> StatusReport:
-    """Read the state of every embedstream stream under ``names.prefix``."""
+async def discover_streams(client: redis.Redis, names: StreamNames) -> list[str]:
+    """The pipeline's streams, then any other stream under ``names.prefix`` but the
+    dead-letter stream (a SCAN of the keyspace: every key under the prefix is looked at)."""
     streams = list(names.pipeline_streams())
     async for key in client.scan_iter(match=f"{names.prefix}:*", _type="stream", count=500):
         stream = as_text(key)
         if stream not in streams and stream != names.dlq:
             streams.append(stream)
+    return streams
+
+
+async def collect_status(
+    client: redis.Redis, names: StreamNames, streams: list[str] | None = None
+) -> StatusReport:
+    """Read the state of ``streams`` (by default every embedstream stream under
+    ``names.prefix``, found with ``discover_streams``)."""
+    if streams is None:
+        streams = await discover_streams(client, names)
     dlq_counts_raw: dict[Any, Any] = await client.hgetall(names.dlq_counts)
     dlq_counts = {as_text(k): int(v) for k, v in dlq_counts_raw.items()}
     now_ms = await server_time_ms(client)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+import redis.asyncio as redis
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 
 from embedstream.api.admin_access import ViewerDep
 from embedstream.api.authentication import AuthenticatedRoute
@@ -30,7 +31,8 @@ from embedstream.schemas.api import is_job_id
 from embedstream.streams.dlq_query import read_dead_letters
 from embedstream.streams.entry_state import entry_state
 from embedstream.streams.names import StreamNames, as_text
-from embedstream.streams.status import StatusReport, collect_status
+from embedstream.streams.status import StatusReport
+from embedstream.streams.status_cache import StatusCache
 from embedstream.streams.status_checks import HealthBounds, check_status, live_consumers
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=AuthenticatedRoute)
@@ -77,6 +79,15 @@ def status_out(report: StatusReport, bounds: HealthBounds) -> StatusOut:
     )
 
 
+def status_cache(request: Request, client: redis.Redis, settings: Settings) -> StatusCache:
+    """The process's ``StatusCache`` (made on first use, kept on ``app.state``)."""
+    cache: StatusCache | None = getattr(request.app.state, "status_cache", None)
+    if cache is None:
+        names = StreamNames(settings.redis.stream_prefix)
+        cache = request.app.state.status_cache = StatusCache(client, names)
+    return cache
+
+
 @router.get(
     "/session",
     response_model=SessionOut,
@@ -101,12 +112,15 @@ async def get_session(viewer: ViewerDep) -> SessionOut:
     responses=error_responses(*AUTH_ERRORS, 503),
     summary="Streams and consumer groups",
 )
-async def get_status(client: RedisDep, settings: SettingsDep, viewer: ViewerDep) -> StatusOut:
+async def get_status(
+    request: Request, client: RedisDep, settings: SettingsDep, viewer: ViewerDep
+) -> StatusOut:
     """Per stream: length; per consumer group: lag, pending, oldest pending age, entries
     read, dead letters, consumers with their idle time; and the groups that have work
     waiting and no live consumer (none seen within the visibility timeout). Counts and
-    consumer names only, no tenant's data: `admin` and `operator` see the same."""
-    report = await collect_status(client, StreamNames(settings.redis.stream_prefix))
+    consumer names only, no tenant's data: `admin` and `operator` see the same. A reading
+    is shared by the process's callers for a second; new streams appear within 30 s."""
+    report = await status_cache(request, client, settings).read()
     bounds = HealthBounds(consumer_idle_ms=settings.consumer.visibility_timeout_ms)
     return status_out(report, bounds)
 
