@@ -5,6 +5,7 @@ and probes)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Annotated, Any
 
@@ -94,7 +95,8 @@ def status(
     ] = None,
 ) -> None:
     """Per stream and group: length, lag, pending, oldest pending age, consumers, DLQ.
-    Exit code 3 (with --check or a --fail-over-* bound) when a group is unhealthy."""
+    Exit code 3 (with --check or a --fail-over-* bound) when a group is unhealthy. With
+    --watch and --json, one reading per line (JSON Lines)."""
     from embedstream.adapters.redis_client import create_redis
     from embedstream.cli import cli_settings, console
 
@@ -118,7 +120,9 @@ def status(
     while True:
         report = asyncio.run(read())
         problems = check_status(report, bounds)
-        if as_json:
+        if as_json and watch > 0:  # one reading per line (JSON Lines)
+            print(json.dumps(status_dict(report, problems)), flush=True)
+        elif as_json:
             print_json(status_dict(report, problems))
         else:
             print_status(report, problems, console)
