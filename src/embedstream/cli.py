@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from embedstream.api.keys_cli import keys_app, token_app
+from embedstream.api.security.cli import keys_app, token_app
 from embedstream.config import Settings
 from embedstream.contracts.cli import schemas_app
 from embedstream.logging import configure_logging

@@ -26,13 +26,13 @@ from typing import Any
 import redis.asyncio as redis
 from pact import Verifier
 
-from embedstream.adapters.chroma import ChromaIndex
+from embedstream.adapters.chroma.index import ChromaIndex
 from embedstream.adapters.embedder import Embedder
-from embedstream.adapters.jobs import JobTracker, Submission
 from embedstream.api.commands import build_delete, build_upsert
 from embedstream.config import ChromaSettings, ConsumerSettings
 from embedstream.contracts.codec import fields_to_body
 from embedstream.errors import PoisonMessage
+from embedstream.jobs.tracker import JobTracker, Submission
 from embedstream.schemas.api import DocumentIn
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import DOCUMENT_EMBEDDED_V2, DocumentEmbeddedV2, EmbeddedChunk

@@ -13,9 +13,9 @@ from typing import Any
 import redis.asyncio as redis
 
 from embedstream.adapters.embedder import Embedder
-from embedstream.adapters.jobs import JobTracker
 from embedstream.contracts.catalog import EMBED_WORKER, INGRESS, REEMBED
 from embedstream.contracts.codec import STREAM_METADATA, body_to_fields
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.commands import DOCUMENT_REEMBED, DOCUMENT_UPSERT, DocumentReembed
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import (

@@ -11,10 +11,10 @@ import asyncio
 import json
 from typing import cast
 
-from embedstream.adapters.chroma import ChromaIndex
-from embedstream.adapters.jobs import JobTracker
+from embedstream.adapters.chroma.index import ChromaIndex
 from embedstream.contracts.catalog import EMBED_WORKER, INDEX_WORKER, PERSIST_WORKER
 from embedstream.contracts.codec import STREAM_METADATA, body_to_fields
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import DocumentEmbeddedV2, DocumentRemovedV2
 from embedstream.streams.messages import decode_envelope

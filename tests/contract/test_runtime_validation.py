@@ -20,15 +20,15 @@ import redis.asyncio as redis
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
-from embedstream.adapters.chroma import ChromaIndex
+from embedstream.adapters.chroma.index import ChromaIndex
 from embedstream.adapters.embedder import Embedder
-from embedstream.adapters.jobs import JobTracker
 from embedstream.api.commands import build_delete, build_upsert
 from embedstream.config import ConsumerSettings
 from embedstream.contracts.catalog import message_type
 from embedstream.contracts.codec import body_to_fields, fields_to_body
 from embedstream.contracts.json_schemas import schema_file
 from embedstream.errors import PoisonMessage
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.api import DocumentIn
 from embedstream.schemas.commands import DOCUMENT_UPSERT
 from embedstream.schemas.envelope import Envelope, attributes_of

@@ -16,8 +16,8 @@ import pytest
 from embedstream.adapters.postgres import create_pool
 from embedstream.adapters.postgres.migrate import migrate
 from embedstream.adapters.postgres.pool import quote_ident
-from embedstream.api.apikeys import ApiKeyRecord, ApiKeyStore
 from embedstream.api.app import create_app
+from embedstream.api.security.apikeys import ApiKeyRecord, ApiKeyStore
 from embedstream.config import PostgresSettings, Settings
 
 PG_DSN = os.environ.get(

@@ -16,10 +16,10 @@ import pytest
 import redis.asyncio as redis
 from structlog.testing import capture_logs
 
-from embedstream.adapters.jobs import JobTracker
 from embedstream.api.app import create_app
 from embedstream.api.commands import SOURCE
 from embedstream.config import ApiSettings, RedisSettings, Settings
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.commands import DocumentDelete, DocumentUpsert
 from embedstream.schemas.envelope import Envelope
 from embedstream.streams.names import StreamNames

@@ -13,8 +13,8 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
-from embedstream.adapters.jobs import JobTracker
 from embedstream.errors import PermanentError, PoisonMessage
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import JobFailed
 from embedstream.streams.names import StreamNames

@@ -20,9 +20,9 @@ import structlog
 from structlog.testing import LogCapture
 from typer.testing import CliRunner
 
-from embedstream.api.apikeys import ApiKeyStore
-from embedstream.api.auth import PrincipalDep
-from embedstream.api.tokens import issue_token
+from embedstream.api.security.apikeys import ApiKeyStore
+from embedstream.api.security.guards import PrincipalDep
+from embedstream.api.security.tokens import issue_token
 from embedstream.cli import app as cli_app
 from embedstream.config import AuthSettings, PostgresSettings, RedisSettings, Settings
 from embedstream.logging import configure_logging
@@ -375,7 +375,7 @@ def test_keys_cli_creates_lists_and_revokes(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("EMBEDSTREAM_DATABASE_URL", PG_DSN)
     monkeypatch.setenv("EMBEDSTREAM_DATABASE_SCHEMA", schema)
     # structlog would keep writing to the first invocation's (then closed) stderr
-    monkeypatch.setattr("embedstream.api.keys_cli.configure_logging", lambda *a, **k: None)
+    monkeypatch.setattr("embedstream.api.security.cli.configure_logging", lambda *a, **k: None)
     runner = CliRunner()
     try:
         created = runner.invoke(
@@ -423,7 +423,7 @@ def test_keys_cli_creates_lists_and_revokes(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_token_cli_issues_a_verifiable_jwt(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMBEDSTREAM_JWT_SECRET", JWT_SECRET)
-    monkeypatch.setattr("embedstream.api.keys_cli.configure_logging", lambda *a, **k: None)
+    monkeypatch.setattr("embedstream.api.security.cli.configure_logging", lambda *a, **k: None)
     result = CliRunner().invoke(
         cli_app,
         ["token", "issue", "--tenant", "acme", "--scope", "jobs:read", "--ttl", "900"],

@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from embedstream.adapters.chroma import ChromaIndex
-from embedstream.adapters.chroma_folder import WriterLock
+from embedstream.adapters.chroma.folder import WriterLock
+from embedstream.adapters.chroma.index import ChromaIndex
 from embedstream.config import ChromaSettings, PostgresSettings, Settings
 from embedstream.reindex import reindex
 from embedstream.streams.names import StreamNames
@@ -34,7 +34,7 @@ HOLD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from embedstream.adapters.chroma_folder import WriterLock
+    from embedstream.adapters.chroma.folder import WriterLock
     lock = WriterLock(Path(sys.argv[1]))
     assert lock.try_acquire()
     print("held", flush=True)

@@ -13,9 +13,9 @@ import pytest
 import redis.asyncio as redis
 
 from embedstream.adapters.embedder import PACKAGED_MODEL_NAME, Embedder
-from embedstream.adapters.jobs import JobStatus, JobTracker, Submission
 from embedstream.config import ConsumerSettings, EmbedSettings, Settings
 from embedstream.errors import PoisonMessage
+from embedstream.jobs.tracker import JobStatus, JobTracker, Submission
 from embedstream.schemas.commands import (
     DOCUMENT_DELETE,
     DOCUMENT_REEMBED,

@@ -29,10 +29,12 @@ from chromadb.config import Settings as ChromaClientSettings
 from redis.exceptions import ResponseError
 from structlog.testing import capture_logs
 
-from embedstream.adapters import chroma as chroma_adapter
-from embedstream.adapters.chroma import ChromaIndex, DocumentWrite
-from embedstream.adapters.jobs import JobTracker, Submission
+from embedstream.adapters.chroma import chunks as chroma_chunks
+from embedstream.adapters.chroma import collection as chroma_collection
+from embedstream.adapters.chroma.index import ChromaIndex
+from embedstream.adapters.chroma.writes import DocumentWrite
 from embedstream.config import ChromaSettings, ConsumerSettings, Settings
+from embedstream.jobs.tracker import JobTracker, Submission
 from embedstream.schemas.commands import (
     DOCUMENT_DELETE,
     DOCUMENT_REEMBED,
@@ -52,6 +54,7 @@ from embedstream.schemas.events import (
     DocumentRemoved,
     EmbeddedChunk,
 )
+from embedstream.schemas.tenancy import chunk_id
 from embedstream.schemas.vectors import decode_vector, encode_vector
 from embedstream.schemas.versions import version_text
 from embedstream.streams.names import INDEXER_GROUP, StreamNames
@@ -713,7 +716,7 @@ async def test_query_by_embedding_finds_the_document_by_cosine(
     metadatas = reply["metadatas"]
     assert metadatas is not None
     assert [m["document_id"] for m in metadatas[0]] == ["doc-5", "doc-2"]
-    assert chroma_adapter.SPACE == "cosine"
+    assert chroma_collection.SPACE == "cosine"
     config: Any = index.collection.configuration
     assert config["hnsw"]["space"] == "cosine"
 
@@ -813,16 +816,16 @@ async def test_run_against_a_chroma_server(
 
 def test_adapter_functions_rebuild_a_collection(tmp_path: Path) -> None:
     """What `embedstream reindex` uses: upsert_chunks and delete_documents, synchronously."""
-    client = chroma_adapter.create_client(
+    client = chroma_collection.create_client(
         ChromaSettings(chroma_path=tmp_path / "c", chroma_url=None)
     )
-    collection = chroma_adapter.open_collection(client, "rebuild")
-    chroma_adapter.bind_model(client, "rebuild", MODEL, DIM)
+    collection = chroma_collection.open_collection(client, "rebuild")
+    chroma_collection.bind_model(client, "rebuild", MODEL, DIM)
     chunks = [
-        chroma_adapter.ChunkRecord(
-            id=chroma_adapter.chunk_id(tenant, doc, n),
+        chroma_chunks.ChunkRecord(
+            id=chunk_id(tenant, doc, n),
             embedding=unit(rng.standard_normal(DIM)),
-            metadata=chroma_adapter.chunk_metadata(
+            metadata=chroma_chunks.chunk_metadata(
                 {},
                 tenant=tenant,
                 document_id=doc,
@@ -836,16 +839,16 @@ def test_adapter_functions_rebuild_a_collection(tmp_path: Path) -> None:
         for doc in ("a", "b")
         for n in range(3)
     ]
-    assert chroma_adapter.upsert_chunks(collection, chunks, batch_size=4) == 12
-    assert chroma_adapter.delete_documents(collection, "t1", ["a", "missing"]) == 3
+    assert chroma_chunks.upsert_chunks(collection, chunks, batch_size=4) == 12
+    assert chroma_chunks.delete_documents(collection, "t1", ["a", "missing"]) == 3
     assert sorted(collection.get()["ids"]) == [
         "t1/b:0",
         "t1/b:1",
         "t1/b:2",
         *(f"t2/{doc}:{n}" for doc in "ab" for n in range(3)),
     ]
-    with pytest.raises(chroma_adapter.ModelMismatch, match="other"):
-        chroma_adapter.bind_model(client, "rebuild", "other", DIM)
+    with pytest.raises(chroma_collection.ModelMismatch, match="other"):
+        chroma_collection.bind_model(client, "rebuild", "other", DIM)
 
 
 async def test_tenants_index_the_same_document_id_apart(

@@ -17,10 +17,10 @@ import pytest
 import redis.asyncio as redis
 from structlog.testing import capture_logs
 
-from embedstream.adapters.jobs import JobTracker, Submission
 from embedstream.adapters.postgres import DocumentStore, DocumentWrite, WriteResult
 from embedstream.adapters.postgres import create_pool as create_pg_pool
 from embedstream.config import ConsumerSettings, PostgresSettings, RedisSettings, Settings
+from embedstream.jobs.tracker import JobTracker, Submission
 from embedstream.schemas.commands import DocumentDelete, DocumentReembed, DocumentUpsert
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import (

@@ -15,7 +15,7 @@ import asyncpg
 import numpy as np
 import pytest
 
-from embedstream.adapters import chroma as chroma_adapter
+from embedstream.adapters.chroma import collection as chroma_collection
 from embedstream.adapters.postgres import (
     ChunkRow,
     DocumentStore,
@@ -403,7 +403,7 @@ async def test_reindex_refuses_mixed_models_before_dropping_anything(
     """int8 vectors next to fp32 ones in PostgreSQL (an operator switched backends
     midway): rebuilding one collection from them would mix models, so reindex refuses
     and leaves the existing collection alone."""
-    from embedstream.adapters.chroma import ChromaIndex
+    from embedstream.adapters.chroma.index import ChromaIndex
     from embedstream.config import ChromaSettings, RedisSettings, Settings
     from embedstream.reindex import MixedModels, reindex
     from tests.conftest import REDIS_URL
@@ -427,6 +427,6 @@ async def test_reindex_refuses_mixed_models_before_dropping_anything(
     index = ChromaIndex(settings.chroma)
     try:
         await index.open()
-        assert chroma_adapter.recorded_model(index.collection) == ("m", DIM)  # not dropped
+        assert chroma_collection.recorded_model(index.collection) == ("m", DIM)  # not dropped
     finally:
         index.close()

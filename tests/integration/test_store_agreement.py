@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import redis.asyncio as redis
 
-from embedstream.adapters.chroma import ChromaIndex
-from embedstream.adapters.jobs import JobTracker, Submission
+from embedstream.adapters.chroma.index import ChromaIndex
 from embedstream.config import ChromaSettings, ConsumerSettings
+from embedstream.jobs.tracker import JobTracker, Submission
 from embedstream.schemas.commands import DOCUMENT_UPSERT, DocumentUpsert
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import DOCUMENT_EMBEDDED, DocumentEmbedded, EmbeddedChunk

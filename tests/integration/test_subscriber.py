@@ -17,9 +17,9 @@ import redis.asyncio as redis
 from examples.downstream.service import build_subscriber
 from structlog.testing import capture_logs
 
-from embedstream.adapters.jobs import JobTracker
 from embedstream.config import ConsumerSettings
 from embedstream.errors import PermanentError, PoisonMessage
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.envelope import Envelope, attributes_of
 from embedstream.schemas.events import DocumentDeletedV2, DocumentEmbedded, JobCompleted, JobFailed
 from embedstream.streams.names import StreamNames

@@ -10,15 +10,15 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import embedstream
-from embedstream.adapters.jobs import JobTracker
 from embedstream.adapters.redis_client import create_redis
-from embedstream.api.authentication import AuthenticatedRoute
 from embedstream.api.commands import SOURCE
 from embedstream.api.errors import install_error_handlers
 from embedstream.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from embedstream.api.routes import documents, health, jobs
-from embedstream.api.security_setup import build_guards, check_production, create_key_pool
+from embedstream.api.security.route import AuthenticatedRoute
+from embedstream.api.security.setup import build_guards, check_production, create_key_pool
 from embedstream.config import Settings
+from embedstream.jobs.tracker import JobTracker
 from embedstream.logging import get_logger
 
 log = get_logger(__name__)

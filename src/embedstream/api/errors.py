@@ -21,9 +21,9 @@ from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 
-from embedstream.adapters.jobs import IdempotencyConflict
-from embedstream.api.credentials import CredentialStoreUnavailable
 from embedstream.api.middleware import request_id_of
+from embedstream.api.security.credentials import CredentialStoreUnavailable
+from embedstream.jobs.tracker import IdempotencyConflict
 from embedstream.logging import get_logger
 from embedstream.schemas.api import ErrorResponse, FieldError, ValidationErrorResponse
 

@@ -18,7 +18,7 @@ only when all of these hold, read in one atomic snapshot:
 - its text, model and chunking are those of the stored embedding, not deleted since;
 - the stored embedding is older than the upsert;
 - the upsert is the only command of its document in flight on ``{prefix}:ingest``
-  (``embedstream.adapters.inflight``): no other replica, and no other batch of this one,
+  (``embedstream.jobs.inflight``): no other replica, and no other batch of this one,
   holds a newer or older command for it, so the stored embedding is the previous
   command's, and that command's event is already on ``{prefix}:embedded``.
 
@@ -41,11 +41,11 @@ from redis.asyncio.client import Pipeline
 
 from embedstream.adapters.chunking import Chunk, Chunker
 from embedstream.adapters.embedder import Embedder, load_embedder
-from embedstream.adapters.inflight import InFlight, InFlightState
-from embedstream.adapters.jobs import JobTracker
 from embedstream.adapters.redis_client import create_redis
 from embedstream.config import ConsumerSettings, EmbedSettings, EventSettings, Settings
 from embedstream.errors import PermanentError, PoisonMessage
+from embedstream.jobs.inflight import InFlight, InFlightState
+from embedstream.jobs.tracker import JobTracker
 from embedstream.logging import get_logger
 from embedstream.schemas.commands import (
     DOCUMENT_DELETE,

@@ -22,22 +22,19 @@ from typing import Final
 
 import redis.asyncio as redis
 
-from embedstream.adapters.chroma import (
-    ChromaIndex,
-    ChunkRecord,
+from embedstream.adapters.chroma.chunks import ChunkRecord, chunk_metadata
+from embedstream.adapters.chroma.index import ChromaIndex
+from embedstream.adapters.chroma.writes import (
     ChunksNotIndexed,
     DocumentWrite,
     RefreshDocument,
     RemoveDocument,
     ReplaceDocument,
-    chunk_id,
-    chunk_metadata,
-    document_key,
 )
-from embedstream.adapters.jobs import JobTracker
 from embedstream.adapters.redis_client import create_redis
 from embedstream.config import ConsumerSettings, EventSettings, Settings
 from embedstream.errors import PermanentError, PoisonMessage, RetryableError
+from embedstream.jobs.tracker import JobTracker
 from embedstream.logging import get_logger
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import (
@@ -49,6 +46,7 @@ from embedstream.schemas.events import (
     DocumentRemovedV2,
     document_event,
 )
+from embedstream.schemas.tenancy import chunk_id, document_key
 from embedstream.schemas.vectors import Vector, decode_vector
 from embedstream.streams.messages import Ack, Message, Outcome, Retry, outcome_for
 from embedstream.streams.names import INDEXER_GROUP, StreamNames

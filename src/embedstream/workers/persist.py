@@ -25,7 +25,6 @@ from typing import Final
 import asyncpg
 import redis.asyncio as redis
 
-from embedstream.adapters.jobs import JobTracker
 from embedstream.adapters.postgres import (
     ChunkRow,
     DocumentStore,
@@ -38,6 +37,7 @@ from embedstream.adapters.postgres import (
 from embedstream.adapters.redis_client import create_redis
 from embedstream.config import ConsumerSettings, EventSettings, Settings
 from embedstream.errors import PermanentError, PoisonMessage, RetryableError
+from embedstream.jobs.tracker import JobTracker
 from embedstream.logging import get_logger
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import DocumentEmbeddedV2, DocumentRemovedV2, document_event

@@ -4,7 +4,7 @@ A ``document.embedded`` with ``reused=true`` carries no chunks: a store keeps th
 it holds and updates metadata and version. That only works where the store holds the
 reused content. The embed stage reuses only when the stored embedding comes from the
 document's previous command and no other command for the document is in flight on any
-replica (``embedstream.adapters.inflight``); the previous command's event is then
+replica (``embedstream.jobs.inflight``); the previous command's event is then
 earlier on ``{prefix}:embedded``, so a store normally holds the content already, or soon.
 When it does not, the index and persist stages decide alike (``decide``):
 
@@ -36,8 +36,8 @@ from typing import Any, Literal
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
-from embedstream.adapters.inflight import COUNT_LUA, InFlight
-from embedstream.adapters.jobs import JobTracker
+from embedstream.jobs.inflight import COUNT_LUA, InFlight
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.commands import DOCUMENT_REEMBED, DocumentReembed
 from embedstream.schemas.envelope import Envelope, Fields, attributes_of
 from embedstream.schemas.events import DocumentEmbeddedV2

@@ -13,9 +13,6 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator
 from starlette.convertors import PathConvertor, register_url_convertor
 
-from embedstream.adapters.jobs import JobTracker, Submission
-from embedstream.api.auth import check_backpressure, require
-from embedstream.api.authentication import AuthenticatedRoute
 from embedstream.api.commands import build_delete, build_upsert
 from embedstream.api.deps import (
     ApiSettingsDep,
@@ -25,9 +22,12 @@ from embedstream.api.deps import (
     require_json,
 )
 from embedstream.api.errors import AUTH_ERRORS, error_responses
-from embedstream.api.principal import DOCUMENTS_WRITE, Principal
 from embedstream.api.routes.jobs import in_submission_order
+from embedstream.api.security.guards import check_backpressure, require
+from embedstream.api.security.principal import DOCUMENTS_WRITE, Principal
+from embedstream.api.security.route import AuthenticatedRoute
 from embedstream.config import ApiSettings
+from embedstream.jobs.tracker import JobTracker, Submission
 from embedstream.logging import get_logger
 from embedstream.schemas.api import (
     DOCUMENT_ID_MAX_CHARS,

@@ -3,10 +3,10 @@ implies land together (the worker runs them in the MULTI/EXEC of its ack)."""
 
 from __future__ import annotations
 
-from embedstream.adapters.inflight import COUNT_LUA
+from embedstream.jobs.inflight import COUNT_LUA
 
 # Accept a request: idempotency key + job record + one XADD per command, each counted
-# in flight for its document (embedstream.adapters.inflight).
+# in flight for its document (embedstream.jobs.inflight).
 # KEYS: idempotency key, job key, job documents key, ingest stream, in-flight counts,
 #       in-flight entries
 # ARGV: job_id, request_hash, created_at, ttl_s, tenant, n_docs,

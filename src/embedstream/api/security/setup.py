@@ -7,11 +7,11 @@ import asyncpg
 import redis.asyncio as redis
 
 from embedstream.adapters.postgres.pool import APPLICATION_NAME, COMMAND_TIMEOUT_S, quote_ident
-from embedstream.api.apikeys import ApiKeyStore
-from embedstream.api.auth import Guards
 from embedstream.api.backpressure import Backpressure, IngestLagGauge
-from embedstream.api.keycache import ApiKeyVerifier
-from embedstream.api.ratelimit import CredentialRateLimiter, FailedAuthLimiter
+from embedstream.api.security.apikeys import ApiKeyStore
+from embedstream.api.security.guards import Guards
+from embedstream.api.security.keycache import ApiKeyVerifier
+from embedstream.api.security.ratelimit import CredentialRateLimiter, FailedAuthLimiter
 from embedstream.config import Settings, jwt_secret_problem
 
 KEY_LOOKUP_TIMEOUT_S = 5.0

@@ -21,9 +21,9 @@ from typing import Any
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
-from embedstream.adapters import job_scripts
-from embedstream.adapters.inflight import InFlight
 from embedstream.errors import public_error
+from embedstream.jobs import scripts as job_scripts
+from embedstream.jobs.inflight import InFlight
 from embedstream.logging import get_logger
 from embedstream.schemas.envelope import Envelope, Fields
 from embedstream.schemas.events import (

@@ -15,7 +15,7 @@
   (its client went away) does not take the others' answer with it.
 
 Failed checks are also rate limited per client address and key id (``FailedAuthLimiter``
-in ``embedstream.api.ratelimit``), before any hashing.
+in ``embedstream.api.security.ratelimit``), before any hashing.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import Generic, TypeVar
 
 import asyncpg
 
-from embedstream.api.apikeys import ApiKeyStore, hash_key, key_id_of, new_key, verify_key
-from embedstream.api.credentials import CredentialStoreUnavailable, InvalidCredential
-from embedstream.api.principal import InvalidScope, Principal, check_scopes
+from embedstream.api.security.apikeys import ApiKeyStore, hash_key, key_id_of, new_key, verify_key
+from embedstream.api.security.credentials import CredentialStoreUnavailable, InvalidCredential
+from embedstream.api.security.principal import InvalidScope, Principal, check_scopes
 from embedstream.logging import get_logger
 
 log = get_logger(__name__)
