@@ -26,6 +26,7 @@ from embedstream.config import Settings
 from embedstream.contracts.cli import schemas_app
 from embedstream.logging import configure_logging
 from embedstream.model_cli import model_app
+from embedstream.streams.names import StreamNames
 
 app = typer.Typer(
     help="embedstream: an event-driven embedding pipeline on Redis Streams.",
@@ -57,6 +58,10 @@ def _settings() -> Settings:
     settings = Settings()
     configure_logging(settings.app.log_level, json=settings.app.json_logs)
     return settings
+
+
+def _names(settings: Settings) -> StreamNames:
+    return StreamNames(settings.redis.stream_prefix)
 
 
 def _with_redis(settings: Settings, body: Callable[[Any], Awaitable[T]]) -> T:
@@ -127,7 +132,7 @@ def init() -> None:
 def _init_streams(settings: Settings) -> None:
     from embedstream.streams.init import init_streams
 
-    names = settings.redis.names
+    names = _names(settings)
     for item in _with_redis(settings, lambda client: init_streams(client, names)):
         what = f"{item.stream} group {item.group}" if item.group else item.stream
         console.print(f"{'created' if item.created else 'exists '} {what}")
@@ -143,7 +148,7 @@ def status(
 
     settings = _settings()
     while True:
-        report = _with_redis(settings, lambda c: collect_status(c, settings.redis.names))
+        report = _with_redis(settings, lambda c: collect_status(c, _names(settings)))
         if as_json:
             print(json.dumps(report.as_dict(), indent=2))
         else:
@@ -199,7 +204,7 @@ def dlq_list(
     from embedstream.streams.dlq import list_dead_letters
 
     settings = _settings()
-    views = _with_redis(settings, lambda c: list_dead_letters(c, settings.redis.names, count=count))
+    views = _with_redis(settings, lambda c: list_dead_letters(c, _names(settings), count=count))
     if as_json:
         print(json.dumps([asdict(v) for v in views], indent=2))
         return
@@ -230,7 +235,7 @@ def dlq_replay(
     async def replay_all(client: Any) -> int:
         failures = 0
         for entry_id in ids:
-            moved = await replay_dead_letter(client, settings.redis.names, entry_id)
+            moved = await replay_dead_letter(client, _names(settings), entry_id)
             if moved is None:
                 console.print(f"[red]{entry_id}: no such dead letter[/red]")
                 failures += 1

@@ -59,7 +59,7 @@ from embedstream.errors import PoisonMessage
 from embedstream.logging import get_logger
 from embedstream.schemas.envelope import Envelope, Fields
 from embedstream.streams.messages import Ack, DeadLetter, Message, Outcome, outcome_for
-from embedstream.streams.names import StreamNames
+from embedstream.streams.names import PIPELINE, StreamNames
 from embedstream.streams.runner import RunStats, StreamWorker, install_stop_signals
 
 __all__ = ["Delivery", "EventHandler", "Subscriber", "UnknownPolicy"]
@@ -106,7 +106,7 @@ class Subscriber:
         start_id: str = "0",
         trim: bool = False,
     ) -> None:
-        if not group or group in {"embedder", "indexer", "persister"}:
+        if not group or group in {stage.group for stage in PIPELINE}:
             raise ValueError(f"group {group!r}: use a consumer group of your own")
         if unknown not in ("ignore", "dead_letter"):
             raise ValueError(f"unknown={unknown!r}: expected 'ignore' or 'dead_letter'")

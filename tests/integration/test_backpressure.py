@@ -9,7 +9,7 @@ import redis.asyncio as redis
 
 from embedstream.api.backpressure import IngestLagGauge
 from embedstream.config import ApiSettings, AuthSettings, RedisSettings, Settings
-from embedstream.streams.names import EMBEDDER_GROUP, StreamNames
+from embedstream.streams.names import EMBED, StreamNames
 from tests.conftest import REDIS_URL
 from tests.integration.conftest import JWT_SECRET, ApiKeys, open_client, with_key_store
 
@@ -33,7 +33,7 @@ async def post(client: httpx.AsyncClient, count: int = 1) -> httpx.Response:
 async def test_writes_get_503_past_the_bound_and_resume_when_workers_catch_up(
     prefix: str, redis_client: redis.Redis, names: StreamNames, api_keys: ApiKeys
 ) -> None:
-    await redis_client.xgroup_create(names.ingest, EMBEDDER_GROUP, id="0", mkstream=True)
+    await redis_client.xgroup_create(names.ingest, EMBED.group, id="0", mkstream=True)
     async for client in open_client(
         bounded(prefix, api_keys.schema, max_lag=3), {"X-API-Key": api_keys.full}
     ):
@@ -55,7 +55,7 @@ async def test_writes_get_503_past_the_bound_and_resume_when_workers_catch_up(
             )
         assert length == 4  # nothing was added by the refused writes
 
-        await redis_client.xreadgroup(EMBEDDER_GROUP, "w1", {names.ingest: ">"}, count=10)
+        await redis_client.xreadgroup(EMBED.group, "w1", {names.ingest: ">"}, count=10)
         await _expire_cache()
         assert (await post(client)).status_code == 202
 
@@ -87,7 +87,7 @@ async def test_the_lag_is_read_at_most_once_per_period(
 ) -> None:
     now = [100.0]
     gauge = IngestLagGauge(redis_client, names, ttl_s=1.0, clock=lambda: now[0])
-    await redis_client.xgroup_create(names.ingest, EMBEDDER_GROUP, id="0", mkstream=True)
+    await redis_client.xgroup_create(names.ingest, EMBED.group, id="0", mkstream=True)
     assert await gauge.lag() == 0
     await redis_client.xadd(names.ingest, {"k": "v"})
     now[0] += 0.9

@@ -57,7 +57,7 @@ from embedstream.schemas.events import (
 from embedstream.schemas.tenancy import chunk_id
 from embedstream.schemas.vectors import decode_vector, encode_vector
 from embedstream.schemas.versions import version_text
-from embedstream.streams.names import INDEXER_GROUP, StreamNames
+from embedstream.streams.names import INDEX, StreamNames
 from embedstream.streams.runner import RunStats
 from embedstream.workers import index as index_worker
 from embedstream.workers.index import build_index_worker
@@ -576,7 +576,7 @@ async def test_reused_embedding_waits_for_its_base(
 
     async def retried() -> bool:
         try:
-            rows = await redis_client.xpending_range(names.embedded, INDEXER_GROUP, "-", "+", 1)
+            rows = await redis_client.xpending_range(names.embedded, INDEX.group, "-", "+", 1)
         except ResponseError:  # the group is not there yet
             return False
         return bool(rows) and int(rows[0]["times_delivered"]) >= 2
@@ -810,7 +810,7 @@ async def test_run_against_a_chroma_server(
     assert {m["k"] for m in got["metadatas"]} == {"v"}
     assert collection.metadata == {"embedding_model": MODEL, "embedding_dim": DIM}
     assert await index_stage(tracker, "j1") == {"a": "done", "b": "done"}
-    pending = await redis_client.xpending(names.embedded, INDEXER_GROUP)
+    pending = await redis_client.xpending(names.embedded, INDEX.group)
     assert pending["pending"] == 0
 
 

@@ -35,7 +35,7 @@ from embedstream.schemas.events import (
 from embedstream.schemas.vectors import encode_vector
 from embedstream.schemas.versions import version_text
 from embedstream.streams.messages import Ack, DeadLetter, Message, Retry
-from embedstream.streams.names import PERSISTER_GROUP, StreamNames
+from embedstream.streams.names import PERSIST, StreamNames
 from embedstream.streams.runner import RunStats
 from embedstream.workers import persist
 from embedstream.workers.persist import PersistHandler, build_persist_worker
@@ -196,7 +196,7 @@ async def test_embedded_document_is_persisted_with_vectors(pipe: Pipeline) -> No
         7,
         True,
     )
-    info = await pipe.client.xpending(pipe.names.embedded, PERSISTER_GROUP)
+    info = await pipe.client.xpending(pipe.names.embedded, PERSIST.group)
     assert info["pending"] == 0
 
 

@@ -20,6 +20,7 @@ from embedstream.api.security.setup import build_guards, check_production, creat
 from embedstream.config import Settings
 from embedstream.jobs.tracker import JobTracker
 from embedstream.logging import get_logger
+from embedstream.streams.names import StreamNames
 
 log = get_logger(__name__)
 
@@ -66,7 +67,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     client = create_redis(settings.redis, socket_timeout=5.0)
     pool = await create_key_pool(settings)
     app.state.redis = client
-    app.state.tracker = JobTracker(client, settings.redis.names, source=SOURCE)
+    app.state.tracker = JobTracker(client, StreamNames(settings.redis.stream_prefix), source=SOURCE)
     app.state.guards = build_guards(settings, client, pool)
     await app.state.guards.keys.warm()
     log.info(

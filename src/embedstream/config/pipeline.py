@@ -12,7 +12,6 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode
 
 from embedstream.config.env import Environment, settings_config
-from embedstream.streams.names import StreamNames
 
 Backend = Literal["torch", "onnx", "onnx-int8"]
 
@@ -49,10 +48,6 @@ class RedisSettings(BaseSettings):
         description="results-stream entries older than this are trimmed once every "
         "group on it has acknowledged them (with no group: once older); 0 keeps them all",
     )
-
-    @property
-    def names(self) -> StreamNames:
-        return StreamNames(self.stream_prefix)
 
     @field_validator("stream_prefix")
     @classmethod

@@ -34,12 +34,13 @@ from embedstream.schemas.events import (
 )
 from embedstream.schemas.versions import version_text
 from embedstream.streams.messages import DeadLetterOps, TransactionOp
-from embedstream.streams.names import StreamNames, stream_id_to_version
+from embedstream.streams.names import INDEX, PERSIST, PIPELINE, StreamNames, stream_id_to_version
 
 log = get_logger(__name__)
 
-STAGES = ("embed", "index", "persist")
-REQUIRED_STAGES = ("index", "persist")
+STAGES = tuple(stage.name for stage in PIPELINE)
+REQUIRED_STAGES = (INDEX.name, PERSIST.name)
+"""The stages a document must pass to be done: the two stores."""
 DEFAULT_TTL_S = 7 * 24 * 3600
 DELETED_TYPES = {1: DOCUMENT_DELETED, 2: DOCUMENT_DELETED_V2}
 #: What may name a job in a Redis key: the ingress's UUIDs and the plain ids tools and

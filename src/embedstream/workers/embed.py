@@ -77,7 +77,7 @@ from embedstream.streams.messages import (
     Publish,
     TransactionOp,
 )
-from embedstream.streams.names import EMBEDDER_GROUP, StreamNames, as_text, stream_id_to_version
+from embedstream.streams.names import EMBED, StreamNames, as_text, stream_id_to_version
 from embedstream.streams.runner import RunStats, StreamWorker
 from embedstream.workers.health import worker_health
 from embedstream.workers.reembed import reembed_aware_dead_letter_ops
@@ -456,7 +456,7 @@ def build_embed_worker(
         client,
         names,
         names.ingest,
-        EMBEDDER_GROUP,
+        EMBED.group,
         handler,
         consumer,
         stage=STAGE,
@@ -474,7 +474,7 @@ async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -
             embedder = await load_embedder(settings.embed)
             worker = build_embed_worker(
                 client,
-                settings.redis.names,
+                StreamNames(settings.redis.stream_prefix),
                 embedder,
                 settings.consumer,
                 settings.embed,

@@ -49,7 +49,7 @@ from embedstream.schemas.events import (
 from embedstream.schemas.tenancy import chunk_id, document_key
 from embedstream.schemas.vectors import Vector, decode_vector
 from embedstream.streams.messages import Ack, Message, Outcome, Retry, outcome_for
-from embedstream.streams.names import INDEXER_GROUP, StreamNames
+from embedstream.streams.names import INDEX, StreamNames
 from embedstream.streams.runner import RunStats, StreamWorker
 from embedstream.workers.health import worker_health
 from embedstream.workers.index_order import DocumentOrder, Lease, newer
@@ -442,7 +442,7 @@ def build_index_worker(
         client,
         names,
         names.embedded,
-        INDEXER_GROUP,
+        INDEX.group,
         handler,
         consumer,
         stage=STAGE,
@@ -467,7 +467,11 @@ async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -
                     return RunStats()
                 raise
             worker = build_index_worker(
-                client, settings.redis.names, settings.consumer, index, events=settings.events
+                client,
+                StreamNames(settings.redis.stream_prefix),
+                settings.consumer,
+                index,
+                events=settings.events,
             )
             health.watch(worker.heartbeat, {"redis": client.ping, "chroma": index.heartbeat})
             return await worker.run(stop, burst=burst)

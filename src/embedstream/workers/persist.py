@@ -43,7 +43,7 @@ from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import DocumentEmbeddedV2, DocumentRemovedV2, document_event
 from embedstream.schemas.tenancy import chunk_id
 from embedstream.streams.messages import Ack, DeadLetter, Message, Outcome, Retry
-from embedstream.streams.names import PERSISTER_GROUP, StreamNames
+from embedstream.streams.names import PERSIST, StreamNames
 from embedstream.streams.runner import RunStats, StreamWorker
 from embedstream.workers.health import worker_health
 from embedstream.workers.reembed import ReembedRequests, Unapplied, decide
@@ -326,7 +326,7 @@ def build_persist_worker(
         client,
         names,
         names.embedded,
-        PERSISTER_GROUP,
+        PERSIST.group,
         handler,
         settings,
         stage=STAGE,
@@ -350,7 +350,7 @@ async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -
                 worker = build_persist_worker(
                     client,
                     pool,
-                    settings.redis.names,
+                    StreamNames(settings.redis.stream_prefix),
                     settings.consumer,
                     results_retention_s=settings.redis.results_retention_s,
                     events=settings.events,
