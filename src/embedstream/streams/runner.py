@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as redis
-from redis.exceptions import BusyLoadingError, ResponseError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
 from embedstream.config import ConsumerSettings
 from embedstream.errors import PermanentError, PoisonMessage
+from embedstream.errors.redis import TRANSIENT, is_nogroup
 from embedstream.logging import get_logger
 from embedstream.streams.consumer import Dead, Outcomes, RawEntry, StreamConsumer, split_outcomes
 from embedstream.streams.heartbeat import Heartbeat
@@ -43,9 +42,6 @@ from embedstream.streams.messages import (
 from embedstream.streams.names import StreamNames
 
 T = TypeVar("T")
-
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, OSError)
-
 
 class DeliveryLimitExceeded(PermanentError):
     """An entry was delivered ``max_deliveries`` times without an outcome."""
@@ -209,7 +205,7 @@ class StreamWorker(Generic[T]):
             self._backoff.reset()
             return entries
         except ResponseError as exc:
-            if not self.consumer.is_nogroup(exc):
+            if not is_nogroup(exc):
                 raise
             if not self.create_group:
                 raise self.consumer.group_missing() from exc
@@ -450,7 +446,7 @@ class StreamWorker(Generic[T]):
         except TRANSIENT as exc:
             self.log.warning("housekeeping skipped: redis unavailable", error=str(exc))
         except ResponseError as exc:
-            if not self.consumer.is_nogroup(exc):
+            if not is_nogroup(exc):
                 raise
 
 

@@ -34,6 +34,7 @@ from embedstream.adapters.chroma.writes import (
 from embedstream.adapters.redis_client import create_redis
 from embedstream.config import ConsumerSettings, EventSettings, Settings
 from embedstream.errors import PermanentError, PoisonMessage, RetryableError
+from embedstream.errors.chroma import classify_write_error
 from embedstream.jobs.tracker import JobTracker
 from embedstream.logging import get_logger
 from embedstream.schemas.envelope import Envelope
@@ -233,7 +234,7 @@ class IndexHandler:
         try:
             return dict(await self.index.apply(writes))
         except Exception as exc:
-            error = _classify(exc)
+            error = classify_write_error(exc)
             if len(writes) == 1 or not isinstance(error, PermanentError):
                 return {plan.key: error for plan in plans}
             log.warning("chroma refused a batch, writing one by one", error=str(exc))
@@ -242,7 +243,7 @@ class IndexHandler:
             try:
                 results.update(await self.index.apply([write]))
             except Exception as exc:
-                results[write.key] = _classify(exc)
+                results[write.key] = classify_write_error(exc)
         return results
 
     def _settle(
@@ -261,7 +262,7 @@ class IndexHandler:
             if error is None:
                 outcomes[change.position] = self._ack(change)
             elif change is plan.latest:
-                outcomes[change.position] = outcome_for(_classify(error))
+                outcomes[change.position] = outcome_for(classify_write_error(error))
             else:
                 outcomes[change.position] = Retry(
                     SupersededPending(f"newer event of {plan.key!r} failed: {error}")
@@ -393,18 +394,6 @@ def _vectors(event: DocumentEmbeddedV2) -> tuple[Vector, ...]:
         return tuple(decode_vector(chunk.vector, event.dim) for chunk in event.chunks)
     except ValueError as exc:
         raise PoisonMessage(f"document {event.document_id!r}: bad vector: {exc}") from exc
-
-
-def _classify(error: BaseException) -> BaseException:
-    """Chroma's validation errors are permanent; anything else is worth a retry."""
-    if isinstance(error, PermanentError | RetryableError):
-        return error
-    if isinstance(error, ValueError | TypeError) or type(error).__name__ in (
-        "InvalidArgumentError",
-        "InvalidDimensionException",
-    ):
-        return PermanentError(f"chroma refused the write: {type(error).__name__}: {error}")
-    return error
 
 
 # -- assembling and running --------------------------------------------------------

@@ -31,12 +31,12 @@ from embedstream.adapters.postgres import (
     DocumentWrite,
     WriteResult,
     connect_pool,
-    is_transient,
     migrate,
 )
 from embedstream.adapters.redis_client import create_redis
 from embedstream.config import ConsumerSettings, EventSettings, Settings
-from embedstream.errors import PermanentError, PoisonMessage, RetryableError
+from embedstream.errors import PoisonMessage, RetryableError
+from embedstream.errors import postgres as postgres_errors
 from embedstream.jobs.tracker import JobTracker
 from embedstream.logging import get_logger
 from embedstream.schemas.envelope import Envelope
@@ -51,14 +51,8 @@ from embedstream.workers.reembed import ReembedRequests, Unapplied, decide
 STAGE: Final = "persist"
 MAX_BIGINT = 2**63 - 1
 MAX_INTEGER = 2**31 - 1
-DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
-"""PostgreSQL refused the data itself: retrying the same batch cannot help."""
 
 log = get_logger("embedstream.persist")
-
-
-class PostgresUnavailable(RetryableError):
-    """PostgreSQL is away, restarting, overloaded or dropped the connection: retry later."""
 
 
 class PersistHandler:
@@ -110,7 +104,7 @@ class PersistHandler:
             return []
         try:
             results = await self.store.write(writes)
-        except DATA_ERRORS as exc:
+        except postgres_errors.REFUSED as exc:
             log.warning(
                 "postgres refused the batch; writing its documents one by one",
                 error=f"{type(exc).__name__}: {exc}",
@@ -140,11 +134,8 @@ class PersistHandler:
                     self._outcome(w, r, messages[p])
                     for w, r, p in zip(group, results, positions, strict=True)
                 ]
-            except DATA_ERRORS as exc:
-                error = PermanentError(
-                    f"postgres refused the document: {type(exc).__name__}: {exc}"
-                )
-                group_outcomes = [DeadLetter(error)] * len(group)
+            except postgres_errors.REFUSED as exc:
+                group_outcomes = [DeadLetter(postgres_errors.refusal(exc))] * len(group)
             except Exception as exc:
                 group_outcomes = [self._retry(exc)] * len(group)
             for position, outcome in zip(positions, group_outcomes, strict=True):
@@ -197,9 +188,9 @@ class PersistHandler:
         return Ack(ops=(self.reembed.op(write.tenant, event, message.body.traceparent),))
 
     def _retry(self, exc: Exception) -> Retry:
-        if is_transient(exc):
+        if postgres_errors.is_transient(exc):
             # the runtime logs the retry in one warning line, with this error
-            return Retry(PostgresUnavailable(f"postgres unavailable: {type(exc).__name__}: {exc}"))
+            return Retry(postgres_errors.unavailable(exc))
         log.exception("persisting the batch failed; it will be retried")
         return Retry(exc)
 
@@ -376,7 +367,7 @@ async def _migrate(pool: asyncpg.Pool, schema: str, stop: asyncio.Event) -> bool
                 await migrate(conn, schema)
             return True
         except Exception as exc:
-            if not is_transient(exc):
+            if not postgres_errors.is_transient(exc):
                 raise
             failures += 1
             delay = min(10.0, 0.1 * 2 ** (failures - 1))

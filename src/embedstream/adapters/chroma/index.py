@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import httpx
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 
@@ -23,6 +22,7 @@ from embedstream.adapters.chroma.collection import (
 from embedstream.adapters.chroma.folder import WriterLock, open_with_retries
 from embedstream.adapters.chroma.writes import DocumentWrite, apply_writes
 from embedstream.config import ChromaSettings
+from embedstream.errors.chroma import is_unreachable
 from embedstream.logging import get_logger
 
 T = TypeVar("T")
@@ -111,7 +111,7 @@ class ChromaIndex:
             try:
                 return await self.call(self._open)
             except Exception as exc:
-                if stop is None or stop.is_set() or not _unreachable(exc):
+                if stop is None or stop.is_set() or not is_unreachable(exc):
                     raise
                 failures += 1
                 delay = min(10.0, 0.2 * 2 ** (failures - 1))
@@ -182,9 +182,3 @@ class ChromaIndex:
         if self._writer is not None:
             self._writer.release()
 
-
-def _unreachable(error: BaseException) -> bool:
-    """A Chroma server that is down or not up yet (chromadb raises ValueError for it)."""
-    if isinstance(error, ConnectionError | TimeoutError | httpx.TransportError):
-        return True
-    return "could not connect" in str(error).lower()
