@@ -4,7 +4,6 @@ ingest | model export."""
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import os
 import signal
@@ -15,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,7 +25,7 @@ from embedstream.config import Settings
 from embedstream.contracts.cli import schemas_app
 from embedstream.logging import configure_logging
 from embedstream.model_cli import model_app
-from embedstream.streams.names import StreamNames
+from embedstream.streams.names import PIPELINE, StreamNames
 
 app = typer.Typer(
     help="embedstream: an event-driven embedding pipeline on Redis Streams.",
@@ -45,10 +44,12 @@ console = Console() if sys.stdout.isatty() else Console(width=140)
 T = TypeVar("T")
 
 
-class WorkerKind(Enum):
-    embed = "embed"
-    index = "index"
-    persist = "persist"
+if TYPE_CHECKING:
+    StageKind = str
+else:
+    # the stages' names, as a choice (typer reads an Enum); the declarations behind them
+    # (embedstream.workers.stages) are imported by the commands that run them
+    StageKind = Enum("StageKind", [(stage.name, stage.name) for stage in PIPELINE], type=str)
 
 
 def _settings() -> Settings:
@@ -87,7 +88,7 @@ def api() -> None:
 
 @app.command()
 def worker(
-    kind: Annotated[WorkerKind, typer.Argument(help="which stage to run")],
+    kind: Annotated[StageKind, typer.Argument(help="which stage to run")],
     burst: Annotated[bool, typer.Option(help="process what is there, then exit")] = False,
 ) -> None:
     """Run one worker replica. Start more processes to scale a stage."""
@@ -95,11 +96,12 @@ def worker(
 
     async def main() -> None:
         from embedstream.streams.runner import install_stop_signals
+        from embedstream.workers.stage import run_stage
+        from embedstream.workers.stages import STAGES
 
         stop = asyncio.Event()
         install_stop_signals(stop)
-        module = importlib.import_module(f"embedstream.workers.{kind.value}")
-        await module.run(settings, stop, burst=burst)
+        await run_stage(STAGES[kind], settings, stop, burst=burst)
 
     asyncio.run(main())
 
@@ -268,7 +270,7 @@ def dev(
 ) -> None:
     """Run the API and one replica of each worker as child processes (Ctrl-C stops all)."""
     settings = _settings()
-    workers = [["worker", kind.value] for kind in WorkerKind for _ in range(replicas)]
+    workers = [["worker", stage.name] for stage in PIPELINE for _ in range(replicas)]
     env = dict(os.environ)
     procs: list[subprocess.Popen[bytes]] = []
     if settings.chroma.chroma_url is None:

@@ -233,7 +233,9 @@ async def add_poison(client: redis.Redis, stack: Stack) -> set[tuple[str, str, s
             "data": json.dumps({"job_id": "none", "document_id": "p2"}),
         },
     ]
-    bad_vector = DocumentEmbeddedV2(
+    # poison on purpose: the model refuses it (a 3-byte vector for dim 384), so it is built
+    # without validation, as another producer could write it
+    bad_vector = DocumentEmbeddedV2.model_construct(
         job_id="none",
         document_id="p3",
         version=version_text(1),

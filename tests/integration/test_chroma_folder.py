@@ -21,7 +21,8 @@ from embedstream.adapters.chroma.index import ChromaIndex
 from embedstream.config import ChromaSettings, PostgresSettings, Settings
 from embedstream.reindex import reindex
 from embedstream.streams.names import StreamNames
-from embedstream.workers import index as index_worker
+from embedstream.workers.index import INDEX_STAGE
+from embedstream.workers.stage import run_stage
 from tests.conftest import REDIS_URL
 from tests.integration.conftest import PG_DSN
 from tests.support.chroma_openers import open_together
@@ -128,7 +129,7 @@ async def test_an_index_worker_waits_for_a_chroma_server_that_is_not_up_yet(
         monkeypatch.setenv(key, value)
     stop = asyncio.Event()
     with capture_logs() as logs:
-        running = asyncio.create_task(index_worker.run(Settings(), stop))
+        running = asyncio.create_task(run_stage(INDEX_STAGE, Settings(), stop))
 
         def waiting() -> int:
             return sum(e["event"] == "chroma unavailable, retrying" for e in logs)

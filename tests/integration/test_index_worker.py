@@ -32,7 +32,7 @@ from structlog.testing import capture_logs
 from embedstream.adapters.chroma import chunks as chroma_chunks
 from embedstream.adapters.chroma import collection as chroma_collection
 from embedstream.adapters.chroma.index import ChromaIndex
-from embedstream.adapters.chroma.writes import DocumentWrite
+from embedstream.adapters.chroma.writes import IndexWrite
 from embedstream.config import ChromaSettings, ConsumerSettings, Settings
 from embedstream.jobs.tracker import JobTracker, Submission
 from embedstream.schemas.commands import (
@@ -60,7 +60,8 @@ from embedstream.schemas.versions import version_text
 from embedstream.streams.names import INDEX, StreamNames
 from embedstream.streams.runner import RunStats
 from embedstream.workers import index as index_worker
-from embedstream.workers.index import build_index_worker
+from embedstream.workers.index import INDEX_STAGE, build_index_worker
+from embedstream.workers.stage import run_stage
 from tests.conftest import REDIS_URL
 from tests.support.redis_server import PrivateRedis
 from tests.support.streams import wait_until
@@ -380,10 +381,10 @@ async def test_one_batch_applies_only_the_newest_version(
     tracker: JobTracker,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    writes: list[list[DocumentWrite]] = []
+    writes: list[list[IndexWrite]] = []
     original = ChromaIndex.apply
 
-    async def spy(self: ChromaIndex, batch: Sequence[DocumentWrite]) -> dict[str, Exception]:
+    async def spy(self: ChromaIndex, batch: Sequence[IndexWrite]) -> dict[str, Exception]:
         writes.append(list(batch))
         return await original(self, batch)
 
@@ -417,7 +418,7 @@ async def test_replicas_apply_each_document_in_version_order(
     applied: list[tuple[str, int]] = []
     original = ChromaIndex.apply
 
-    async def slow_apply(self: ChromaIndex, batch: Sequence[DocumentWrite]) -> dict[str, Exception]:
+    async def slow_apply(self: ChromaIndex, batch: Sequence[IndexWrite]) -> dict[str, Exception]:
         await asyncio.sleep(0.01)
         result = await original(self, batch)
         for write in batch:
@@ -427,15 +428,15 @@ async def test_replicas_apply_each_document_in_version_order(
 
     # remember each write's version via the plans the handler builds
     versions_of: dict[int, int] = {}
-    original_plan = index_worker.IndexHandler._plan_write
+    original_plan = index_worker.plan_write
 
-    def plan_write(self: Any, plan: Any) -> DocumentWrite:
-        write = original_plan(self, plan)
-        versions_of[id(write)] = plan.latest.version
+    def plan_write(document: Any, **options: Any) -> IndexWrite:
+        write = original_plan(document, **options)
+        versions_of[id(write)] = document.latest.version
         return write
 
     monkeypatch.setattr(ChromaIndex, "apply", slow_apply)
-    monkeypatch.setattr(index_worker.IndexHandler, "_plan_write", plan_write)
+    monkeypatch.setattr(index_worker, "plan_write", plan_write)
 
     docs = ["p", "q", "r"]
     events: list[DocumentEmbedded | DocumentRemoved] = []
@@ -796,7 +797,9 @@ async def test_run_against_a_chroma_server(
         removed("j1", "b", 3),
     )
 
-    stats = await asyncio.wait_for(index_worker.run(Settings(), asyncio.Event(), burst=True), 60)
+    stats = await asyncio.wait_for(
+        run_stage(INDEX_STAGE, Settings(), asyncio.Event(), burst=True), 60
+    )
 
     assert (stats.acked, stats.dead_lettered) == (3, 0)
     host, port = chroma_server.removeprefix("http://").split(":")

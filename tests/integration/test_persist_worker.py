@@ -31,14 +31,16 @@ from embedstream.schemas.events import (
     DocumentEmbeddedV2,
     DocumentRemoved,
     EmbeddedChunk,
+    EmbeddedStreamEvent,
 )
 from embedstream.schemas.vectors import encode_vector
 from embedstream.schemas.versions import version_text
+from embedstream.streams.decoding import Decoded
 from embedstream.streams.messages import Ack, DeadLetter, Message, Retry
 from embedstream.streams.names import PERSIST, StreamNames
 from embedstream.streams.runner import RunStats
-from embedstream.workers import persist
-from embedstream.workers.persist import PersistHandler, build_persist_worker
+from embedstream.workers.persist import PERSIST_STAGE, PersistHandler, build_persist_worker
+from embedstream.workers.stage import run_stage
 from tests.integration.conftest import PG_DSN
 
 pytestmark = pytest.mark.integration
@@ -422,9 +424,12 @@ async def test_poison_goes_to_the_dead_letter_stream_alone(pipe: Pipeline) -> No
     assert await pipe.persist_mark(job, "badidx") == "failed"
 
 
-def message(entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> Message[Envelope]:
+def message(
+    entries: Sequence[tuple[bytes, dict[bytes, bytes]]],
+) -> Message[Decoded[EmbeddedStreamEvent]]:
+    """The last entry as the persist stage's decoder hands it to the handler."""
     entry_id, fields = entries[-1]
-    return Message(entry_id.decode(), "s", fields, Envelope.from_fields(fields), 1)
+    return Message(entry_id.decode(), "s", fields, PERSIST_STAGE.decoder()(fields), 1)
 
 
 async def test_database_unavailable_means_retry(pipe: Pipeline, schema: str) -> None:
@@ -474,7 +479,9 @@ async def test_run_connects_migrates_consumes_and_closes(
     settings.postgres = PostgresSettings(database_url=PG_DSN, database_schema=fresh_schema)
     settings.consumer = pipe.settings
     try:
-        stats = await asyncio.wait_for(persist.run(settings, asyncio.Event(), burst=True), 30)
+        stats = await asyncio.wait_for(
+            run_stage(PERSIST_STAGE, settings, asyncio.Event(), burst=True), 30
+        )
         assert stats.acked == 1
         conn = await asyncpg.connect(PG_DSN)
         try:

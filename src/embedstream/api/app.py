@@ -11,7 +11,6 @@ from fastapi.middleware.cors import CORSMiddleware
 
 import embedstream
 from embedstream.adapters.redis_client import create_redis
-from embedstream.api.commands import SOURCE
 from embedstream.api.errors import install_error_handlers
 from embedstream.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from embedstream.api.routes import documents, health, jobs
@@ -67,7 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     client = create_redis(settings.redis, socket_timeout=5.0)
     pool = await create_key_pool(settings)
     app.state.redis = client
-    app.state.tracker = JobTracker(client, StreamNames(settings.redis.stream_prefix), source=SOURCE)
+    app.state.tracker = JobTracker(client, StreamNames(settings.redis.stream_prefix))
     app.state.guards = build_guards(settings, client, pool)
     await app.state.guards.keys.warm()
     log.info(

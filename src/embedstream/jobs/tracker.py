@@ -3,59 +3,39 @@ one ``job.completed`` / ``job.failed`` event per job.
 
 A job holds one or more documents. A document is finished when every required stage
 (index and persist) has recorded it done, or when any stage recorded it failed (for
-example because its message was dead-lettered). The stage marks are Lua scripts that
-workers run in the MULTI/EXEC of their ack, so bookkeeping and ack land together and a
-redelivered message is counted once.
+example because its message was dead-lettered). The stage marks are Lua scripts
+(``embedstream.jobs.scripts``) that workers run in the MULTI/EXEC of their ack, so
+bookkeeping, ack and result land together and a redelivered message is counted once;
+where a job completes, the mark that finishes its last document adds its one
+``job.completed`` / ``job.failed`` (``embedstream.jobs.results``).
 """
 
 from __future__ import annotations
 
 import json
-import re
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as redis
+from pydantic import BaseModel
 from redis.asyncio.client import Pipeline
 
 from embedstream.errors import public_error
-from embedstream.jobs import scripts as job_scripts
+from embedstream.jobs import scripts
 from embedstream.jobs.inflight import InFlight
+from embedstream.jobs.keys import REQUIRED_STAGES, JobKeys, valid_job_id
+from embedstream.jobs.results import JobContext, ResultEnvelopes, deleted_payloads
+from embedstream.jobs.status import JobStatus, read_status
 from embedstream.logging import get_logger
 from embedstream.schemas.envelope import Envelope, Fields
-from embedstream.schemas.events import (
-    DOCUMENT_DELETED,
-    DOCUMENT_DELETED_V2,
-    DocumentDeleted,
-    DocumentDeletedV2,
-)
-from embedstream.schemas.versions import version_text
 from embedstream.streams.messages import DeadLetterOps, TransactionOp
-from embedstream.streams.names import INDEX, PERSIST, PIPELINE, StreamNames, stream_id_to_version
+from embedstream.streams.names import StreamNames, as_text
 
 log = get_logger(__name__)
 
-STAGES = tuple(stage.name for stage in PIPELINE)
-REQUIRED_STAGES = (INDEX.name, PERSIST.name)
-"""The stages a document must pass to be done: the two stores."""
 DEFAULT_TTL_S = 7 * 24 * 3600
-DELETED_TYPES = {1: DOCUMENT_DELETED, 2: DOCUMENT_DELETED_V2}
-#: What may name a job in a Redis key: the ingress's UUIDs and the plain ids tools and
-#: tests use. Never ':' (``{job}:docs``, ``{job}:state``... are the job's other keys, so
-#: ``<id>:state`` would read another key as a job) and never braces (cluster hash tags).
-JOB_ID_SYNTAX = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_JOB_FIELDS = (b"id", b"state", b"documents", b"done", b"failed", b"created_at")
-
-
-def valid_job_id(job_id: object) -> bool:
-    return isinstance(job_id, str) and JOB_ID_SYNTAX.fullmatch(job_id) is not None
-
-
-class InvalidJobId(ValueError):
-    """A string that cannot name a job (see ``JOB_ID_SYNTAX``)."""
 
 
 class IdempotencyConflict(Exception):
@@ -84,38 +64,14 @@ class Submitted:
     created: bool
 
 
-@dataclass
-class DocumentStatus:
-    document_id: str
-    kind: str
-    version: str
-    state: str  # "pending" | "done" | "failed"
-    stages: dict[str, str] = field(default_factory=dict)
-    error: dict[str, str] | None = None
-
-
-@dataclass
-class JobStatus:
-    job_id: str
-    tenant: str
-    state: str  # "queued" | "completed" | "failed"
-    documents: int
-    done: int
-    failed: int
-    created_at: str
-    finished_at: str | None
-    items: list[DocumentStatus]
-
-
 class JobTracker:
-    """Creates jobs and hands workers the bookkeeping ops for their acks."""
+    """Creates jobs, reads them, and hands workers the bookkeeping ops for their acks."""
 
     def __init__(
         self,
         client: redis.Redis,
         names: StreamNames,
         *,
-        source: str = "embedstream",
         ttl_s: int = DEFAULT_TTL_S,
         results_versions: Sequence[int] = (1, 2),
     ) -> None:
@@ -123,38 +79,23 @@ class JobTracker:
         (``EventSettings.results_event_versions``)."""
         self.client = client
         self.names = names
-        self.source = source
         self.ttl_s = ttl_s
         self.results_versions = tuple(results_versions)
-        self._submit = client.register_script(job_scripts.SUBMIT)
-        self._mark = client.register_script(job_scripts.MARK_STAGE)
+        self.results = ResultEnvelopes()
+        self._submit = client.register_script(scripts.SUBMIT)
+        self._mark = client.register_script(scripts.MARK_STAGE)
         self._in_flight_keys = InFlight(client, names).keys
 
     # -- keys ------------------------------------------------------------------------
 
     def job_key(self, job_id: str) -> str:
-        """``{prefix}:job:{job_id}``; ``InvalidJobId`` unless ``job_id`` fits
-        ``JOB_ID_SYNTAX``: no key is built from anything else."""
-        if not valid_job_id(job_id):
-            raise InvalidJobId("not a job id: 1-128 letters, digits, '_' or '-'")
-        return self.names.key("job", job_id)
+        """``{prefix}:job:{job_id}`` (``InvalidJobId`` for anything that is no job id)."""
+        return JobKeys.of(self.names, job_id).record
 
     def idempotency_key(self, tenant: str, key: str) -> str:
         """``{prefix}:idem:{tenant}:{key}``: tenants cannot contain ':', so two tenants'
         keys never collide."""
         return self.names.key("idem", tenant, key)
-
-    def _keys(self, job_id: str, stage: str) -> list[str]:
-        job = self.job_key(job_id)
-        return [
-            job,
-            f"{job}:docs",
-            f"{job}:stage:{stage}",
-            f"{job}:state",
-            f"{job}:failures",
-            self.names.results,
-            *(f"{job}:stage:{s}" for s in REQUIRED_STAGES),
-        ]
 
     # -- accepting -------------------------------------------------------------------
 
@@ -166,9 +107,11 @@ class JobTracker:
         tenant: str,
         idempotency_key: str | None = None,
         body_hash: str = "",
+        traceparent: str | None = None,
     ) -> Submitted:
-        """Atomically: idempotency record, job record (owned by ``tenant``), and one XADD
-        per command. Idempotency keys are scoped per tenant."""
+        """Atomically: idempotency record, job record (owned by ``tenant``, with the
+        request's ``traceparent``), and one XADD per command. Idempotency keys are scoped
+        per tenant."""
         idem_key = self.idempotency_key(tenant, idempotency_key) if idempotency_key else ""
         args: list[Any] = [
             job_id,
@@ -176,6 +119,7 @@ class JobTracker:
             datetime.now(UTC).isoformat(),
             self.ttl_s,
             tenant,
+            traceparent or "",
             len(submissions),
         ]
         for sub in submissions:
@@ -183,9 +127,9 @@ class JobTracker:
             args.extend((sub.document_id, sub.kind, len(fields)))
             for key, value in fields.items():
                 args.extend((key, value))
-        job = self.job_key(job_id)
+        keys = JobKeys.of(self.names, job_id)
         reply: list[bytes] = await self._submit(
-            keys=[idem_key, job, f"{job}:docs", self.names.ingest, *self._in_flight_keys],
+            keys=[idem_key, keys.record, keys.documents, self.names.ingest, *self._in_flight_keys],
             args=args,
         )
         existing_id, outcome = reply[0].decode(), reply[1].decode()
@@ -201,67 +145,37 @@ class JobTracker:
         document_id: str,
         stage: str,
         *,
+        job: JobContext | None = None,
         deleted_version: int | None = None,
     ) -> TransactionOp:
         """The op recording ``stage`` done for a document; pass ``deleted_version`` for a
         delete so ``document.deleted`` (each type version in ``results_versions``) is
-        emitted once the document is finished."""
-        deleted: list[str] = []
+        emitted once the document is finished. ``job``: the job's tenant and trace
+        context as the acked message carries them (read from the job record when not
+        given); a message of another tenant than the job's is not counted."""
+        deleted: list[tuple[str, BaseModel]] = []
         if deleted_version is not None:
-            for version in self.results_versions:
-                event: DocumentDeleted | DocumentDeletedV2
-                if version == 1:
-                    event = DocumentDeleted(
-                        job_id=job_id, document_id=document_id, version=deleted_version
-                    )
-                else:
-                    event = DocumentDeletedV2(
-                        job_id=job_id,
-                        document_id=document_id,
-                        version=version_text(deleted_version),
-                    )
-                deleted += [str(uuid.uuid4()), DELETED_TYPES[version], event.model_dump_json()]
-        return self._mark_op(job_id, document_id, stage, "done", "", deleted)
+            deleted = deleted_payloads(job_id, document_id, deleted_version, self.results_versions)
+        return self._mark_op(job_id, document_id, stage, "done", "", deleted, job)
 
-    def stage_failed(self, job_id: str, document_id: str, stage: str, error: str) -> TransactionOp:
-        """The op recording a document failed at ``stage`` (after a dead letter); ``error``
-        is what clients read (``public_error``), never an internal message."""
-        return self._mark_op(job_id, document_id, stage, "failed", error[:1000], [])
-
-    def _mark_op(
+    def stage_failed(
         self,
         job_id: str,
         document_id: str,
         stage: str,
-        status: str,
         error: str,
-        deleted: list[str],
+        *,
+        job: JobContext | None = None,
     ) -> TransactionOp:
-        if not valid_job_id(job_id):
-            # a message made outside the ingress: it has no job record to keep
-            log.warning("no job bookkeeping for a message without a valid job id", stage=stage)
-            return _no_op
-        keys = self._keys(job_id, stage)
-        args: list[str | int] = [
-            document_id,
-            status,
-            error,
-            stage,
-            datetime.now(UTC).isoformat(),
-            str(uuid.uuid4()),
-            self.source,
-            self.ttl_s,
-            *deleted,
-        ]
-
-        def op(pipe: Pipeline) -> Any:
-            return self._mark(keys=keys, args=args, client=pipe)
-
-        return op
+        """The op recording a document failed at ``stage`` (after a dead letter); ``error``
+        is what clients read (``public_error``), never an internal message."""
+        return self._mark_op(job_id, document_id, stage, "failed", error[:1000], [], job)
 
     def dead_letter_ops(self, stage: str) -> DeadLetterOps:
         """For ``StreamWorker(dead_letter_ops=...)``: a dead-lettered entry marks its
-        document failed at ``stage`` when its payload names a job and a document."""
+        document failed at ``stage`` when its payload names a job and a document. The
+        entry may be undecodable, so the job's tenant and trace context are read from
+        its record."""
 
         def ops(fields: Fields, error: BaseException) -> Sequence[TransactionOp]:
             ref = job_reference(fields)
@@ -274,6 +188,69 @@ class JobTracker:
 
         return ops
 
+    def _mark_op(
+        self,
+        job_id: str,
+        document_id: str,
+        stage: str,
+        status: str,
+        error: str,
+        deleted: Sequence[tuple[str, BaseModel]],
+        job: JobContext | None,
+    ) -> TransactionOp:
+        if not valid_job_id(job_id):
+            # a message made outside the ingress: it has no job record to keep
+            log.warning("no job bookkeeping for a message without a valid job id", stage=stage)
+            return _no_op
+        keys = JobKeys.of(self.names, job_id)
+        script_keys = [
+            keys.record,
+            keys.documents,
+            keys.stage(stage),
+            keys.states,
+            keys.failures,
+            self.names.results,
+            *(keys.stage(s) for s in REQUIRED_STAGES),
+        ]
+        now = datetime.now(UTC)
+
+        def args(context: JobContext) -> list[str | int]:
+            completed, failed = self.results.job_attributes(job_id, context, now)
+            return [
+                document_id,
+                status,
+                error,
+                stage,
+                now.isoformat(),
+                self.ttl_s,
+                context.tenant,
+                completed,
+                failed,
+                *self.results.deleted(document_id, deleted, context, now),
+            ]
+
+        if job is not None:
+            known = args(job)
+
+            def op(pipe: Pipeline) -> Any:
+                return self._mark(keys=script_keys, args=known, client=pipe)
+
+            return op
+
+        async def op_reading_the_record(pipe: Pipeline) -> None:
+            context = await self._job_context(keys)
+            if context is not None:  # an unknown or expired job: nothing to mark
+                await self._mark(keys=script_keys, args=args(context), client=pipe)
+
+        return op_reading_the_record
+
+    async def _job_context(self, keys: JobKeys) -> JobContext | None:
+        """The tenant and trace context the job record stored at submission."""
+        tenant, traceparent = await self.client.hmget(keys.record, ["tenant", "traceparent"])
+        if tenant is None:
+            return None
+        return JobContext(as_text(tenant), None if traceparent is None else as_text(traceparent))
+
     # -- reading ---------------------------------------------------------------------
 
     async def status(self, job_id: str, *, tenant: str | None = None) -> JobStatus | None:
@@ -281,52 +258,7 @@ class JobTracker:
         ``tenant``) owned by another tenant: callers cannot tell those apart."""
         if not valid_job_id(job_id):
             return None
-        job = self.job_key(job_id)
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.hgetall(job)
-            pipe.hgetall(f"{job}:docs")
-            pipe.hgetall(f"{job}:state")
-            pipe.hgetall(f"{job}:failures")
-            for stage in STAGES:
-                pipe.hgetall(f"{job}:stage:{stage}")
-            replies: list[dict[bytes, bytes]] = await pipe.execute()
-        record, docs, states, failures = replies[:4]
-        if not all(name in record for name in _JOB_FIELDS):
-            return None  # nothing there, or a hash that is not a job record
-        if tenant is not None and record.get(b"tenant") != tenant.encode():
-            return None
-        stage_maps = dict(zip(STAGES, replies[4:], strict=True))
-        items: list[DocumentStatus] = []
-        for raw_doc, raw_ref in docs.items():
-            kind, _, version = raw_ref.decode().partition("|")
-            failure = failures.get(raw_doc)
-            items.append(
-                DocumentStatus(
-                    document_id=raw_doc.decode(),
-                    kind=kind,
-                    version=version,
-                    state=states.get(raw_doc, b"pending").decode(),
-                    stages={
-                        stage: marks[raw_doc].decode()
-                        for stage, marks in stage_maps.items()
-                        if raw_doc in marks
-                    },
-                    error=json.loads(failure) if failure else None,
-                )
-            )
-        items.sort(key=lambda d: stream_id_to_version(d.version))
-        text = {k.decode(): v.decode() for k, v in record.items()}
-        return JobStatus(
-            job_id=text["id"],
-            tenant=text.get("tenant", ""),
-            state=text["state"],
-            documents=int(text["documents"]),
-            done=int(text["done"]),
-            failed=int(text["failed"]),
-            created_at=text["created_at"],
-            finished_at=text.get("finished_at"),
-            items=items,
-        )
+        return await read_status(self.client, JobKeys.of(self.names, job_id), tenant=tenant)
 
 
 def _no_op(pipe: Pipeline) -> None:

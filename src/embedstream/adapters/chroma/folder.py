@@ -44,6 +44,7 @@ OPEN_LOCK_TIMEOUT_S = 120.0
 
 log = get_logger("embedstream.chroma")
 
+
 @contextmanager
 def open_lock(folder: Path, timeout_s: float = OPEN_LOCK_TIMEOUT_S) -> Iterator[None]:
     """Serialize creating a client (and its collection) on ``folder`` across processes."""

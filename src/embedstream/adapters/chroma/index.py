@@ -20,7 +20,7 @@ from embedstream.adapters.chroma.collection import (
     recorded_model,
 )
 from embedstream.adapters.chroma.folder import WriterLock, open_with_retries
-from embedstream.adapters.chroma.writes import DocumentWrite, apply_writes
+from embedstream.adapters.chroma.writes import IndexWrite, apply_writes
 from embedstream.config import ChromaSettings
 from embedstream.errors.chroma import is_unreachable
 from embedstream.logging import get_logger
@@ -173,7 +173,7 @@ class ChromaIndex:
             raise RuntimeError("ChromaIndex.open() was not awaited")
         await asyncio.to_thread(client.heartbeat)
 
-    async def apply(self, writes: Sequence[DocumentWrite]) -> dict[str, Exception]:
+    async def apply(self, writes: Sequence[IndexWrite]) -> dict[str, Exception]:
         return await self.call(apply_writes, self.collection, writes)
 
     def close(self) -> None:
@@ -181,4 +181,3 @@ class ChromaIndex:
         self._executor.shutdown(wait=True)
         if self._writer is not None:
             self._writer.release()
-

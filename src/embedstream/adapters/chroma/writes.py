@@ -59,7 +59,8 @@ class RemoveDocument(_Document):
     pass
 
 
-DocumentWrite = ReplaceDocument | RefreshDocument | RemoveDocument
+IndexWrite = ReplaceDocument | RefreshDocument | RemoveDocument
+"""What a batch writes for one document in Chroma."""
 
 
 @dataclass
@@ -70,7 +71,7 @@ class _Calls:
     deletes: list[str]
 
 
-def apply_writes(collection: Collection, writes: Sequence[DocumentWrite]) -> dict[str, Exception]:
+def apply_writes(collection: Collection, writes: Sequence[IndexWrite]) -> dict[str, Exception]:
     """Apply document writes with one read and at most one upsert, update and delete call
     (per Chroma batch limit). Returns the documents (by document key) that were not
     written, with why; an exception from Chroma itself propagates (nothing is known to be

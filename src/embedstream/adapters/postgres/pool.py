@@ -17,6 +17,7 @@ log = get_logger("embedstream.postgres")
 APPLICATION_NAME = "embedstream"
 COMMAND_TIMEOUT_S = 60.0
 
+
 def quote_ident(name: str) -> str:
     """``name`` as a quoted SQL identifier."""
     if not name or "\x00" in name:

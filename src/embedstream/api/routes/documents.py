@@ -156,15 +156,17 @@ async def submit_job(
     tenant: str,
     idempotency_key: str | None,
     fingerprint: str,
+    traceparent: str | None,
 ) -> JobAccepted:
     """One atomic submit; a replayed Idempotency-Key (of the same tenant) answers with
-    the existing job."""
+    the existing job. The job keeps the request's ``traceparent``."""
     submitted = await tracker.submit(
         job_id,
         submissions,
         tenant=tenant,
         idempotency_key=idempotency_key,
         body_hash=fingerprint,
+        traceparent=traceparent,
     )
     documents = [{"id": s.document_id, "kind": s.kind} for s in submissions]
     state = "queued"
@@ -237,6 +239,7 @@ async def upsert_documents(
         tenant=principal.tenant,
         idempotency_key=idempotency_key,
         fingerprint=request_fingerprint("POST /v1/documents", body.model_dump(mode="json")),
+        traceparent=traceparent,
     )
 
 
@@ -272,4 +275,5 @@ async def delete_document(
         tenant=principal.tenant,
         idempotency_key=idempotency_key,
         fingerprint=request_fingerprint("DELETE /v1/documents", {"id": document_id}),
+        traceparent=traceparent,
     )
