@@ -85,15 +85,29 @@ def test_one_writer_per_folder_and_a_killed_holder_frees_it(tmp_path: Path) -> N
     assert not mine.held
 
 
-async def test_a_standby_waits_until_stopped(tmp_path: Path) -> None:
+async def test_a_standby_waits_until_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "chroma"
     holder = hold_writer_lock(folder)
     index = ChromaIndex(ChromaSettings(chroma_path=folder, chroma_url=None))
     stop = asyncio.Event()
+    tries: list[bool] = []
+    try_acquire = WriterLock.try_acquire
+
+    def counted(lock: WriterLock) -> bool:
+        tries.append(try_acquire(lock))
+        return tries[-1]
+
+    monkeypatch.setattr(WriterLock, "try_acquire", counted)
     try:
         waiting = asyncio.create_task(index.acquire_writer(stop, check_every_s=0.05))
-        await asyncio.sleep(0.3)
-        assert not waiting.done()  # a standby, not a crash
+
+        async def asked_again() -> bool:
+            return len(tries) >= 3
+
+        await wait_until(asked_again, within=10, what="the standby to ask for the lock again")
+        assert not waiting.done() and not any(tries)  # a standby, not a crash
         stop.set()
         assert await asyncio.wait_for(waiting, 5) is False
     finally:

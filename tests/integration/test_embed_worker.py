@@ -64,11 +64,6 @@ def embedder() -> Iterator[Embedder]:
     loaded.close()
 
 
-@pytest.fixture
-def tracker(redis_client: redis.Redis, names: StreamNames) -> JobTracker:
-    return JobTracker(redis_client, names)
-
-
 TENANT = "acme"
 
 

@@ -9,23 +9,16 @@ Events are produced here directly on ``{prefix}:embedded``; jobs are submitted w
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import chromadb
-import httpx
 import numpy as np
 import pytest
 import redis.asyncio as redis
 from chromadb.config import Settings as ChromaClientSettings
+from pydantic import BaseModel
 from redis.exceptions import ResponseError
 from structlog.testing import capture_logs
 
@@ -34,20 +27,15 @@ from embedstream.adapters.chroma import collection as chroma_collection
 from embedstream.adapters.chroma.index import ChromaIndex
 from embedstream.adapters.chroma.writes import IndexWrite
 from embedstream.config import ChromaSettings, ConsumerSettings, Settings
-from embedstream.jobs.tracker import JobTracker, Submission
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.commands import (
-    DOCUMENT_DELETE,
     DOCUMENT_REEMBED,
-    DOCUMENT_UPSERT,
-    DocumentDelete,
     DocumentReembed,
-    DocumentUpsert,
     MetadataValue,
 )
 from embedstream.schemas.envelope import Envelope, attributes_of
 from embedstream.schemas.events import (
     DOCUMENT_EMBEDDED,
-    DOCUMENT_EMBEDDED_V2,
     DOCUMENT_REMOVED,
     DocumentEmbedded,
     DocumentEmbeddedV2,
@@ -63,23 +51,27 @@ from embedstream.workers import index as index_worker
 from embedstream.workers.index import INDEX_STAGE, build_index_worker
 from embedstream.workers.stage import run_stage
 from tests.conftest import REDIS_URL
+from tests.support.builders import (
+    DIM,
+    MODEL,
+    TENANT,
+    Kind,
+    embedded_event,
+    removed_event,
+    submit_job,
+    unit_vector,
+)
+from tests.support.builders import publish as publish_events
+from tests.support.chroma_server import chroma_server as start_chroma_server
 from tests.support.redis_server import PrivateRedis
 from tests.support.streams import wait_until
 
 pytestmark = pytest.mark.integration
 
-DIM = 8
-MODEL = "test-model"
 COLLECTION = "test-index"
-rng = np.random.default_rng(7)
 
 
 # -- helpers -----------------------------------------------------------------------
-
-
-def unit(vector: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
-    array = np.asarray(vector, dtype=np.float32)
-    return (array / np.linalg.norm(array)).astype(np.float32)
 
 
 def embedded(
@@ -87,32 +79,9 @@ def embedded(
     document_id: str,
     version: int,
     texts: Sequence[str] = ("alpha", "beta"),
-    *,
-    metadata: dict[str, MetadataValue] | None = None,
-    model: str = MODEL,
-    dim: int = DIM,
-    vectors: Sequence[Any] | None = None,
-    reused: bool = False,
-    content_hash: str | None = None,
+    **options: Any,
 ) -> DocumentEmbedded:
-    vectors = vectors or [unit(rng.standard_normal(dim)) for _ in texts]
-    chunks = [
-        EmbeddedChunk(id=f"{document_id}:{n}", index=n, text=text, vector=encode_vector(vec))
-        for n, (text, vec) in enumerate(zip(texts, vectors, strict=True))
-    ]
-    return DocumentEmbedded(
-        job_id=job_id,
-        document_id=document_id,
-        version=version,
-        content_hash=content_hash or f"h-{'|'.join(texts)}",
-        model=model,
-        dim=dim,
-        text=" ".join(texts),
-        metadata=metadata or {},
-        chunk_count=len(texts),
-        reused=reused,
-        chunks=[] if reused else chunks,
-    )
+    return embedded_event(job_id, document_id, version, texts, **options)
 
 
 def reused(
@@ -125,33 +94,10 @@ def reused(
     return embedded(job_id, document_id, version, texts, metadata=metadata, reused=True)
 
 
-def removed(job_id: str, document_id: str, version: int) -> DocumentRemoved:
-    return DocumentRemoved(job_id=job_id, document_id=document_id, version=version)
-
-
-TENANT = "acme"
-
-
 async def publish(
-    client: redis.Redis,
-    names: StreamNames,
-    *events: DocumentEmbedded | DocumentRemoved,
-    tenant: str = TENANT,
+    client: redis.Redis, names: StreamNames, *events: BaseModel, tenant: str = TENANT
 ) -> None:
-    for event in events:
-        kind = DOCUMENT_REMOVED if isinstance(event, DocumentRemoved) else DOCUMENT_EMBEDDED
-        env = Envelope.wrap(kind, event, source="tests", tenant=tenant, subject=event.document_id)
-        await client.xadd(names.embedded, env.to_fields())  # type: ignore[arg-type]
-
-
-async def publish_v2(
-    client: redis.Redis, names: StreamNames, *events: DocumentEmbeddedV2, tenant: str = TENANT
-) -> None:
-    for event in events:
-        env = Envelope.wrap(
-            DOCUMENT_EMBEDDED_V2, event, source="tests", tenant=tenant, subject=event.document_id
-        )
-        await client.xadd(names.embedded, env.to_fields())  # type: ignore[arg-type]
+    await publish_events(client, names.embedded, *events, tenant=tenant)
 
 
 async def ingest_commands(client: redis.Redis, names: StreamNames) -> list[Envelope]:
@@ -161,22 +107,10 @@ async def ingest_commands(client: redis.Redis, names: StreamNames) -> list[Envel
 
 
 async def submit(
-    tracker: JobTracker, job_id: str, docs: dict[str, str], tenant: str = TENANT
+    tracker: JobTracker, job_id: str, docs: dict[str, Kind], tenant: str = TENANT
 ) -> None:
     """A job with ``docs``: document id -> "upsert" | "delete"."""
-    subs = []
-    for doc, kind in docs.items():
-        payload: DocumentUpsert | DocumentDelete
-        if kind == "upsert":
-            payload, type_ = (
-                DocumentUpsert(job_id=job_id, document_id=doc, text="x"),
-                DOCUMENT_UPSERT,
-            )
-        else:
-            payload, type_ = DocumentDelete(job_id=job_id, document_id=doc), DOCUMENT_DELETE
-        env = Envelope.wrap(type_, payload, source="tests", tenant=tenant, subject=doc)
-        subs.append(Submission(doc, kind, env))
-    await tracker.submit(job_id, subs, tenant=tenant)
+    await submit_job(tracker, docs, job_id=job_id, tenant=tenant, text="x")
 
 
 async def dead_letters(client: redis.Redis, names: StreamNames) -> list[dict[bytes, bytes]]:
@@ -226,11 +160,6 @@ async def run_worker(
 ) -> RunStats:
     worker = build_index_worker(client, names, cfg, index, **kwargs)
     return await asyncio.wait_for(worker.run(burst=True), 60)
-
-
-@pytest.fixture
-def tracker(redis_client: redis.Redis, names: StreamNames) -> JobTracker:
-    return JobTracker(redis_client, names)
 
 
 @pytest.fixture
@@ -325,7 +254,7 @@ async def test_removal_deletes_every_chunk_and_only_that_document(
     )
     await run_worker(redis_client, names, fast_settings, index)
     await submit(tracker, "j2", {"gone": "delete"})
-    await publish(redis_client, names, removed("j2", "gone", 3))
+    await publish(redis_client, names, removed_event("j2", "gone", 3))
 
     stats = await run_worker(redis_client, names, fast_settings, index)
 
@@ -350,7 +279,7 @@ async def test_older_versions_are_refused_after_newer_ones(
         redis_client,
         names,
         embedded("j2", "d", 20, ("new",)),
-        removed("j3", "e", 30),
+        removed_event("j3", "e", 30),
     )
     await run_worker(redis_client, names, fast_settings, index)
 
@@ -394,7 +323,7 @@ async def test_one_batch_applies_only_the_newest_version(
         names,
         embedded("j1", "d", 3, ("three",)),
         embedded("j1", "d", 1, ("one", "one")),
-        removed("j1", "x", 5),
+        removed_event("j1", "x", 5),
         embedded("j1", "d", 2, ("two", "two", "two")),
         embedded("j1", "x", 4, ("x",)),
     )
@@ -443,7 +372,7 @@ async def test_replicas_apply_each_document_in_version_order(
     for version in range(1, 61):
         doc = docs[version % 3]
         if version % 7 == 0:
-            events.append(removed("j", doc, version))
+            events.append(removed_event("j", doc, version))
         else:
             events.append(embedded("j", doc, version, [f"{doc}{version}"] * (1 + version % 4)))
     await publish(redis_client, names, *events)
@@ -651,9 +580,7 @@ async def test_reuse_whose_base_was_indexed_with_other_content_reembeds_at_once(
     await run_worker(redis_client, names, fast_settings, index)
     index.collection.delete(ids=[f"{TENANT}/d:0"])  # the chunks are gone
     reuse = DocumentEmbeddedV2.from_v1(reused("j2", "d", 2, ("A",)))
-    await publish_v2(
-        redis_client, names, reuse.model_copy(update={"base_version": version_text(1)})
-    )
+    await publish(redis_client, names, reuse.model_copy(update={"base_version": version_text(1)}))
 
     stats = await run_worker(redis_client, names, fast_settings, index)
 
@@ -725,51 +652,10 @@ async def test_query_by_embedding_finds_the_document_by_cosine(
 # -- server mode -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def chroma_server(tmp_path: Path) -> Iterator[str]:
-    binary = Path(sys.executable).parent / "chroma"
-    if not binary.exists():
-        found = shutil.which("chroma")
-        if found is None:
-            pytest.fail("the `chroma` command (from the chromadb wheel) is not installed")
-        binary = Path(found)
-    port = _free_port()
-    log = (tmp_path / "chroma-server.log").open("wb")
-    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
-    proc = subprocess.Popen(
-        [str(binary), "run", "--path", str(tmp_path / "server"), "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"chroma server did not start: {(tmp_path / 'chroma-server.log').read_text()}"
-                )
-            time.sleep(0.2)
+    with start_chroma_server(tmp_path / "server") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 async def test_run_against_a_chroma_server(
@@ -794,7 +680,7 @@ async def test_run_against_a_chroma_server(
         names,
         embedded("j0", "b", 1, ("to", "delete")),
         embedded("j1", "a", 2, ("hello", "server"), metadata={"k": "v"}),
-        removed("j1", "b", 3),
+        removed_event("j1", "b", 3),
     )
 
     stats = await asyncio.wait_for(
@@ -827,7 +713,7 @@ def test_adapter_functions_rebuild_a_collection(tmp_path: Path) -> None:
     chunks = [
         chroma_chunks.ChunkRecord(
             id=chunk_id(tenant, doc, n),
-            embedding=unit(rng.standard_normal(DIM)),
+            embedding=unit_vector(DIM),
             metadata=chroma_chunks.chunk_metadata(
                 {},
                 tenant=tenant,
@@ -874,7 +760,7 @@ async def test_tenants_index_the_same_document_id_apart(
     assert records(index, "d", tenant="t-b")["d:0"]["metadata"]["version"] == 20
 
     await submit(tracker, "jb2", {"d": "delete"}, tenant="t-b")
-    await publish(redis_client, names, removed("jb2", "d", 30), tenant="t-b")
+    await publish(redis_client, names, removed_event("jb2", "d", 30), tenant="t-b")
     await submit(tracker, "ja2", {"d": "upsert"}, tenant="t-a")
     await publish(redis_client, names, embedded("ja2", "d", 15, ("a-new",)), tenant="t-a")
     stats = await run_worker(redis_client, names, fast_settings, index)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,18 +14,17 @@ import msgspec
 import numpy as np
 import pytest
 import redis.asyncio as redis
+from pydantic import BaseModel
 from structlog.testing import capture_logs
 
 from embedstream.adapters.postgres import DocumentStore, DocumentWrite, WriteResult
 from embedstream.adapters.postgres import create_pool as create_pg_pool
 from embedstream.config import ConsumerSettings, PostgresSettings, RedisSettings, Settings
-from embedstream.jobs.tracker import JobTracker, Submission
-from embedstream.schemas.commands import DocumentDelete, DocumentReembed, DocumentUpsert
+from embedstream.jobs.tracker import JobTracker
+from embedstream.schemas.commands import DocumentReembed
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import (
     DOCUMENT_EMBEDDED,
-    DOCUMENT_EMBEDDED_V2,
-    DOCUMENT_REMOVED,
     DocumentEmbedded,
     DocumentEmbeddedV2,
     DocumentRemoved,
@@ -42,15 +40,11 @@ from embedstream.streams.runner import RunStats
 from embedstream.workers.persist import PERSIST_STAGE, PersistHandler, build_persist_worker
 from embedstream.workers.stage import run_stage
 from tests.integration.conftest import PG_DSN
+from tests.support.builders import Kind, publish, submit_job
 
 pytestmark = pytest.mark.integration
 
 DIM = 384
-
-
-@pytest.fixture
-def tracker(redis_client: redis.Redis, names: StreamNames) -> JobTracker:
-    return JobTracker(redis_client, names)
 
 
 T = "acme"
@@ -72,22 +66,9 @@ class Pipeline:
         self.store = DocumentStore(pool)
         self.vectors: dict[tuple[str, int, int], np.ndarray] = {}
 
-    async def job(self, *docs: tuple[str, str], tenant: str = T) -> str:
+    async def job(self, *docs: tuple[str, Kind], tenant: str = T) -> str:
         """A job with (document_id, kind) commands, so stage marks have a job to count."""
-        job_id = uuid.uuid4().hex
-        subs = []
-        for doc, kind in docs:
-            command: DocumentUpsert | DocumentDelete = (
-                DocumentUpsert(job_id=job_id, document_id=doc, text="t")
-                if kind == "upsert"
-                else DocumentDelete(job_id=job_id, document_id=doc)
-            )
-            envelope = Envelope.wrap(
-                f"document.{kind}.v1", command, source="test", tenant=tenant, subject=doc
-            )
-            subs.append(Submission(doc, kind, envelope))
-        await self.tracker.submit(job_id, subs, tenant=tenant)
-        return job_id
+        return await submit_job(self.tracker, docs, tenant=tenant, text="t")
 
     def embedded(
         self,
@@ -124,20 +105,9 @@ class Pipeline:
             chunks=items,
         )
 
-    async def send(self, *events: DocumentEmbedded | DocumentRemoved, tenant: str = T) -> None:
-        for event in events:
-            kind = DOCUMENT_EMBEDDED if isinstance(event, DocumentEmbedded) else DOCUMENT_REMOVED
-            envelope = Envelope.wrap(
-                kind, event, source="test", tenant=tenant, subject=event.document_id
-            )
-            await self.add(envelope.to_fields())
-
-    async def send_v2(self, *events: DocumentEmbeddedV2, tenant: str = T) -> None:
-        for event in events:
-            envelope = Envelope.wrap(
-                DOCUMENT_EMBEDDED_V2, event, source="test", tenant=tenant, subject=event.document_id
-            )
-            await self.add(envelope.to_fields())
+    async def send(self, *events: BaseModel, tenant: str = T) -> None:
+        """The events on the embedded stream, each in an envelope of its type."""
+        await publish(self.client, self.names.embedded, *events, tenant=tenant)
 
     async def run(self) -> RunStats:
         worker = build_persist_worker(
@@ -338,7 +308,7 @@ async def test_reused_embedding_on_other_stored_content_asks_for_a_reembed_at_on
     await pipe.send(pipe.embedded(job, "a", 1, chunks=1, text="B"))
     await pipe.run()
     reuse = DocumentEmbeddedV2.from_v1(pipe.embedded(job, "a", 3, chunks=2, text="A", reused=True))
-    await pipe.send_v2(reuse.model_copy(update={"base_version": version_text(1)}))
+    await pipe.send(reuse.model_copy(update={"base_version": version_text(1)}))
     stats = await pipe.run()
     assert (stats.acked, stats.retried, stats.dead_lettered) == (1, 0, 0)
     requests = [f for _, f in await pipe.entries(pipe.names.ingest) if b"reembed" in f[b"ce"]]

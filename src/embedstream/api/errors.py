@@ -191,6 +191,12 @@ _DESCRIPTIONS = {
     "backlogged; retry after the Retry-After seconds",
 }
 
+_RETRY_AFTER: dict[str, dict[str, Any]] = {
+    "Retry-After": {
+        "description": "seconds to wait before retrying",
+        "schema": {"type": "integer"},
+    }
+}
 _HEADERS: dict[int, dict[str, dict[str, Any]]] = {
     401: {
         "WWW-Authenticate": {
@@ -204,18 +210,8 @@ _HEADERS: dict[int, dict[str, dict[str, Any]]] = {
             "schema": {"type": "string"},
         }
     },
-    429: {
-        "Retry-After": {
-            "description": "seconds to wait before retrying",
-            "schema": {"type": "integer"},
-        }
-    },
-    503: {
-        "Retry-After": {
-            "description": "seconds to wait before retrying",
-            "schema": {"type": "integer"},
-        }
-    },
+    429: _RETRY_AFTER,
+    503: _RETRY_AFTER,
 }
 
 

@@ -12,7 +12,7 @@ builds on (``base_version``)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, Self, TypeAlias
+from typing import Annotated, Literal, Self, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,6 +35,18 @@ DOCUMENT_DELETED_V2 = "document.deleted.v2"
 
 class _Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# the fields both type versions of document.embedded declare alike
+Dim = Annotated[int, Field(gt=0, le=INTEGER_MAX)]
+ChunkCount = Annotated[int, Field(ge=0, le=INTEGER_MAX)]
+Reused = Annotated[
+    bool,
+    Field(
+        description="the text is unchanged since this document was last embedded: `chunks` "
+        "is empty and stores keep their chunks, updating metadata and version only",
+    ),
+]
 
 
 class EmbeddedChunk(_Event):
@@ -91,15 +103,11 @@ class DocumentEmbedded(_Event):
     )
     content_hash: str
     model: str
-    dim: int = Field(gt=0, le=INTEGER_MAX)
+    dim: Dim
     text: str
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
-    chunk_count: int = Field(ge=0, le=INTEGER_MAX)
-    reused: bool = Field(
-        default=False,
-        description="the text is unchanged since this document was last embedded: `chunks` "
-        "is empty and stores keep their chunks, updating metadata and version only",
-    )
+    chunk_count: ChunkCount
+    reused: Reused = False
     chunks: list[EmbeddedChunk]
 
     @model_validator(mode="after")
@@ -168,15 +176,11 @@ class DocumentEmbeddedV2(_Event):
     version: VersionText
     content_hash: str
     model: str
-    dim: int = Field(gt=0, le=INTEGER_MAX)
+    dim: Dim
     text: str
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
-    chunk_count: int = Field(ge=0, le=INTEGER_MAX)
-    reused: bool = Field(
-        default=False,
-        description="the text is unchanged since this document was last embedded: `chunks` "
-        "is empty and stores keep their chunks, updating metadata and version only",
-    )
+    chunk_count: ChunkCount
+    reused: Reused = False
     base_version: VersionText | None = Field(
         default=None,
         description="with reused=true, the version whose chunks are reused (the document's "

@@ -23,8 +23,10 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from structlog.typing import FilteringBoundLogger
 
 from embedstream.config import ConsumerSettings
 from embedstream.errors import PermanentError, PoisonMessage
@@ -70,24 +72,20 @@ class RuntimeHooks:
     retain: Mapping[str, int] | None = None
 
 
+@dataclass
 class BatchProcessor(Generic[T]):
     """Decodes, handles and settles the batches of one consumer (see the module doc)."""
 
-    def __init__(
-        self,
-        consumer: StreamConsumer,
-        settings: ConsumerSettings,
-        handler: Handler[T],
-        decode: Decoder[T],
-        hooks: RuntimeHooks,
-        stats: RunStats,
-    ) -> None:
-        self.consumer = consumer
-        self.settings = settings
-        self.handler = handler
-        self.decode = decode
-        self.hooks = hooks
-        self.stats = stats
+    consumer: StreamConsumer
+    settings: ConsumerSettings
+    handler: Handler[T]
+    decode: Decoder[T]
+    hooks: RuntimeHooks
+    stats: RunStats
+    log: FilteringBoundLogger = field(init=False)
+
+    def __post_init__(self) -> None:
+        consumer = self.consumer
         self.log = get_logger("embedstream.worker").bind(
             stream=consumer.stream, group=consumer.group, consumer=consumer.consumer
         )

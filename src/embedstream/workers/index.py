@@ -18,6 +18,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Final
 
 import redis.asyncio as redis
@@ -67,27 +68,17 @@ class SupersededPending(RetryableError):
     """An older event of a document whose newest event in the batch could not be written."""
 
 
+@dataclass
 class IndexHandler:
     """Batch handler of the index stage (see the module doc)."""
 
-    def __init__(
-        self,
-        index: ChromaIndex,
-        order: DocumentOrder,
-        tracker: JobTracker,
-        *,
-        store_documents: bool = False,
-        lock_wait_s: float = 1.0,
-        reembed: ReembedRequests | None = None,
-        max_deliveries: int = 5,
-    ) -> None:
-        self.index = index
-        self.lock_wait_s = lock_wait_s
-        self.order = order
-        self.tracker = tracker
-        self.store_documents = store_documents
-        self.reembed = reembed
-        self.max_deliveries = max_deliveries
+    index: ChromaIndex
+    order: DocumentOrder
+    tracker: JobTracker
+    store_documents: bool = False
+    lock_wait_s: float = 1.0
+    reembed: ReembedRequests | None = None
+    max_deliveries: int = 5
 
     async def __call__(
         self, messages: Sequence[Message[Decoded[EmbeddedStreamEvent]]]

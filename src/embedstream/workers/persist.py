@@ -20,6 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Final
 
 import asyncpg
@@ -63,31 +64,33 @@ log = get_logger("embedstream.persist")
 PersistMessage = Message[Decoded[EmbeddedStreamEvent]]
 
 
+@dataclass(frozen=True)
+class _Item:
+    """A message of the batch: its event (in its v2 form) and the write it stands for."""
+
+    message: PersistMessage
+    event: DocumentEvent
+    write: DocumentWrite
+
+    @classmethod
+    def of(cls, message: PersistMessage) -> _Item:
+        event = as_v2(message.body.payload)
+        return cls(message, event, to_write(message.body.envelope.tenant, event))
+
+
+@dataclass
 class PersistHandler:
     """The batch handler: one ``Outcome`` per message, in order."""
 
-    def __init__(
-        self,
-        store: DocumentStore,
-        tracker: JobTracker,
-        *,
-        reembed: ReembedRequests | None = None,
-        max_deliveries: int = 5,
-    ) -> None:
-        self.store = store
-        self.tracker = tracker
-        self.reembed = reembed
-        self.max_deliveries = max_deliveries
+    store: DocumentStore
+    tracker: JobTracker
+    reembed: ReembedRequests | None = None
+    max_deliveries: int = 5
 
     async def __call__(self, messages: Sequence[PersistMessage]) -> list[Outcome]:
         started = time.perf_counter()
         outcomes = Outcomes(messages, stage=STAGE)
-        events = [as_v2(message.body.payload) for message in messages]
-        writes = [
-            to_write(message.body.envelope.tenant, event)
-            for message, event in zip(messages, events, strict=True)
-        ]
-        for position, outcome in enumerate(await self._write(writes, messages, events)):
+        for position, outcome in enumerate(await self._write([_Item.of(m) for m in messages])):
             outcomes[position] = outcome
         done = outcomes.decided()
         log.debug(
@@ -100,65 +103,45 @@ class PersistHandler:
         )
         return outcomes.result()
 
-    async def _write(
-        self,
-        writes: list[DocumentWrite],
-        messages: Sequence[PersistMessage],
-        events: Sequence[DocumentEvent],
-    ) -> list[Outcome]:
-        """One outcome per write; ``messages[i]`` and ``events[i]`` are those of
-        ``writes[i]``."""
-        if not writes:
+    async def _write(self, items: list[_Item]) -> list[Outcome]:
+        """One outcome per item, in order."""
+        if not items:
             return []
         try:
-            results = await self.store.write(writes)
+            results = await self.store.write([item.write for item in items])
         except postgres_errors.REFUSED as exc:
             log.warning(
                 "postgres refused the batch; writing its documents one by one",
                 error=f"{type(exc).__name__}: {exc}",
             )
-            return await self._write_each(writes, messages, events)
+            return await self._write_each(items)
         except Exception as exc:
-            return [self._retry(exc)] * len(writes)
-        return [
-            self._outcome(writes[i], results[i], messages[i], events[i]) for i in range(len(writes))
-        ]
+            return [self._retry(exc)] * len(items)
+        return [self._outcome(item, result) for item, result in zip(items, results, strict=True)]
 
-    async def _write_each(
-        self,
-        writes: list[DocumentWrite],
-        messages: Sequence[PersistMessage],
-        events: Sequence[DocumentEvent],
-    ) -> list[Outcome]:
+    async def _write_each(self, items: list[_Item]) -> list[Outcome]:
         """Isolate the messages PostgreSQL refuses: one transaction per document."""
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for position, write in enumerate(writes):
-            groups[write.document].append(position)
+        for position, item in enumerate(items):
+            groups[item.write.document].append(position)
         outcomes: dict[int, Outcome] = {}
         for positions in groups.values():
-            group = [writes[p] for p in positions]
             try:
-                results = await self.store.write(group)
+                results = await self.store.write([items[p].write for p in positions])
                 for p, result in zip(positions, results, strict=True):
-                    outcomes[p] = self._outcome(writes[p], result, messages[p], events[p])
+                    outcomes[p] = self._outcome(items[p], result)
             except postgres_errors.REFUSED as exc:
                 refused = DeadLetter(postgres_errors.refusal(exc))
                 outcomes.update({p: refused for p in positions})
             except Exception as exc:
                 retry = self._retry(exc)
                 outcomes.update({p: retry for p in positions})
-        return [outcomes[p] for p in range(len(writes))]
+        return [outcomes[p] for p in range(len(items))]
 
-    def _outcome(
-        self,
-        write: DocumentWrite,
-        result: WriteResult,
-        message: PersistMessage,
-        event: DocumentEvent,
-    ) -> Outcome:
+    def _outcome(self, item: _Item, result: WriteResult) -> Outcome:
         if result in (WriteResult.CONFLICT, WriteResult.WAITING):
-            return self._unapplied_reuse(write, result, message, event)
-        envelope = message.body.envelope
+            return self._unapplied_reuse(item, result)
+        write, envelope = item.write, item.message.body.envelope
         deleted_version = write.version if write.deleted else None
         return Ack(
             ops=(
@@ -172,19 +155,14 @@ class PersistHandler:
             )
         )
 
-    def _unapplied_reuse(
-        self,
-        write: DocumentWrite,
-        result: WriteResult,
-        message: PersistMessage,
-        event: DocumentEvent,
-    ) -> Outcome:
+    def _unapplied_reuse(self, item: _Item, result: WriteResult) -> Outcome:
         """A reused embedding whose content is not stored here: wait for its base, or ask
         for a re-embed (``embedstream.workers.reembed``)."""
+        write, event, attempt = item.write, item.event, item.message.attempt
         decision = (
             Unapplied.REEMBED
             if result is WriteResult.CONFLICT
-            else decide(None, None, attempt=message.attempt, max_deliveries=self.max_deliveries)
+            else decide(None, None, attempt=attempt, max_deliveries=self.max_deliveries)
         )
         if (
             decision is Unapplied.WAIT
@@ -204,10 +182,10 @@ class PersistHandler:
             version=event.version,
             base_version=event.base_version,
             result=result.value,
-            attempt=message.attempt,
+            attempt=attempt,
         )
         # no stage mark: the re-embedded event (same version) records it
-        traceparent = message.body.envelope.traceparent
+        traceparent = item.message.body.envelope.traceparent
         return Ack(ops=(self.reembed.op(write.tenant, event, traceparent),))
 
     def _retry(self, exc: Exception) -> Retry:

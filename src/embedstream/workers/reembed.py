@@ -109,14 +109,9 @@ class ReembedRequests:
 
     def op(self, tenant: str, event: DocumentEmbeddedV2, traceparent: str | None) -> TransactionOp:
         """The op adding ``document.reembed.v1`` for ``event`` (a reused embedding)."""
-        command = DocumentReembed(
-            job_id=event.job_id,
-            document_id=event.document_id,
-            version=event.version,
-            text=event.text,
-            metadata=event.metadata,
-            requested_by=self.stage,
-        )
+        # the event's document at the event's version, asked for by this stage
+        asked = event.model_dump(include={"job_id", "document_id", "version", "text", "metadata"})
+        command = DocumentReembed(**asked, requested_by=self.stage)
         envelope = Envelope.wrap(
             DOCUMENT_REEMBED,
             command,
