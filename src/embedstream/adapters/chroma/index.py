@@ -37,7 +37,7 @@ class ChromaIndex:
     event loop free (invariant 9) and serializes the writes of in-flight batches.
 
     An embedded folder is opened under its open lock, and a writer first takes the
-    folder's writer lock (``acquire_writer``); see ``embedstream.adapters.chroma_folder``.
+    folder's writer lock (``acquire_writer``); see ``embedstream.adapters.chroma.folder``.
     """
 
     def __init__(self, settings: ChromaSettings) -> None:
