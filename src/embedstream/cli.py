@@ -97,11 +97,11 @@ def worker(
     async def main() -> None:
         from embedstream.streams.runner import install_stop_signals
         from embedstream.workers.stage import run_stage
-        from embedstream.workers.stages import STAGES
+        from embedstream.workers.stages import stage_named
 
         stop = asyncio.Event()
         install_stop_signals(stop)
-        await run_stage(STAGES[kind], settings, stop, burst=burst)
+        await run_stage(stage_named(kind), settings, stop, burst=burst)
 
     asyncio.run(main())
 

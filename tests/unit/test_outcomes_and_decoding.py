@@ -5,6 +5,8 @@ missing one (``streams/outcomes.py``), payloads decoded by the stage's declared 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from typing import Any
 
 import fakeredis
@@ -21,7 +23,7 @@ from embedstream.streams.decoding import Decoded, payload_decoder
 from embedstream.streams.messages import Ack, DeadLetter, Message, Retry
 from embedstream.streams.names import PIPELINE, StreamNames
 from embedstream.streams.outcomes import MissingOutcome, Outcomes
-from embedstream.workers.stages import STAGES
+from embedstream.workers.stages import all_stages
 from tests.support.builders import command_envelope, embedded_event, event_envelope
 
 
@@ -131,6 +133,7 @@ def test_other_types_invalid_payloads_and_broken_envelopes_are_poison_with_the_r
 
 
 def test_every_stage_is_declared_once_with_the_names_defined_once() -> None:
+    STAGES = {stage.name: stage for stage in all_stages()}
     assert [stage.names for stage in STAGES.values()] == list(PIPELINE)
     assert {name: stage.group for name, stage in STAGES.items()} == {
         "embed": "embedder",
@@ -165,3 +168,20 @@ def test_the_cli_offers_exactly_the_declared_stages() -> None:
     assert refused.exit_code == 2
     words = " ".join(refused.output.replace("│", " ").split())
     assert "'frobnicate' is not one of 'embed', 'index', 'persist'" in words
+
+
+@pytest.mark.parametrize(
+    ("stage", "absent"),
+    [("embed", ("chromadb", "asyncpg")), ("index", ("asyncpg", "onnxruntime", "torch"))],
+)
+def test_a_worker_process_imports_its_own_stage_only(stage: str, absent: tuple[str, ...]) -> None:
+    """The embed worker does not load Chroma's client (tens of MB of RSS), nor the index
+    worker the model."""
+    code = (
+        "import sys\n"
+        "from embedstream.workers.stages import stage_named\n"
+        f"assert stage_named({stage!r}).name == {stage!r}\n"
+        f"print(sorted(m for m in {absent!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
