@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import msgspec
 from pydantic import BaseModel
 
 from embedstream.schemas.envelope import Envelope
@@ -70,11 +71,11 @@ class ResultEnvelopes:
 
     def job_attributes(self, job_id: str, job: JobContext, now: datetime) -> tuple[str, str]:
         """The ``ce`` of ``job.completed`` and of ``job.failed`` for ``job_id``, one of
-        which the bookkeeping adds (with its ``data``) when the job ends at ``now``."""
-        return (
-            self._envelope(JOB_COMPLETED, b"", job, job_id, now).attributes(),
-            self._envelope(JOB_FAILED, b"", job, job_id, now).attributes(),
-        )
+        which the bookkeeping adds (with its ``data``) when the job ends at ``now``. A job
+        has one such event, so both share an id."""
+        completed = self._envelope(JOB_COMPLETED, b"", job, job_id, now)
+        failed = msgspec.structs.replace(completed, type=JOB_FAILED)
+        return completed.attributes(), failed.attributes()
 
     def deleted(
         self,
