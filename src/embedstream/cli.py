@@ -5,7 +5,6 @@ ingest | search | reindex | keys | token | schemas | model. Exit codes and ``--j
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import signal
 import subprocess
@@ -15,13 +14,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from embedstream.api.keys_cli import keys_app, token_app
+from embedstream.api.security.cli import keys_app, token_app
 from embedstream.cli_output import ExitCode, JsonOption, fail, messages, print_json
 from embedstream.config import Settings
 from embedstream.contracts.cli import schemas_app
@@ -29,6 +28,7 @@ from embedstream.dlq_cli import dlq_app
 from embedstream.logging import configure_logging
 from embedstream.model_cli import model_app
 from embedstream.status_cli import status
+from embedstream.streams.names import PIPELINE, StreamNames
 
 app = typer.Typer(
     help="embedstream: an event-driven embedding pipeline on Redis Streams.",
@@ -47,10 +47,12 @@ console = Console() if sys.stdout.isatty() else Console(width=140)
 T = TypeVar("T")
 
 
-class WorkerKind(Enum):
-    embed = "embed"
-    index = "index"
-    persist = "persist"
+if TYPE_CHECKING:
+    StageKind = str
+else:
+    # the stages' names, as a choice (typer reads an Enum); the declarations behind them
+    # (embedstream.workers.stages) are imported by the commands that run them
+    StageKind = Enum("StageKind", [(stage.name, stage.name) for stage in PIPELINE], type=str)
 
 
 def cli_settings() -> Settings:
@@ -62,6 +64,10 @@ def cli_settings() -> Settings:
     settings = Settings()
     configure_logging(settings.app.log_level, json=settings.app.json_logs)
     return settings
+
+
+def _names(settings: Settings) -> StreamNames:
+    return StreamNames(settings.redis.stream_prefix)
 
 
 def _with_redis(settings: Settings, body: Callable[[Any], Awaitable[T]]) -> T:
@@ -87,7 +93,7 @@ def api() -> None:
 
 @app.command()
 def worker(
-    kind: Annotated[WorkerKind, typer.Argument(help="which stage to run")],
+    kind: Annotated[StageKind, typer.Argument(help="which stage to run")],
     burst: Annotated[bool, typer.Option(help="process what is there, then exit")] = False,
 ) -> None:
     """Run one worker replica. Start more processes to scale a stage."""
@@ -95,11 +101,12 @@ def worker(
 
     async def main() -> None:
         from embedstream.streams.runner import install_stop_signals
+        from embedstream.workers.stage import run_stage
+        from embedstream.workers.stages import stage_named
 
         stop = asyncio.Event()
         install_stop_signals(stop)
-        module = importlib.import_module(f"embedstream.workers.{kind.value}")
-        await module.run(settings, stop, burst=burst)
+        await run_stage(stage_named(kind), settings, stop, burst=burst)
 
     asyncio.run(main())
 
@@ -140,7 +147,7 @@ def init(as_json: Annotated[bool, JsonOption] = False) -> None:
 def _init_streams(settings: Settings) -> list[dict[str, Any]]:
     from embedstream.streams.init import init_streams
 
-    names = settings.redis.names
+    names = _names(settings)
     items = _with_redis(settings, lambda client: init_streams(client, names))
     return [{"stream": i.stream, "group": i.group, "created": i.created} for i in items]
 
@@ -172,7 +179,7 @@ def dev(
 ) -> None:
     """Run the API and one replica of each worker as child processes (Ctrl-C stops all)."""
     settings = cli_settings()
-    workers = [["worker", kind.value] for kind in WorkerKind for _ in range(replicas)]
+    workers = [["worker", stage.name] for stage in PIPELINE for _ in range(replicas)]
     env = dict(os.environ)
     procs: list[subprocess.Popen[bytes]] = []
     if settings.chroma.chroma_url is None:

@@ -20,7 +20,8 @@ class Hit:
 
 
 async def search(settings: Settings, query: str, limit: int, *, tenant: str) -> list[Hit]:
-    from embedstream.adapters.chroma import TENANT, ChromaIndex
+    from embedstream.adapters.chroma.chunks import TENANT
+    from embedstream.adapters.chroma.index import ChromaIndex
     from embedstream.adapters.embedder import load_embedder
     from embedstream.adapters.postgres import create_pool
 

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as redis
 
 from embedstream.config import ApiSettings, ConsumerSettings, RedisSettings, Settings
-from embedstream.streams.names import EMBEDDER_GROUP, StreamNames
+from embedstream.streams.names import EMBED, StreamNames
 from tests.conftest import REDIS_URL
 from tests.integration.conftest import create_key, drop_schema, open_client, with_key_store
 from tests.support.dead_letters import add_command, add_poison, dead_letter_all
@@ -338,10 +338,10 @@ async def test_jobs_across_tenants(api: httpx.AsyncClient, keys: Keys) -> None:
 async def test_status_shows_groups_and_a_group_nobody_reads(
     api: httpx.AsyncClient, keys: Keys, redis_client: redis.Redis, names: StreamNames
 ) -> None:
-    await redis_client.xgroup_create(names.ingest, EMBEDDER_GROUP, id="0", mkstream=True)
+    await redis_client.xgroup_create(names.ingest, EMBED.group, id="0", mkstream=True)
     for n in range(4):
         await add_command(redis_client, names, tenant="acme", document_id=f"s{n}")
-    await redis_client.xreadgroup(EMBEDDER_GROUP, "reader-1", {names.ingest: ">"}, count=1)
+    await redis_client.xreadgroup(EMBED.group, "reader-1", {names.ingest: ">"}, count=1)
     report = (await api.get("/v1/admin/status", headers=as_(keys.globex))).json()
     [ingest] = [s for s in report["streams"] if s["stream"] == names.ingest]
     [group] = ingest["groups"]
@@ -354,7 +354,7 @@ async def test_status_shows_groups_and_a_group_nobody_reads(
         await asyncio.sleep(0.2)  # the bound is about elapsed time: let the consumer age
         aged = (await client.get("/v1/admin/status", headers=as_(keys.acme))).json()
         assert [(p["group"], p["kind"]) for p in aged["problems"]] == [
-            (EMBEDDER_GROUP, "no_live_consumer")
+            (EMBED.group, "no_live_consumer")
         ]
 
 
@@ -382,13 +382,13 @@ async def test_a_replayed_entry_is_followed_through_its_groups(
         body = (await api.get(path, headers=as_(keys.acme))).json()
         return {g["group"]: g["state"] for g in body["groups"]}
 
-    assert await states() == {EMBEDDER_GROUP: "waiting"}
-    await redis_client.xreadgroup(EMBEDDER_GROUP, "c9", {names.ingest: ">"}, count=10)
+    assert await states() == {EMBED.group: "waiting"}
+    await redis_client.xreadgroup(EMBED.group, "c9", {names.ingest: ">"}, count=10)
     pending = (await api.get(path, headers=as_(keys.acme))).json()
     assert pending["groups"][0]["consumer"] == "c9"
     assert pending["groups"][0]["state"] == "pending"
-    await redis_client.xack(names.ingest, EMBEDDER_GROUP, new_id)
-    assert await states() == {EMBEDDER_GROUP: "done"}
+    await redis_client.xack(names.ingest, EMBED.group, new_id)
+    assert await states() == {EMBED.group: "done"}
     # another tenant cannot look at it; nor at a stream outside the deployment
     assert (await api.get(path, headers=as_(keys.globex))).status_code == 404
     outside = f"/v1/admin/streams/elsewhere:ingest/entries/{new_id}"

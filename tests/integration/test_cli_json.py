@@ -22,7 +22,7 @@ import redis.asyncio as redis
 from bench.stack import free_port
 
 from embedstream.config import ConsumerSettings
-from embedstream.streams.names import EMBEDDER_GROUP, StreamNames
+from embedstream.streams.names import EMBED, StreamNames
 from tests.conftest import REDIS_URL
 from tests.integration.conftest import JWT_SECRET, PG_DSN, drop_schema
 from tests.support.dead_letters import add_command, add_poison, dead_letter_all
@@ -223,15 +223,15 @@ async def test_exit_codes(
     assert await redis_client.xlen(names.dlq) == 1
 
     # 3: unhealthy: the consumer that made the dead letter is gone, work waits for nobody
-    await redis_client.xgroup_delconsumer(names.ingest, EMBEDDER_GROUP, fast_settings.consumer_name)
+    await redis_client.xgroup_delconsumer(names.ingest, EMBED.group, fast_settings.consumer_name)
     for n in range(3):
         await add_command(redis_client, names, tenant="acme", document_id=f"w{n}")
     waiting = cli("status", "--check", "--json")
     assert waiting.code == 3
     [problem] = waiting.json()["problems"]
-    assert (problem["group"], problem["kind"]) == (EMBEDDER_GROUP, "no_live_consumer")
+    assert (problem["group"], problem["kind"]) == (EMBED.group, "no_live_consumer")
     # a consumer reading it is live: healthy, until a bound says otherwise
-    await redis_client.xreadgroup(EMBEDDER_GROUP, "live-one", {names.ingest: ">"}, count=1)
+    await redis_client.xreadgroup(EMBED.group, "live-one", {names.ingest: ">"}, count=1)
     assert cli("status", "--check").code == 0
     assert cli("status", "--fail-over-lag", "5").code == 0
     over = cli("status", "--fail-over-lag", "1", "--json")

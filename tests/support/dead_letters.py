@@ -9,14 +9,14 @@ from collections.abc import Sequence
 
 import redis.asyncio as redis
 
-from embedstream.adapters.inflight import InFlight
-from embedstream.adapters.jobs import JobTracker
 from embedstream.api.commands import build_upsert
 from embedstream.config import ConsumerSettings
 from embedstream.errors import PermanentError
+from embedstream.jobs.inflight import InFlight
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.api import DocumentIn
 from embedstream.streams.messages import DeadLetter, Message, Outcome
-from embedstream.streams.names import EMBEDDER_GROUP, StreamNames
+from embedstream.streams.names import EMBED, StreamNames
 from embedstream.streams.runner import StreamWorker
 
 
@@ -69,7 +69,7 @@ async def dead_letter_all(
         client,
         names,
         names.ingest,
-        EMBEDDER_GROUP,
+        EMBED.group,
         refuse,
         settings,
         stage=stage,

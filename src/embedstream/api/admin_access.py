@@ -16,9 +16,9 @@ from typing import Annotated
 
 from fastapi import HTTPException, Security
 
-from embedstream.api.auth import authorize
-from embedstream.api.credentials import REALM
-from embedstream.api.principal import ADMIN, OPERATOR, Principal
+from embedstream.api.security.credentials import REALM
+from embedstream.api.security.guards import authorize
+from embedstream.api.security.principal import ADMIN, OPERATOR, Principal
 from embedstream.logging import get_logger
 
 log = get_logger(__name__)

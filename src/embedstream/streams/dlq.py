@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from embedstream.adapters.inflight import COUNT_LUA, InFlight
+from embedstream.jobs.inflight import COUNT_LUA, InFlight
 from embedstream.schemas.tenancy import document_key
 from embedstream.streams.dlq_query import DeadLetter, read_dead_letter
 from embedstream.streams.names import StreamNames, as_text

@@ -10,10 +10,10 @@ import redis.asyncio as redis
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 
 from embedstream.api.admin_access import ViewerDep
-from embedstream.api.authentication import AuthenticatedRoute
 from embedstream.api.deps import RedisDep, TrackerDep, get_settings
 from embedstream.api.errors import AUTH_ERRORS, error_responses
 from embedstream.api.routes.jobs import job_out
+from embedstream.api.security.route import AuthenticatedRoute
 from embedstream.config import Settings
 from embedstream.schemas.admin_api import (
     AdminJobOut,

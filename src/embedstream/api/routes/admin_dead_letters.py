@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
 
 from embedstream.api.admin_access import AdminForbidden, Viewer, ViewerDep
-from embedstream.api.authentication import AuthenticatedRoute
 from embedstream.api.deps import RedisDep, get_settings, require_json
 from embedstream.api.errors import AUTH_ERRORS, error_responses
+from embedstream.api.security.route import AuthenticatedRoute
 from embedstream.config import Settings
 from embedstream.schemas.admin_api import (
     ActionItemOut,
