@@ -318,30 +318,81 @@ def ingest(
         raise typer.Exit(1)
 
 
+class SearchMode(Enum):
+    vector = "vector"
+    hybrid = "hybrid"
+
+
+def _json_option(name: str, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]{name}: not valid JSON ({exc.msg}, column {exc.colno})[/red]")
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="what to look for")],
     tenant: Annotated[str, typer.Option("--tenant", help="whose documents to search")],
-    limit: Annotated[int, typer.Option(help="how many chunks")] = 5,
+    limit: Annotated[int, typer.Option(help="how many chunks", min=1, max=100)] = 5,
+    mode: Annotated[SearchMode, typer.Option(help="vector, or hybrid (+ full text)")] = (
+        SearchMode.vector
+    ),
+    where: Annotated[
+        str | None,
+        typer.Option(help='metadata filter as JSON, e.g. \'{"year": {"$gte": 2020}}\''),
+    ] = None,
+    where_document: Annotated[
+        str | None,
+        typer.Option(help='chunk text filter as JSON, e.g. \'{"$contains": "XADD"}\''),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Embed a query and show one tenant's nearest chunks (Chroma) with their text
-    (PostgreSQL)."""
+    """Search one tenant's chunks as `POST /v1/search` does (same code, same filters):
+    nearest chunks in Chroma, text and metadata from PostgreSQL."""
     from embedstream.schemas.tenancy import InvalidTenant, check_tenant
-    from embedstream.search import search as run_search
+    from embedstream.search import FilterError, SearchQuery, parse_where, parse_where_document
+    from embedstream.search.oneshot import search_once
 
     try:
         check_tenant(tenant)
     except InvalidTenant as exc:
         console.print(f"[red]--tenant: {exc}[/red]")
         raise typer.Exit(2) from None
+    try:
+        request = SearchQuery(
+            text=query,
+            limit=limit,
+            mode=mode.value,
+            where=parse_where(_json_option("--where", where), ("--where",)),
+            where_document=parse_where_document(
+                _json_option("--where-document", where_document), ("--where-document",)
+            ),
+        )
+    except FilterError as exc:
+        console.print(f"[red]{exc.field}: {exc.message}[/red]")
+        raise typer.Exit(2) from None
     settings = _settings()
-    hits = asyncio.run(run_search(settings, query, limit, tenant=tenant))
-    table = Table(title=f"nearest chunks to {query!r}")
-    for column in ("chunk", "distance", "text"):
+    hits = asyncio.run(search_once(settings, tenant, request))
+    if as_json:
+        print(json.dumps([asdict(hit) for hit in hits], indent=2, ensure_ascii=False))
+        return
+    table = Table(title=f"{mode.value} search: {query!r}")
+    for column in ("document", "chunk", "score", "distance", "text"):
         table.add_column(column)
     for hit in hits:
-        text = " ".join(hit.text.split())
-        table.add_row(hit.chunk_id, f"{hit.distance:.3f}", text[:160] + ("…" * (len(text) > 160)))
+        text = " ".join((hit.text or "").split())
+        distance = "-" if hit.distance is None else f"{hit.distance:.3f}"
+        table.add_row(
+            hit.document_id,
+            str(hit.chunk_index),
+            f"{hit.score:.4f}",
+            distance,
+            text[:140] + ("…" * (len(text) > 140)),
+        )
     console.print(table)
 
 

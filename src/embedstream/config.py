@@ -239,6 +239,27 @@ class ApiSettings(BaseSettings):
         return rate_limit_spec(value, "EMBEDSTREAM_RATE_LIMIT")
 
 
+class SearchSettings(BaseSettings):
+    """Search in the API process (``POST /v1/search``): the query model is loaded on the
+    first search unless ``search_preload`` asks for it at start."""
+
+    model_config = _config()
+
+    search_preload: bool = Field(
+        default=False,
+        description="load the query embedding model and open the index when the API "
+        "starts (EMBEDSTREAM_SEARCH_PRELOAD) instead of on the first search; an API that "
+        "is never asked to search loads no model either way unless this is on",
+    )
+    search_max_in_flight: int = Field(
+        default=16,
+        ge=1,
+        le=1_000,
+        description="searches one API process runs at once (EMBEDSTREAM_SEARCH_MAX_IN_FLIGHT); "
+        "more get 503 with Retry-After (query embedding is CPU work)",
+    )
+
+
 def rate_limit_spec(value: str, variable: str) -> str:
     """``value`` stripped, if the ``limits`` library parses it (empty: no limit); the
     refusal names ``variable`` and the rule, not the value."""
@@ -394,3 +415,7 @@ class Settings:
     @cached_property
     def auth(self) -> AuthSettings:
         return read_settings(AuthSettings)
+
+    @cached_property
+    def search(self) -> SearchSettings:
+        return read_settings(SearchSettings)

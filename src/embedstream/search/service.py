@@ -1,0 +1,371 @@
+"""``SearchService``: one tenant's chunks nearest to a query, filtered, in ``vector`` or
+``hybrid`` mode. The API (``POST /v1/search``) and ``embedstream search`` both use it.
+
+- The query is embedded with the workers' embedder (``load_embedder``: the same model and
+  settings, so the same vector the embed stage makes for that text), loaded on the first
+  search (or by ``start``), off the event loop, once however many searches wait for it.
+- Model guard: the collection records the model its vectors came from; a search whose
+  embedder is another model (or dimension) is refused (``SearchUnavailable``,
+  ``model_mismatch``), never answered with meaningless neighbours.
+- vector: Chroma's nearest chunks with ``where`` (and the tenant) applied by Chroma. A
+  ``where_document`` is applied by PostgreSQL, which holds the chunk text: the chunks it
+  selects (up to ``PREFILTER_MAX``) restrict the Chroma query to their ids, an exact
+  answer; when it selects more, the nearest ``POSTFILTER_DEPTH`` chunks are filtered.
+- hybrid: the vector list and the lexical list (``embedstream.search.lexical``), each
+  ``max(limit, HYBRID_DEPTH)`` deep and under the same filters, fused by reciprocal rank
+  fusion (k = 60).
+- Every hit is confirmed in PostgreSQL, the system of record, which gives its text and
+  metadata: a chunk is found once both stores hold it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+
+import asyncpg
+import numpy as np
+import numpy.typing as npt
+
+from embedstream.adapters.postgres.pool import is_transient
+from embedstream.config import Settings
+from embedstream.logging import get_logger
+from embedstream.schemas.tenancy import chunk_id
+from embedstream.search.chunks import ChunkDetails, ChunkKey, ChunkReader
+from embedstream.search.filters import Where, WhereDocument
+from embedstream.search.fusion import reciprocal_rank_fusion
+from embedstream.search.lexical import LexicalIndex
+from embedstream.search.vector import IndexUnavailable, VectorHit, VectorIndex
+
+if TYPE_CHECKING:
+    from embedstream.adapters.embedder import Embedder
+
+log = get_logger("embedstream.search")
+T = TypeVar("T")
+
+Mode = Literal["vector", "hybrid"]
+Include = Literal["text", "metadata", "distances"]
+INCLUDE_ALL: Final[frozenset[Include]] = frozenset({"text", "metadata", "distances"})
+
+HYBRID_DEPTH: Final = 50
+PREFILTER_MAX: Final = 5_000
+POSTFILTER_DEPTH: Final = 1_000
+LOAD_RETRY_S: Final = 30.0
+RETRY_AFTER_S: Final = 5
+
+
+class SearchUnavailable(Exception):
+    """Search cannot answer now (503). ``public`` is the stable, short message for the
+    client; the details went to the log."""
+
+    def __init__(self, code: str, public: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(public)
+        self.code = code
+        self.public = public
+        self.retry_after_s = retry_after_s
+
+
+NOT_AVAILABLE = "search is not available on this server"
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    text: str
+    limit: int = 10
+    mode: Mode = "vector"
+    where: Where | None = None
+    where_document: WhereDocument | None = None
+    include: frozenset[Include] = INCLUDE_ALL
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    document_id: str
+    chunk_index: int
+    score: float
+    """vector: cosine similarity (1 - distance); hybrid: the fused RRF score"""
+    distance: float | None = None
+    text: str | None = None
+    metadata: dict[str, Any] | None = None
+    vector_rank: int | None = None
+    lexical_rank: int | None = None
+
+
+@dataclass
+class _Candidates:
+    vector: list[VectorHit] = field(default_factory=list)
+    lexical: list[ChunkKey] = field(default_factory=list)
+
+
+def cosine_distance(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return 1.0 - float(np.dot(a, b)) / norms if norms else 1.0
+
+
+class SearchService:
+    """Built by the API's lifespan (or the CLI) with a PostgreSQL pool on the embedstream
+    schema; creates nothing until the first search (or ``start``).
+
+    ``live_index``: the API reads an index other processes write, which an embedded
+    Chroma folder does not allow (a process sees the vectors that were there when it
+    opened it): the API then refuses to search, with the reason in its log. The CLI
+    opens the index for one search and may read a folder."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, *, live_index: bool = True) -> None:
+        self.settings = settings
+        self.max_in_flight = settings.search.search_max_in_flight
+        self.index = VectorIndex(settings.chroma)
+        self.lexical = LexicalIndex(pool)
+        self.chunks = ChunkReader(pool)
+        self.live_index = live_index
+        self._embedder: Embedder | None = None
+        self._load_lock = asyncio.Lock()
+        self._failed_at = -math.inf
+        self._in_flight = 0
+        self._refusal_logged = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._embedder is not None
+
+    async def start(self) -> None:
+        """Load the model and open the index now (``EMBEDSTREAM_SEARCH_PRELOAD``)."""
+        await self.embedder()
+        with contextlib.suppress(SearchUnavailable):
+            await self.check_model()
+
+    def close(self) -> None:
+        self.index.close()
+        if self._embedder is not None:
+            self._embedder.close()
+
+    def _check_index_mode(self) -> None:
+        if self.live_index and not self.settings.chroma.chroma_url:
+            if self._refusal_logged:
+                raise SearchUnavailable("index_not_shared", NOT_AVAILABLE)
+            self._refusal_logged = True
+            log.error(
+                "search refused: the vector index is an embedded Chroma folder "
+                "(EMBEDSTREAM_CHROMA_PATH), which another process cannot read live; set "
+                "EMBEDSTREAM_CHROMA_URL to the Chroma server the index workers write to",
+            )
+            raise SearchUnavailable("index_not_shared", NOT_AVAILABLE)
+
+    async def embedder(self) -> Embedder:
+        """The query embedder, loaded once (off the event loop)."""
+        if self._embedder is not None:
+            return self._embedder
+        self._check_index_mode()
+        async with self._load_lock:
+            if self._embedder is None:
+                if time.monotonic() - self._failed_at < LOAD_RETRY_S:
+                    raise SearchUnavailable(
+                        "model_unavailable", NOT_AVAILABLE, retry_after_s=int(LOAD_RETRY_S)
+                    )
+                started = time.perf_counter()
+                try:
+                    from embedstream.adapters.embedder import load_embedder
+
+                    self._embedder = await load_embedder(self.settings.embed)
+                except Exception as exc:
+                    self._failed_at = time.monotonic()
+                    log.error(
+                        "search refused: the query embedding model could not be loaded "
+                        "(install embedstream[search] or check EMBEDSTREAM_MODEL)",
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    raise SearchUnavailable(
+                        "model_unavailable", NOT_AVAILABLE, retry_after_s=int(LOAD_RETRY_S)
+                    ) from None
+                log.info(
+                    "search model loaded",
+                    model=self._embedder.name,
+                    dim=self._embedder.dim,
+                    load_s=round(time.perf_counter() - started, 2),
+                )
+        return self._embedder
+
+    async def embed(self, text: str) -> npt.NDArray[np.float32]:
+        """The query's vector, as the embed stage would make it for this text."""
+        embedder = await self.embedder()
+        vectors = await embedder.encode([text])
+        vector: npt.NDArray[np.float32] = vectors[0]
+        return vector
+
+    async def check_model(self) -> None:
+        """``SearchUnavailable`` (model_mismatch) unless the collection is empty of any
+        model or records the query embedder's model and dimension."""
+        embedder = await self.embedder()
+        recorded = await self._index(self.index.refresh())
+        if recorded is not None and recorded != (embedder.name, embedder.dim):
+            log.error(
+                "search refused: the collection holds vectors of another model; point "
+                "EMBEDSTREAM_MODEL (and the backend) of the API at the workers' model",
+                collection=self.index.name,
+                collection_model=recorded[0],
+                collection_dim=recorded[1],
+                query_model=embedder.name,
+                query_dim=embedder.dim,
+            )
+            raise SearchUnavailable(
+                "model_mismatch",
+                "search is unavailable: the index holds vectors of another embedding "
+                "model than this server's",
+            )
+
+    # -- searching -----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        if self._in_flight >= self.max_in_flight:
+            raise SearchUnavailable(
+                "busy",
+                "search is busy: too many searches at once on this server; retry in 1 second",
+                retry_after_s=1,
+            )
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+
+    async def search(self, tenant: str, query: SearchQuery) -> list[SearchHit]:
+        async with self._slot():
+            return await self._search(tenant, query)
+
+    async def _search(self, tenant: str, query: SearchQuery) -> list[SearchHit]:
+        hybrid = query.mode == "hybrid"
+        depth = max(query.limit, HYBRID_DEPTH) if hybrid else query.limit
+        if hybrid:
+            vector, weights = await asyncio.gather(
+                self.embed(query.text), self._store(self.lexical.weights(query.text))
+            )
+        else:
+            vector, weights = await self.embed(query.text), {}
+        await self.check_model()
+        found = _Candidates()
+        found.vector = await self._vector_half(tenant, vector, query, depth)
+        if hybrid:
+            lexical = await self._store(
+                self.lexical.search(
+                    tenant,
+                    weights,
+                    limit=depth,
+                    where=query.where,
+                    where_document=query.where_document,
+                )
+            )
+            found.lexical = [(hit.document_id, hit.idx) for hit in lexical]
+        return await self._hits(tenant, vector, query, found)
+
+    async def _vector_half(
+        self, tenant: str, vector: npt.NDArray[np.float32], query: SearchQuery, depth: int
+    ) -> list[VectorHit]:
+        if query.where_document is None:
+            return await self._index(
+                self.index.query(vector, tenant=tenant, where=query.where, n=depth)
+            )
+        selected = await self._store(
+            self.chunks.matching(tenant, query.where, query.where_document, limit=PREFILTER_MAX + 1)
+        )
+        if len(selected) <= PREFILTER_MAX:
+            ids = [chunk_id(tenant, document_id, idx) for document_id, idx in selected]
+            return await self._index(
+                self.index.query(vector, tenant=tenant, where=query.where, n=depth, ids=ids)
+            )
+        nearest = await self._index(
+            self.index.query(vector, tenant=tenant, where=query.where, n=POSTFILTER_DEPTH)
+        )
+        keep = set(
+            await self._store(
+                self.chunks.matching(
+                    tenant,
+                    query.where,
+                    query.where_document,
+                    limit=len(nearest),
+                    among=[(hit.document_id, hit.idx) for hit in nearest],
+                )
+            )
+        )
+        return [hit for hit in nearest if (hit.document_id, hit.idx) in keep][:depth]
+
+    async def _hits(
+        self,
+        tenant: str,
+        vector: npt.NDArray[np.float32],
+        query: SearchQuery,
+        found: _Candidates,
+    ) -> list[SearchHit]:
+        distances = {(hit.document_id, hit.idx): hit.distance for hit in found.vector}
+        vector_keys = list(distances)
+        if query.mode == "hybrid":
+            fused = reciprocal_rank_fusion([found.lexical, vector_keys])[: query.limit]
+            ranked = [(item.key, item.score, item.ranks[1], item.ranks[0]) for item in fused]
+        else:
+            ranked = [(key, 1.0 - distances[key], None, None) for key in vector_keys[: query.limit]]
+        keys = [key for key, *_ in ranked]
+        need_vectors = (
+            {key for key in keys if key not in distances} if "distances" in query.include else set()
+        )
+        details: dict[ChunkKey, ChunkDetails] = await self._store(
+            self.chunks.details(tenant, keys, vectors_for=need_vectors)
+        )
+        hits = []
+        for key, score, vector_rank, lexical_rank in ranked:
+            detail = details.get(key)
+            if detail is None:  # not (or no longer) in the system of record
+                continue
+            distance = distances.get(key)
+            if distance is None and detail.vector is not None:
+                distance = cosine_distance(vector, detail.vector)
+            hits.append(
+                SearchHit(
+                    document_id=key[0],
+                    chunk_index=key[1],
+                    score=score,
+                    distance=distance if "distances" in query.include else None,
+                    text=detail.text if "text" in query.include else None,
+                    metadata=detail.metadata if "metadata" in query.include else None,
+                    vector_rank=vector_rank,
+                    lexical_rank=lexical_rank,
+                )
+            )
+        return hits
+
+    # -- store failures ------------------------------------------------------------------
+
+    async def _index(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except IndexUnavailable as exc:
+            log.warning("search: the vector index (Chroma) did not answer", error=str(exc))
+            raise SearchUnavailable(
+                "index_unavailable",
+                f"search is unavailable: the vector index did not answer; retry in "
+                f"{RETRY_AFTER_S} seconds",
+                retry_after_s=RETRY_AFTER_S,
+            ) from None
+
+    async def _store(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning(
+                "search: the document store (PostgreSQL) did not answer",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            raise SearchUnavailable(
+                "store_unavailable",
+                f"search is unavailable: the document store did not answer; retry in "
+                f"{RETRY_AFTER_S} seconds",
+                retry_after_s=RETRY_AFTER_S,
+            ) from None

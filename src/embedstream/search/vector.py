@@ -1,0 +1,141 @@
+"""The vector half of search: read-only access to the Chroma collection the index
+workers write.
+
+Nothing here imports chromadb until the first search: an API that does not search never
+loads it. The client and the collection are found lazily (the first search, or a preload) and
+looked up again while the collection does not exist yet. Chroma's client is synchronous:
+queries run on a small thread pool of their own, never on the event loop. What the
+collection records as its model (``embedding_model``, ``embedding_dim``) is read again
+at most every ``guard_ttl_s`` seconds, so a collection rebuilt for another model while
+the API runs is noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from embedstream.config import ChromaSettings
+from embedstream.search.filters import TENANT_KEY, Where, with_tenant
+
+T = TypeVar("T")
+
+
+class IndexUnavailable(Exception):
+    """Chroma did not answer (the cause is chained; for the log only)."""
+
+
+@dataclass(frozen=True)
+class VectorHit:
+    document_id: str
+    idx: int
+    distance: float
+
+
+def parse_chunk_id(chunk_id: str) -> tuple[str, str, int]:
+    """(tenant, document id, chunk index) of ``{tenant}/{document_id}:{index}`` (a tenant
+    has no '/', an index is the digits after the last ':')."""
+    key, _, index = chunk_id.rpartition(":")
+    tenant, _, document_id = key.partition("/")
+    return tenant, document_id, int(index)
+
+
+class VectorIndex:
+    def __init__(
+        self,
+        settings: ChromaSettings,
+        *,
+        threads: int = 4,
+        guard_ttl_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.chroma_collection
+        self.guard_ttl_s = guard_ttl_s
+        self.clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="search-chroma")
+        self._client: Any = None
+        self._collection: Any = None
+        self._model: tuple[str, int] | None = None
+        self._checked_at = -math.inf
+        self._lock = asyncio.Lock()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except IndexUnavailable:
+            raise
+        except Exception as exc:
+            raise IndexUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def _lookup(self) -> tuple[Any, tuple[str, int] | None]:
+        """(collection or None, recorded model) from Chroma (on a pool thread)."""
+        # chromadb is imported by the first search, not with the API
+        from chromadb.errors import NotFoundError
+
+        from embedstream.adapters.chroma import create_client, recorded_model
+
+        if self._client is None:
+            self._client = create_client(self.settings)
+        try:
+            collection = self._client.get_collection(self.name, embedding_function=None)
+        except NotFoundError:
+            return None, None
+        return collection, recorded_model(collection)
+
+    async def refresh(self) -> tuple[str, int] | None:
+        """The collection and the model it records, read again when older than the TTL
+        (or while there is no collection yet); the recorded (model, dim) or None."""
+        if self._collection is not None and self.clock() - self._checked_at < self.guard_ttl_s:
+            return self._model
+        async with self._lock:
+            if self._collection is None or self.clock() - self._checked_at >= self.guard_ttl_s:
+                self._collection, self._model = await self._call(self._lookup)
+                self._checked_at = self.clock()
+        return self._model
+
+    async def query(
+        self,
+        vector: npt.NDArray[np.float32],
+        *,
+        tenant: str,
+        where: Where | None,
+        n: int,
+        ids: Sequence[str] | None = None,
+    ) -> list[VectorHit]:
+        """The tenant's ``n`` nearest chunks meeting ``where`` (and among ``ids`` when
+        given), nearest first; none while the collection does not exist."""
+        await self.refresh()
+        collection = self._collection
+        if collection is None or n <= 0 or (ids is not None and not ids):
+            return []
+        chroma_where = with_tenant(TENANT_KEY, tenant, where)
+
+        def run() -> Any:
+            return collection.query(
+                query_embeddings=[vector.tolist()],
+                n_results=n,
+                where=chroma_where,
+                ids=list(ids) if ids is not None else None,
+                include=["distances"],
+            )
+
+        found = await self._call(run)
+        hits = []
+        for chunk_id, distance in zip(found["ids"][0], found["distances"][0], strict=True):
+            owner, document_id, idx = parse_chunk_id(chunk_id)
+            if owner == tenant:  # the where says so; checked again, cheaply
+                hits.append(VectorHit(document_id, idx, float(distance)))
+        return hits
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
