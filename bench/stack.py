@@ -18,6 +18,8 @@ import httpx
 
 from embedstream.streams.names import StreamNames
 
+MODEL_CACHE = Path(__file__).resolve().parents[1] / ".data" / "models"
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -121,6 +123,8 @@ def stack_env(
         "EMBEDSTREAM_DATABASE_SCHEMA": schema,
         "EMBEDSTREAM_CHROMA_PATH": str(tmp / "chroma"),
         "EMBEDSTREAM_PORT": str(port),
+        # every stack shares one ONNX export (made once, by the first embed worker)
+        "EMBEDSTREAM_MODEL_CACHE": os.environ.get("EMBEDSTREAM_MODEL_CACHE", str(MODEL_CACHE)),
         **overrides,
     }
     env.pop("EMBEDSTREAM_CHROMA_URL", None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
@@ -15,6 +16,10 @@ from embedstream.streams.names import StreamNames
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("PACT_DO_NOT_TRACK", "true")
+# One ONNX export cache for the whole run, whatever a test process's working directory:
+# the first worker (or test) that needs the export makes it, every later one reuses it.
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("EMBEDSTREAM_MODEL_CACHE", str(ROOT / ".data" / "models"))
 
 REDIS_URL = os.environ.get("EMBEDSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -1,4 +1,5 @@
-"""The ``embedstream`` command: api | worker KIND | dev | status | dlq | migrate | init | ingest."""
+"""The ``embedstream`` command: api | worker KIND | dev | status | dlq | migrate | init |
+ingest | model export."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from embedstream.api.keys_cli import keys_app, token_app
 from embedstream.config import Settings
 from embedstream.contracts.cli import schemas_app
 from embedstream.logging import configure_logging
+from embedstream.model_cli import model_app
 
 app = typer.Typer(
     help="embedstream: an event-driven embedding pipeline on Redis Streams.",
@@ -36,6 +38,7 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(keys_app, name="keys")
 app.add_typer(token_app, name="token")
+app.add_typer(model_app, name="model")
 # Piped output (logs, CI) gets a fixed width wide enough for the status table.
 console = Console() if sys.stdout.isatty() else Console(width=140)
 T = TypeVar("T")
@@ -403,6 +406,7 @@ def reindex(
     """Rebuild the Chroma collection from PostgreSQL. Stop the index workers first."""
     from rich.progress import Progress
 
+    from embedstream.reindex import MixedModels
     from embedstream.reindex import reindex as run_reindex
 
     settings = _settings()
@@ -412,7 +416,11 @@ def reindex(
         def report(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        written = asyncio.run(run_reindex(settings, batch_size=batch, progress=report))
+        try:
+            written = asyncio.run(run_reindex(settings, batch_size=batch, progress=report))
+        except MixedModels as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
     console.print(f"rebuilt {settings.chroma.chroma_collection!r}: {written} chunks")
 
 

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from embedstream.streams.names import StreamNames
 
 Environment = Literal["development", "production", "test"]
+Backend = Literal["torch", "onnx", "onnx-int8"]
 
 
 ENV_PREFIX = "EMBEDSTREAM_"
@@ -173,10 +174,51 @@ class EmbedSettings(BaseSettings):
         "all-MiniLM-L6-v2.",
     )
     device: str = "cpu"
+    backend: Backend | None = Field(
+        default=None,
+        description="EMBEDSTREAM_BACKEND: torch, onnx (fp32, same vectors as torch) or "
+        "onnx-int8 (faster, different vectors: another model for the collection guard). "
+        "Unset: onnx on CPU (torch when the model folder cannot be exported), torch on "
+        "other devices.",
+    )
+    embed_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="EMBEDSTREAM_EMBED_THREADS: intra-op threads of the model; defaults to "
+        "the CPUs this process may use (affinity, cgroup CPU quota). With several replicas "
+        "on one host, give each its share (cores / replicas) or a CPU limit.",
+    )
+    model_cache: Path = Field(
+        default=Path(".data/models"),
+        description="EMBEDSTREAM_MODEL_CACHE: where ONNX exports of the model are kept "
+        "(`embedstream model export` writes there; a worker exports once when missing).",
+    )
     chunk_tokens: int | None = Field(default=None, ge=16)
     chunk_overlap: int = Field(default=32, ge=0)
     max_batch_chunks: int = Field(default=64, ge=1)
     max_batch_tokens: int = Field(default=8_192, ge=64)
+
+    @model_validator(mode="after")
+    def _onnx_runs_on_cpu(self) -> EmbedSettings:
+        if self.backend in ("onnx", "onnx-int8") and self.device != "cpu":
+            raise ValueError(
+                f"EMBEDSTREAM_BACKEND={self.backend} runs on the CPU; for "
+                f"EMBEDSTREAM_DEVICE={self.device} use EMBEDSTREAM_BACKEND=torch"
+            )
+        return self
+
+    @property
+    def resolved_backend(self) -> Backend:
+        """The backend asked for, or the default: onnx on CPU, torch elsewhere."""
+        if self.backend is not None:
+            return self.backend
+        return "onnx" if self.device == "cpu" else "torch"
+
+    @property
+    def threads(self) -> int:
+        from embedstream.cpus import available_cpus
+
+        return self.embed_threads or available_cpus()
 
 
 class ApiSettings(BaseSettings):

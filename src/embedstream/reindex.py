@@ -12,6 +12,10 @@ from embedstream.logging import get_logger
 log = get_logger("embedstream.reindex")
 
 
+class MixedModels(RuntimeError):
+    """PostgreSQL holds vectors of more than one model; a collection holds one."""
+
+
 async def reindex(
     settings: Settings, *, batch_size: int = 500, progress: Callable[[int, int], None]
 ) -> int:
@@ -35,6 +39,15 @@ async def reindex(
     written = 0
     try:
         store = DocumentStore(pool)
+        models = await store.live_models()
+        if len(models) > 1:  # refuse before dropping anything
+            held = ", ".join(f"{m!r} (dim {d}): {n} documents" for (m, d), n in models.items())
+            raise MixedModels(
+                f"PostgreSQL holds vectors of {len(models)} models ({held}); one collection "
+                "holds one model (e.g. torch/onnx vs onnx-int8 are two). Re-submit the "
+                "documents still on the old model so the current embed workers re-embed them, "
+                "then run `embedstream reindex` again; the collection was left as it was."
+            )
         total = await store.count_live_chunks()
         collection = await index.reset()
         versions: dict[str, int] = {}

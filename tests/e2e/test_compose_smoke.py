@@ -105,6 +105,10 @@ class Deployment:
                 value = str(ports.setdefault(key, free_port()))
             if key in ("EMBEDSTREAM_HOST", "EMBEDSTREAM_HEALTH_HOST"):
                 value = "127.0.0.1"
+            if key == "EMBEDSTREAM_MODEL_CACHE" and "EMBEDSTREAM_MODEL_CACHE" in os.environ:
+                # the image exports the model at build time; here the suite's cache holds
+                # the same export
+                value = os.environ["EMBEDSTREAM_MODEL_CACHE"]
             env[key] = value
         env["EMBEDSTREAM_STREAM_PREFIX"] = self.prefix
         env["EMBEDSTREAM_DATABASE_SCHEMA"] = self.schema

@@ -7,12 +7,15 @@ Each test gets its own schema ``t_<random>`` in the database ``test``, dropped a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
+from pathlib import Path
 
 import asyncpg
 import numpy as np
 import pytest
 
+from embedstream.adapters import chroma as chroma_adapter
 from embedstream.adapters.postgres import (
     ChunkRow,
     DocumentStore,
@@ -383,3 +386,38 @@ async def test_migration_0003_gives_existing_rows_the_default_tenant(schema: str
     finally:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.close()
+
+
+async def test_reindex_refuses_mixed_models_before_dropping_anything(
+    store: DocumentStore, schema: str, tmp_path: Path, prefix: str
+) -> None:
+    """int8 vectors next to fp32 ones in PostgreSQL (an operator switched backends
+    midway): rebuilding one collection from them would mix models, so reindex refuses
+    and leaves the existing collection alone."""
+    from embedstream.adapters.chroma import ChromaIndex
+    from embedstream.config import ChromaSettings, RedisSettings, Settings
+    from embedstream.reindex import MixedModels, reindex
+    from tests.conftest import REDIS_URL
+
+    fp32 = upsert("a", 1)
+    int8 = dataclasses.replace(upsert("b", 2), model="m+int8")
+    await store.write([fp32, int8])
+    assert await store.live_models() == {("m", DIM): 1, ("m+int8", DIM): 1}
+
+    settings = Settings()
+    settings.__dict__["postgres"] = PostgresSettings(database_url=PG_DSN, database_schema=schema)
+    settings.__dict__["chroma"] = ChromaSettings(chroma_path=tmp_path / "chroma")
+    settings.__dict__["redis"] = RedisSettings(redis_url=REDIS_URL, stream_prefix=prefix)
+    index = ChromaIndex(settings.chroma)
+    await index.open()
+    await index.require_model("m", DIM)
+    index.close()
+
+    with pytest.raises(MixedModels, match=r"'m\+int8' \(dim 4\): 1 documents"):
+        await reindex(settings, progress=lambda *_: None)
+    index = ChromaIndex(settings.chroma)
+    try:
+        await index.open()
+        assert chroma_adapter.recorded_model(index.collection) == ("m", DIM)  # not dropped
+    finally:
+        index.close()

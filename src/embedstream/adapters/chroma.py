@@ -64,8 +64,14 @@ ChunkMetadata = dict[str, MetadataValue]
 log = get_logger("embedstream.chroma")
 
 
+INT8_SUFFIX = "+int8"  # embedder.INT8_SUFFIX (not imported: it would load the embedder)
+
+
 class ModelMismatch(PermanentError):
-    """Vectors of one model were about to be written to a collection of another."""
+    """Vectors of one model were about to be written to a collection of another.
+
+    Backends count: torch and onnx (fp32) give the same vectors and record the same model
+    name; onnx-int8 records ``<name>+int8`` and is another model here."""
 
     code = "model_mismatch"
     public_message = "the index holds vectors of another embedding model"
@@ -74,13 +80,27 @@ class ModelMismatch(PermanentError):
         super().__init__(
             f"collection {collection!r} holds vectors of model {recorded[0]!r} "
             f"(dim {recorded[1]}), but this event carries model {got[0]!r} (dim {got[1]}); "
-            f"refusing to mix models in one collection. Either point the index workers at "
-            f"another collection (EMBEDSTREAM_CHROMA_COLLECTION) for the new model, or "
-            f"rebuild this collection for it (drop it and run `embedstream reindex`)."
+            f"refusing to mix models in one collection.{_variant_note(recorded[0], got[0])} "
+            f"Either point the index workers at a new collection (EMBEDSTREAM_CHROMA_COLLECTION) "
+            f"for the new model and re-submit the documents, or rebuild this one: drop it and "
+            f"run `embedstream reindex` once PostgreSQL holds the new model's vectors for "
+            f"every document."
         )
         self.collection = collection
         self.recorded = recorded
         self.got = got
+
+
+def _variant_note(recorded: str, got: str) -> str:
+    """Say so when the two names are one model folder on backends with other vectors."""
+    if recorded.removesuffix(INT8_SUFFIX) != got.removesuffix(INT8_SUFFIX):
+        return ""
+    int8, full = (recorded, got) if recorded.endswith(INT8_SUFFIX) else (got, recorded)
+    return (
+        f" {int8!r} is the int8-quantized ONNX variant (EMBEDSTREAM_BACKEND=onnx-int8) of "
+        f"{full!r} (torch or onnx): its vectors differ, so collections keep them apart; "
+        f"setting EMBEDSTREAM_BACKEND back to what built the collection also resolves this."
+    )
 
 
 class ChunksNotIndexed(RetryableError):

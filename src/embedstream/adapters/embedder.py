@@ -1,4 +1,9 @@
-"""The embedding model: loading (offline, lazily importing torch) and batched encoding.
+"""The embedding model: loading (offline, on ONNX Runtime or torch) and batched encoding.
+
+Backends (``EMBEDSTREAM_BACKEND``): ``onnx`` runs the model folder's ONNX export (fp32,
+the same vectors as torch) with ``onnxruntime`` and ``tokenizers`` only, ``onnx-int8``
+its dynamically quantized export, ``torch`` sentence-transformers itself (CUDA, or a
+folder that cannot be exported). torch is imported only by the torch backend.
 
 An ``Embedder`` knows its limits: ``max_seq_length`` (tokens per input),
 ``max_batch_chunks`` and ``max_batch_tokens`` (padded tokens per forward pass). A call
@@ -26,11 +31,17 @@ import numpy.typing as npt
 from tokenizers import Tokenizer
 
 from embedstream.adapters.chunking import Chunker, special_token_count
+from embedstream.adapters.model_cache import NotExportable, Variant, ensure_export
+from embedstream.adapters.model_folder import ModelFolder
+from embedstream.adapters.onnx_encoder import OnnxEncoder
 from embedstream.config import EmbedSettings
 from embedstream.logging import get_logger
 from embedstream.streams.heartbeat import report_progress
 
 PACKAGED_MODEL_NAME = "all-MiniLM-L6-v2"
+#: What an int8 model's name carries: its vectors are not those of the fp32 model (the
+#: collection guard in adapters/chroma.py spells it too).
+INT8_SUFFIX = "+int8"
 
 Vectors = npt.NDArray[np.float32]
 
@@ -74,6 +85,12 @@ def resolve_model(model: str | None) -> ModelSource:
     return ModelSource(path, path.name)
 
 
+def model_name(base: str, backend: str) -> str:
+    """The model name events and collections record. torch and onnx (fp32) give the same
+    vectors and share the folder's name; int8 vectors are another model's."""
+    return f"{base}{INT8_SUFFIX}" if backend == "onnx-int8" else base
+
+
 def plan_batches(
     token_counts: Sequence[int], *, max_chunks: int, max_tokens: int
 ) -> list[list[int]]:
@@ -112,9 +129,11 @@ class Embedder:
         max_seq_length: int,
         max_batch_chunks: int = 64,
         max_batch_tokens: int = 8_192,
+        backend: str = "torch",
     ) -> None:
         self.model = model
         self.name = name
+        self.backend = backend
         self.dim = dim
         self.max_seq_length = max_seq_length
         self.max_batch_chunks = max_batch_chunks
@@ -130,15 +149,71 @@ class Embedder:
 
     @classmethod
     def load(cls, settings: EmbedSettings) -> Embedder:
-        """Load the model offline (blocking: call it off the event loop)."""
+        """Load the model offline on the configured backend (blocking: call it off the
+        event loop). With no backend set, a CPU worker runs ONNX and falls back to torch
+        (with a warning) for a model folder that cannot be exported."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no tqdm in worker logs
         source = resolve_model(settings.model)
+        backend = settings.resolved_backend
+        if backend == "torch":
+            return cls._load_torch(source, settings)
+        folder = ModelFolder(source.path)
+        try:
+            problem = folder.onnx_problem()
+            if problem is not None:
+                raise NotExportable(f"model {source.name!r} cannot run on ONNX: {problem}")
+            return cls._load_onnx(source, folder, backend, settings)
+        except NotExportable as exc:
+            if settings.backend is not None:
+                raise ValueError(f"{exc}; set EMBEDSTREAM_BACKEND=torch for this model") from exc
+            log.warning("model stays on torch", model=source.name, reason=str(exc))
+            return cls._load_torch(source, settings)
+
+    @classmethod
+    def _load_onnx(
+        cls, source: ModelSource, folder: ModelFolder, variant: Variant, settings: EmbedSettings
+    ) -> Embedder:
         started = time.perf_counter()
+        graph, manifest = ensure_export(
+            folder,
+            variant,
+            settings.model_cache,
+            model=str(source.path) if settings.model is not None else None,
+        )
+        encoder = OnnxEncoder(folder, graph, threads=settings.threads)
+        embedder = cls(
+            encoder,
+            encoder.tokenizer,
+            name=model_name(source.name, variant),
+            dim=int(manifest["dim"]),
+            max_seq_length=int(folder.max_seq_length or 0),
+            max_batch_chunks=settings.max_batch_chunks,
+            max_batch_tokens=settings.max_batch_tokens,
+            backend=variant,
+        )
+        log.info(
+            "embedding model loaded",
+            model=embedder.name,
+            backend=variant,
+            path=str(source.path),
+            graph=str(graph),
+            dim=embedder.dim,
+            max_seq_length=embedder.max_seq_length,
+            threads=settings.threads,
+            load_s=round(time.perf_counter() - started, 2),
+        )
+        return embedder
+
+    @classmethod
+    def _load_torch(cls, source: ModelSource, settings: EmbedSettings) -> Embedder:
+        started = time.perf_counter()
+        import torch
         from sentence_transformers import SentenceTransformer
 
+        torch.set_num_threads(settings.threads)
         model = SentenceTransformer(str(source.path), device=settings.device, local_files_only=True)
         backend = getattr(model.tokenizer, "backend_tokenizer", None)
         if not isinstance(backend, Tokenizer):
@@ -157,14 +232,17 @@ class Embedder:
             max_seq_length=int(max_seq_length),
             max_batch_chunks=settings.max_batch_chunks,
             max_batch_tokens=settings.max_batch_tokens,
+            backend="torch",
         )
         log.info(
             "embedding model loaded",
             model=source.name,
+            backend="torch",
             path=str(source.path),
             dim=embedder.dim,
             max_seq_length=embedder.max_seq_length,
             device=settings.device,
+            threads=settings.threads,
             load_s=round(time.perf_counter() - started, 2),
         )
         return embedder

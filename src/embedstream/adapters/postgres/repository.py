@@ -205,6 +205,14 @@ class DocumentStore:
                 return
             after = (batch[-1].tenant, batch[-1].document_id, batch[-1].idx)
 
+    async def live_models(self) -> dict[tuple[str | None, int | None], int]:
+        """(model, dim) -> how many live documents with chunks hold vectors of it."""
+        rows = await self.pool.fetch(
+            "SELECT model, dim, count(*) AS documents FROM documents "
+            "WHERE NOT deleted AND chunk_count > 0 GROUP BY model, dim ORDER BY model, dim"
+        )
+        return {(row["model"], row["dim"]): int(row["documents"]) for row in rows}
+
     async def count_live_chunks(self) -> int:
         count: int = await self.pool.fetchval(
             "SELECT count(*) FROM chunks AS c JOIN documents AS d USING (tenant, document_id) "
