@@ -2,13 +2,16 @@
 (migration ``0005``: ``to_tsvector('simple', text)`` with a GIN index).
 
 A query's words become lexemes with the same configuration as the chunks. The half is
-for *distinctive* terms, the exact identifiers, codes and names that vectors blur: a
-lexeme found in more chunks than ``max_rows`` (2% of the chunks, at least 3 and at most
-2,000) tells chunks apart too little, costs the most to score, and is left to the vector
-half. The kept lexemes are ORed; a chunk scores the sum of the BM25 inverse document
-frequency of the lexemes it holds (``ln(1 + (N - df + 0.5) / (df + 0.5))``), so a rare
-term outweighs any number of ordinary ones; ties go to ``ts_rank_cd`` (frequency and
-proximity), then to the chunk's id.
+for *distinctive* terms, the exact identifiers, codes and names that vectors blur
+(``distinctive``): a lexeme found in more chunks than ``max_rows`` (2% of the chunks, at
+least 3 and at most 2,000) tells chunks apart too little, costs the most to score, and is
+left to the vector half; of the others, the codes (terms with a digit: error codes,
+ticket numbers, versions) when the query has any, else the rarest ones (at most twice
+as common as the rarest). Only ranks count in the fusion, so a chunk that merely shares
+an ordinary word with the query must not stand in the full-text list next to the one
+that holds the exact term. The kept lexemes are ORed; a chunk scores the sum of the BM25
+inverse document frequency of the lexemes it holds (``ln(1 + (N - df + 0.5) / (df +
+0.5))``); ties go to ``ts_rank_cd`` (frequency and proximity), then to the chunk's id.
 
 Document frequencies come from PostgreSQL's own statistics of ``chunks.tsv``
 (``pg_stats.most_common_elems``, refreshed by ANALYZE and autovacuum; read at most every
@@ -37,6 +40,7 @@ DISTINCT_FRACTION: Final = 0.02
 MIN_MAX_ROWS: Final = 3
 MAX_MAX_ROWS: Final = 2_000
 MAX_QUERY_TERMS: Final = 32
+RARITY_SPREAD: Final = 2
 
 QUERY_LEXEMES = "SELECT tsvector_to_array(to_tsvector('simple'::regconfig, $1::text))"
 
@@ -82,6 +86,25 @@ class TermStats:
     def max_rows(self) -> int:
         """A lexeme in more chunks than this is not distinctive."""
         return int(max(MIN_MAX_ROWS, min(DISTINCT_FRACTION * self.rows, MAX_MAX_ROWS)))
+
+
+def is_code(lexeme: str) -> bool:
+    """An error code, ticket number, version or hash: a term with a digit in it."""
+    return any(ch.isdigit() for ch in lexeme)
+
+
+def distinctive(df: dict[str, float], max_rows: int) -> list[str]:
+    """The lexemes the lexical half looks for: found in 1 to ``max_rows`` chunks; of
+    those, the codes when the query has any, else the rarest (within ``RARITY_SPREAD``
+    times the rarest one's count). A word as common as the query's ordinary ones would
+    put chunks that merely share it in the full-text list, where reciprocal rank fusion
+    weighs them as much as the chunk holding the exact term."""
+    found = {lexeme: count for lexeme, count in df.items() if 0 < count <= max_rows}
+    codes = [lexeme for lexeme in found if is_code(lexeme)]
+    if codes:
+        return codes
+    rarest = min(found.values(), default=0.0)
+    return [lexeme for lexeme, count in found.items() if count <= RARITY_SPREAD * rarest]
 
 
 @dataclass(frozen=True)
@@ -146,7 +169,7 @@ class LexicalIndex:
             )
             df.update(zip(uncounted, (float(row[0]) for row in counts), strict=True))
         rows = max(stats.rows, max(df.values(), default=0.0))
-        return {lexeme: bm25_idf(rows, count) for lexeme, count in df.items() if 0 < count <= limit}
+        return {lexeme: bm25_idf(rows, df[lexeme]) for lexeme in distinctive(df, limit)}
 
     async def search(
         self,

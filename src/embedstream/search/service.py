@@ -1,9 +1,10 @@
 """``SearchService``: one tenant's chunks nearest to a query, filtered, in ``vector`` or
 ``hybrid`` mode. The API (``POST /v1/search``) and ``embedstream search`` both use it.
 
-- The query is embedded with the workers' embedder (``load_embedder``: the same model and
-  settings, so the same vector the embed stage makes for that text), loaded on the first
-  search (or by ``start``), off the event loop, once however many searches wait for it.
+- The query is embedded with the workers' embedder (``load_embedder`` with the same
+  settings: model, backend (``EMBEDSTREAM_BACKEND``), so the same vector the embed stage
+  makes for that text), loaded on the first search (or by ``start``), off the event loop,
+  once however many searches wait for it; encoding runs on the embedder's own thread.
 - Model guard: the collection records the model its vectors came from; a search whose
   embedder is another model (or dimension) is refused (``SearchUnavailable``,
   ``model_mismatch``), never answered with meaningless neighbours.
@@ -187,6 +188,7 @@ class SearchService:
                 log.info(
                     "search model loaded",
                     model=self._embedder.name,
+                    backend=self._embedder.backend,
                     dim=self._embedder.dim,
                     load_s=round(time.perf_counter() - started, 2),
                 )
