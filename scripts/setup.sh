@@ -44,5 +44,16 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   pip install -q -e '.[workers,dev]'
   echo "$want" > "$stamp"
 fi
+# The JavaScript subscriber test (tests/js: JSON.parse + Ajv against schemas/json) needs
+# its npm packages, pinned by tests/js/package-lock.json.
+if command -v npm >/dev/null 2>&1; then
+  if [ ! -d tests/js/node_modules/ajv ] \
+    || [ tests/js/package-lock.json -nt tests/js/node_modules/.package-lock.json ]; then
+    log "installing the JavaScript test's npm packages (tests/js)"
+    (cd tests/js && npm ci --no-audit --no-fund --silent)
+  fi
+else
+  log "npm not found: the JavaScript subscriber test will be skipped"
+fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 ANONYMIZED_TELEMETRY=False PACT_DO_NOT_TRACK=true
 log "ready: $(python --version), Redis and PostgreSQL answer"

@@ -21,7 +21,7 @@ import redis.asyncio as redis
 from embedstream.config import ConsumerSettings
 from embedstream.logging import configure_logging, get_logger
 from embedstream.schemas.envelope import Envelope
-from embedstream.schemas.events import DocumentDeleted, JobCompleted, JobFailed
+from embedstream.schemas.events import DocumentDeletedV2, JobCompleted, JobFailed
 from embedstream.subscribe import Subscriber
 
 DEFAULT_GROUP = "job-stats"
@@ -38,6 +38,8 @@ class JobStats:
     documents: int = 0
     deleted: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
+    last_deleted: dict[str, str] = field(default_factory=dict)
+    """document key -> the newest version deleted (version text: compared as strings)"""
     seen: set[str] = field(default_factory=set)
 
     def first_time(self, envelope: Envelope) -> bool:
@@ -90,10 +92,17 @@ def build_subscriber(
                 error=failure.error,
             )
 
-    @sub.on("document.deleted.v1")
-    def deleted(event: DocumentDeleted, envelope: Envelope) -> None:
-        if stats.first_time(envelope):
-            stats.deleted += 1
+    # v2: the version as exact text (v1's integer exceeds 2**53). Both are produced by
+    # default, the same event twice: a service handles one of them.
+    @sub.on(DocumentDeletedV2)
+    def deleted(event: DocumentDeletedV2, envelope: Envelope) -> None:
+        if not stats.first_time(envelope):
+            return
+        stats.deleted += 1
+        key = f"{envelope.tenant}/{event.document_id}"
+        # version texts have one width: string order is version order, in any language
+        if event.version > stats.last_deleted.get(key, ""):
+            stats.last_deleted[key] = event.version
 
     return sub, stats
 

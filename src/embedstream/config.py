@@ -112,6 +112,46 @@ class ConsumerSettings(BaseSettings):
     trim: bool = True
 
 
+EventVersions = Annotated[tuple[int, ...], NoDecode]
+
+
+class EventSettings(BaseSettings):
+    """Which type versions of the versioned events are produced (``1``: the version as a
+    JSON integer; ``2``: as exact version text, see ``embedstream.schemas.versions``).
+    Both by default, the same event in two entries, so that consumers of ``*.v1`` keep
+    working while they move to ``*.v2``; drop ``1`` once none reads it."""
+
+    model_config = _config()
+
+    embedded_event_versions: EventVersions = Field(
+        default=(1, 2),
+        description="document.embedded / document.removed on {prefix}:embedded "
+        "(EMBEDSTREAM_EMBEDDED_EVENT_VERSIONS, e.g. '1,2' or '2'); each version repeats "
+        "every vector, so '2' alone halves that stream once no consumer reads v1",
+    )
+    results_event_versions: EventVersions = Field(
+        default=(1, 2),
+        description="document.deleted on {prefix}:results (EMBEDSTREAM_RESULTS_EVENT_VERSIONS)",
+    )
+
+    @field_validator("embedded_event_versions", "results_event_versions", mode="before")
+    @classmethod
+    def _split_versions(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(
+                part.strip().removeprefix("v") for part in value.split(",") if part.strip()
+            )
+        return value
+
+    @field_validator("embedded_event_versions", "results_event_versions")
+    @classmethod
+    def _known_versions(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        versions = tuple(sorted(set(value)))
+        if not versions or not set(versions) <= {1, 2}:
+            raise ValueError(f"event versions must be 1, 2 or both (e.g. '1,2'), got {value!r}")
+        return versions
+
+
 class HealthSettings(BaseSettings):
     """The worker's probe endpoint (``/healthz``, ``/readyz``); off unless a port is set."""
 
@@ -449,6 +489,10 @@ class Settings:
     @cached_property
     def embed(self) -> EmbedSettings:
         return read_settings(EmbedSettings)
+
+    @cached_property
+    def events(self) -> EventSettings:
+        return read_settings(EventSettings)
 
     @cached_property
     def api(self) -> ApiSettings:

@@ -49,6 +49,12 @@ async def reindex(
                 "then run `embedstream reindex` again; the collection was left as it was."
             )
         total = await store.count_live_chunks()
+        if not await index.acquire_writer():
+            raise RuntimeError(
+                f"an index worker is writing the embedded Chroma folder "
+                f"{settings.chroma.chroma_path}: stop the index workers before "
+                "`embedstream reindex`"
+            )
         collection = await index.reset()
         versions: dict[str, int] = {}
         progress(0, total)

@@ -16,6 +16,13 @@ sub.run_forever()                          # or: await sub.run(stop_event)
 
 Delivery is at least once: a message is acknowledged after every handler for its type
 returned, so handlers must tolerate seeing a message again (after a crash or a retry).
+
+Events that carry a document version come in two type versions, both produced by
+default (``EMBEDSTREAM_*_EVENT_VERSIONS``): ``*.v1`` with the version as a JSON integer
+(beyond 2**53, so readers that parse numbers as doubles round it) and ``*.v2`` with the
+version as exact version text (``embedstream.schemas.versions``: 20 digits, string order
+is version order). They are the same event twice: register handlers for one of them
+(``DocumentDeletedV2``, ``DocumentEmbeddedV2``, ...); registering both logs a warning.
 The subscriber reads ``{prefix}:results`` (or ``{prefix}:embedded`` with
 ``stream="embedded"``) in its own consumer group, created on first run from the start of
 what the stream retains (``start_id="$"``: only what arrives later). It does not trim
@@ -77,6 +84,12 @@ class Delivery:
     handlers: tuple[EventHandler[Any], ...] = ()
 
 
+def _event_name(type_name: str) -> str:
+    """``document.deleted`` of ``document.deleted.v2``."""
+    name, _, version = type_name.rpartition(".")
+    return name if version.startswith("v") and version[1:].isdigit() else type_name
+
+
 class Subscriber:
     """Handlers for event types, run by one consumer in the group ``group``."""
 
@@ -132,6 +145,16 @@ class Subscriber:
     def add_handler(self, event: type[BaseModel] | str, handler: EventHandler[Any]) -> None:
         """``on`` without the decorator; several handlers per type run in order."""
         spec = self._spec(event)
+        family = _event_name(spec.type)
+        twins = [t for t in self._handlers if t != spec.type and _event_name(t) == family]
+        if twins:
+            log.warning(
+                "handlers for two type versions of one event: embedstream produces both "
+                "(the same event twice) unless EMBEDSTREAM_*_EVENT_VERSIONS says otherwise; "
+                "handle one of them",
+                type=spec.type,
+                also=twins,
+            )
         self._models[spec.type] = spec.model
         self._handlers.setdefault(spec.type, []).append(handler)
 

@@ -1,7 +1,7 @@
 """What each consumer expects of a message: the pact bodies, built with matchers.
 
-A body is the envelope as one JSON object (``embedstream.contracts.codec``): stream
-fields as keys, ``schemaversion`` an integer, ``data`` the payload object. Values that
+A body is the envelope as one JSON object (``embedstream.contracts.codec``): the
+attributes of ``ce`` as keys, ``schemaversion`` an integer, ``data`` the payload object. Values that
 vary (ids, times, hashes, vectors) are matched by type or pattern; the message type,
 ``specversion``, ``datacontenttype`` and the payload's discriminators are literal.
 """
@@ -16,6 +16,7 @@ import numpy as np
 from pact import match
 
 from embedstream.schemas import commands, events
+from embedstream.schemas.versions import VERSION_PATTERN, version_text
 
 RFC3339 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
 TRACEPARENT = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$"
@@ -31,6 +32,8 @@ EXAMPLE_TENANT = "acme"
 EXAMPLE_TEXT = "Redis Streams deliver commands to consumer groups."
 EXAMPLE_METADATA: dict[str, Any] = {"source": "handbook", "page": 3}
 EXAMPLE_VERSION = 1_816_133_304_320_000_000  # ms << 20 of an ingest entry id
+EXAMPLE_VERSION_TEXT = version_text(EXAMPLE_VERSION)
+EXAMPLE_BASE_TEXT = version_text(EXAMPLE_VERSION - 5)
 EXAMPLE_DIM = 4
 EXAMPLE_VECTOR = base64.b64encode(np.asarray([0.5, 0.5, 0.5, 0.5], dtype="<f4").tobytes()).decode()
 EXAMPLE_HASH = "a" * 64
@@ -76,6 +79,24 @@ def document_upsert() -> dict[str, Any]:
             "kind": "upsert",
             "text": match.str(EXAMPLE_TEXT),
             "metadata": match.like(EXAMPLE_METADATA),
+        },
+    )
+
+
+def document_reembed() -> dict[str, Any]:
+    return envelope(
+        commands.DOCUMENT_REEMBED,
+        source="embedstream.persist",
+        subject=EXAMPLE_DOC,
+        traceparent=True,
+        data={
+            "job_id": match.str(EXAMPLE_JOB),
+            "document_id": match.str(EXAMPLE_DOC),
+            "kind": "reembed",
+            "version": match.regex(EXAMPLE_VERSION_TEXT, regex=VERSION_PATTERN),
+            "text": match.str(EXAMPLE_TEXT),
+            "metadata": match.like(EXAMPLE_METADATA),
+            "requested_by": match.regex("persist", regex=r"^(index|persist)$"),
         },
     )
 
@@ -134,6 +155,20 @@ def document_embedded(*, reused: bool = False) -> dict[str, Any]:
     )
 
 
+def document_embedded_v2(*, reused: bool = False) -> dict[str, Any]:
+    data = _embedded_data(reused=reused)
+    data["version"] = match.regex(EXAMPLE_VERSION_TEXT, regex=VERSION_PATTERN)
+    # a reuse names the version it builds on; a full embedding names none
+    data["base_version"] = match.regex(EXAMPLE_BASE_TEXT, regex=VERSION_PATTERN) if reused else None
+    return envelope(
+        events.DOCUMENT_EMBEDDED_V2,
+        source="embedstream.embed",
+        subject=EXAMPLE_DOC,
+        traceparent=True,
+        data=data,
+    )
+
+
 def document_removed() -> dict[str, Any]:
     return envelope(
         events.DOCUMENT_REMOVED,
@@ -143,6 +178,19 @@ def document_removed() -> dict[str, Any]:
             "job_id": match.str(EXAMPLE_JOB),
             "document_id": match.str(EXAMPLE_DOC),
             "version": match.int(EXAMPLE_VERSION),
+        },
+    )
+
+
+def document_removed_v2() -> dict[str, Any]:
+    return envelope(
+        events.DOCUMENT_REMOVED_V2,
+        source="embedstream.embed",
+        subject=EXAMPLE_DOC,
+        data={
+            "job_id": match.str(EXAMPLE_JOB),
+            "document_id": match.str(EXAMPLE_DOC),
+            "version": match.regex(EXAMPLE_VERSION_TEXT, regex=VERSION_PATTERN),
         },
     )
 
@@ -194,5 +242,18 @@ def document_deleted() -> dict[str, Any]:
             "job_id": match.str(EXAMPLE_JOB),
             "document_id": match.str(EXAMPLE_DOC),
             "version": match.int(EXAMPLE_VERSION),
+        },
+    )
+
+
+def document_deleted_v2() -> dict[str, Any]:
+    return envelope(
+        events.DOCUMENT_DELETED_V2,
+        source="embedstream",
+        subject=EXAMPLE_DOC,
+        data={
+            "job_id": match.str(EXAMPLE_JOB),
+            "document_id": match.str(EXAMPLE_DOC),
+            "version": match.regex(EXAMPLE_VERSION_TEXT, regex=VERSION_PATTERN),
         },
     )

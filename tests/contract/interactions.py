@@ -76,9 +76,44 @@ DELETED = Interaction(
     bodies.document_deleted,
 )
 
+REEMBED = Interaction(
+    "a document.reembed.v1 command",
+    "a store could not apply a reused embedding",
+    commands.DOCUMENT_REEMBED,
+    bodies.document_reembed,
+)
+EMBEDDED_V2 = Interaction(
+    "a document.embedded.v2 event with chunks and vectors",
+    "a new document was upserted",
+    events.DOCUMENT_EMBEDDED_V2,
+    bodies.document_embedded_v2,
+)
+EMBEDDED_V2_REUSED = Interaction(
+    "a document.embedded.v2 event reusing the stored chunks",
+    "a document was upserted again with unchanged text",
+    events.DOCUMENT_EMBEDDED_V2,
+    lambda: bodies.document_embedded_v2(reused=True),
+)
+REMOVED_V2 = Interaction(
+    "a document.removed.v2 event",
+    "a document was deleted",
+    events.DOCUMENT_REMOVED_V2,
+    bodies.document_removed_v2,
+)
+DELETED_V2 = Interaction(
+    "a document.deleted.v2 event",
+    "a job that deleted a document",
+    events.DOCUMENT_DELETED_V2,
+    bodies.document_deleted_v2,
+)
+
 INGEST = (UPSERT, DELETE)
-EMBEDDED_STREAM = (EMBEDDED, EMBEDDED_REUSED, REMOVED)
-RESULTS = (COMPLETED, FAILED, DELETED)
+REEMBED_REQUESTS = (REEMBED,)
+EMBEDDED_STREAM = (EMBEDDED, EMBEDDED_REUSED, REMOVED, EMBEDDED_V2, EMBEDDED_V2_REUSED, REMOVED_V2)
+RESULTS = (COMPLETED, FAILED, DELETED_V2)
+"""What the sample subscriber reads: document.deleted in v2 (v1 is produced too, for the
+consumers of the released v1 pact)."""
+RESULTS_ALL = (COMPLETED, FAILED, DELETED, DELETED_V2)
 
 
 def build_pact(consumer: str, provider: str, interactions: Sequence[Interaction]) -> Pact:

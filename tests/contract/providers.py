@@ -5,6 +5,8 @@ that really writes the message, on the real Redis under a fresh prefix per inter
   (the ingress's one Lua call: job record + XADD), read back from ``{prefix}:ingest``;
 - embed worker: the real worker (``build_embed_worker``; the ``Embedder`` over a fake
   model) run in burst mode on real commands, read back from ``{prefix}:embedded``;
+- re-embed requests: the real index worker, on a Chroma folder of its own, given a
+  reused embedding it cannot apply, read back from ``{prefix}:ingest``;
 - result publisher: ``JobTracker`` stage marks (the MARK_STAGE Lua the index and persist
   workers run in the MULTI/EXEC of their acks, and their dead-letter ops), read back from
   ``{prefix}:results``.
@@ -13,7 +15,9 @@ that really writes the message, on the real Redis under a fresh prefix per inter
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,16 +26,22 @@ from typing import Any
 import redis.asyncio as redis
 from pact import Verifier
 
+from embedstream.adapters.chroma import ChromaIndex
 from embedstream.adapters.embedder import Embedder
 from embedstream.adapters.jobs import JobTracker, Submission
 from embedstream.api.commands import build_delete, build_upsert
-from embedstream.config import ConsumerSettings
+from embedstream.config import ChromaSettings, ConsumerSettings
 from embedstream.contracts.codec import fields_to_body
 from embedstream.errors import PoisonMessage
 from embedstream.schemas.api import DocumentIn
+from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.events import DOCUMENT_EMBEDDED_V2, DocumentEmbeddedV2, EmbeddedChunk
+from embedstream.schemas.vectors import encode_vector
+from embedstream.schemas.versions import version_text
 from embedstream.streams.messages import TransactionOp
 from embedstream.streams.names import StreamNames, stream_id_to_version
 from embedstream.workers.embed import build_embed_worker
+from embedstream.workers.index import build_index_worker
 from tests.contract.interactions import Interaction
 from tests.contract.support import drop_prefix, pact_message, run_with_redis
 
@@ -187,6 +197,68 @@ def embed_worker_provider(name: str, embedder: Embedder) -> Provider:
             "a document was upserted again with unchanged text": unchanged_document,
             "a document was deleted": deleted_document,
         },
+    )
+
+
+# -- re-embed requests (index and persist workers) -------------------------------------
+
+
+def reembed_provider(name: str) -> Provider:
+    """The index worker (a real one, on a Chroma folder of its own) receives a reused
+    embedding whose base version it indexed with other content: it asks for a re-embed
+    (``embedstream.workers.reembed``, the code the persist worker uses as well)."""
+
+    async def store_cannot_apply(client: redis.Redis, names: StreamNames) -> None:
+        job_id = await submit_upserts(client, names, DOC)
+        with tempfile.TemporaryDirectory() as folder:
+            index = ChromaIndex(
+                ChromaSettings(chroma_path=Path(folder), chroma_url=None, chroma_collection="pact")
+            )
+            try:
+                await index.open()
+                base = _embedded_v2(job_id, 1, "Other text.", reused=False)
+                reuse = _embedded_v2(job_id, 2, TEXT, reused=True, base_version=1)
+                for event in (base, reuse):
+                    envelope = Envelope.wrap(
+                        DOCUMENT_EMBEDDED_V2,
+                        event,
+                        source="embedstream.embed",
+                        tenant=TENANT,
+                        subject=DOC,
+                        traceparent=TRACEPARENT,
+                    )
+                    await client.xadd(names.embedded, envelope.to_fields())  # type: ignore[arg-type]
+                    worker = build_index_worker(client, names, FAST, index)
+                    await asyncio.wait_for(worker.run(burst=True), 60)
+            finally:
+                index.close()
+
+    return Provider(
+        name,
+        lambda names: names.ingest,
+        {"a store could not apply a reused embedding": store_cannot_apply},
+    )
+
+
+def _embedded_v2(
+    job_id: str, version: int, text: str, *, reused: bool, base_version: int | None = None
+) -> DocumentEmbeddedV2:
+    vector = encode_vector([0.5, 0.5, 0.5, 0.5])
+    return DocumentEmbeddedV2(
+        job_id=job_id,
+        document_id=DOC,
+        version=version_text(version),
+        content_hash=hashlib.sha256(text.encode()).hexdigest(),
+        model="fake",
+        dim=4,
+        text=text,
+        metadata=METADATA,
+        chunk_count=1,
+        reused=reused,
+        base_version=None if base_version is None else version_text(base_version),
+        chunks=[]
+        if reused
+        else [EmbeddedChunk(id=f"{TENANT}/{DOC}:0", index=0, text=text, vector=vector)],
     )
 
 

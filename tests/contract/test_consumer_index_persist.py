@@ -16,13 +16,15 @@ from embedstream.adapters.jobs import JobTracker
 from embedstream.contracts.catalog import EMBED_WORKER, INDEX_WORKER, PERSIST_WORKER
 from embedstream.contracts.codec import STREAM_METADATA, body_to_fields
 from embedstream.schemas.envelope import Envelope
-from embedstream.schemas.events import DocumentEmbedded, DocumentRemoved
+from embedstream.schemas.events import DocumentEmbeddedV2, DocumentRemovedV2
 from embedstream.streams.messages import decode_envelope
 from embedstream.workers.index import IndexHandler
 from embedstream.workers.index_order import DocumentOrder
 from embedstream.workers.persist import to_write
 from tests.contract.interactions import EMBEDDED_STREAM, build_pact
 from tests.contract.support import write_pact
+
+KINDS = ("embedded", "removed", "reused")
 
 
 class ModelGuard:
@@ -53,22 +55,24 @@ def test_index_worker_decodes_every_embedded_event() -> None:
         envelope = decoded(body, metadata)
         change = asyncio.run(handler._decode(0, envelope))
         assert change.document_id == envelope.subject
-        if isinstance(change.event, DocumentEmbedded):
+        assert change.version > 2**53  # exact, from the integer or the version text
+        suffix = envelope.type.rsplit(".", 1)[-1]
+        if isinstance(change.event, DocumentEmbeddedV2):
             event = change.event
             if event.reused:
                 assert change.vectors == ()
-                kinds.append("reused")
+                kinds.append(f"reused.{suffix}")
             else:
                 assert len(change.vectors) == event.chunk_count
                 assert all(v.shape == (event.dim,) for v in change.vectors)
-                kinds.append("embedded")
+                kinds.append(f"embedded.{suffix}")
             assert guard.required[-1] == (event.model, event.dim)
         else:
-            assert isinstance(change.event, DocumentRemoved)
-            kinds.append("removed")
+            assert isinstance(change.event, DocumentRemovedV2)
+            kinds.append(f"removed.{suffix}")
 
     pact.verify(consume, "Async")
-    assert sorted(kinds) == ["embedded", "removed", "reused"]
+    assert sorted(kinds) == sorted(f"{k}.{v}" for k in KINDS for v in ("v1", "v2"))
     write_pact(pact)
 
 
@@ -80,16 +84,20 @@ def test_persist_worker_maps_every_embedded_event_to_a_write() -> None:
         envelope = decoded(body, metadata)
         write = to_write(envelope)
         assert write.document_id == envelope.subject
+        assert write.version > 2**53
+        suffix = envelope.type.rsplit(".", 1)[-1]
         if write.deleted:
-            kinds.append("removed")
+            kinds.append(f"removed.{suffix}")
         elif write.reused:
             assert write.chunks == ()
-            kinds.append("reused")
+            # v2 names the version the reuse builds on, v1 cannot
+            assert (write.base_version is not None) == (suffix == "v2")
+            kinds.append(f"reused.{suffix}")
         else:
             assert write.chunk_count == len(write.chunks) > 0
             assert all(len(row.embedding) == 4 * (write.dim or 0) for row in write.chunks)
-            kinds.append("embedded")
+            kinds.append(f"embedded.{suffix}")
 
     pact.verify(consume, "Async")
-    assert sorted(kinds) == ["embedded", "removed", "reused"]
+    assert sorted(kinds) == sorted(f"{k}.{v}" for k in KINDS for v in ("v1", "v2"))
     write_pact(pact)

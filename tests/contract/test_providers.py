@@ -9,10 +9,15 @@ from pathlib import Path
 import pytest
 
 from embedstream.adapters.embedder import Embedder
-from embedstream.contracts.catalog import EMBED_WORKER, INGRESS
+from embedstream.contracts.catalog import EMBED_WORKER, INGRESS, REEMBED
 from embedstream.contracts.catalog import RESULTS as RESULTS_PROVIDER
-from tests.contract.interactions import EMBEDDED_STREAM, INGEST, RESULTS
-from tests.contract.providers import embed_worker_provider, ingress_provider, results_provider
+from tests.contract.interactions import EMBEDDED_STREAM, INGEST, REEMBED_REQUESTS, RESULTS_ALL
+from tests.contract.providers import (
+    embed_worker_provider,
+    ingress_provider,
+    reembed_provider,
+    results_provider,
+)
 from tests.contract.support import PACTS, RELEASED_PACTS, assert_verified
 
 SOURCES = [pytest.param(PACTS, id="current"), pytest.param(RELEASED_PACTS, id="released-v1")]
@@ -37,7 +42,13 @@ def test_embed_worker_satisfies_the_index_and_persist_workers(
 @pytest.mark.parametrize("source", SOURCES)
 def test_result_publisher_satisfies_downstream_subscribers(source: Path) -> None:
     provider = results_provider(RESULTS_PROVIDER)
-    assert_verified(provider.verifier(RESULTS, source), source, RESULTS_PROVIDER)
+    assert_verified(provider.verifier(RESULTS_ALL, source), source, RESULTS_PROVIDER)
+
+
+def test_store_workers_reembed_requests_satisfy_the_embed_worker() -> None:
+    """Not in the released v1 set: re-embed requests are new since."""
+    provider = reembed_provider(REEMBED)
+    assert_verified(provider.verifier(REEMBED_REQUESTS, PACTS), PACTS, REEMBED)
 
 
 def test_a_verifier_for_an_unknown_provider_verifies_nothing() -> None:

@@ -103,7 +103,13 @@ async def test_every_job_event_the_lua_writes_fits_its_model_and_schema(
                 "invalid_message: the message is malformed or failed validation"
             )
     assert sorted(seen) == sorted(
-        ["job.completed.v1", "job.failed.v1", "document.deleted.v1", "job.completed.v1"]
+        [
+            "job.completed.v1",
+            "job.failed.v1",
+            "document.deleted.v1",
+            "document.deleted.v2",
+            "job.completed.v1",
+        ]
     )
 
 

@@ -4,6 +4,7 @@ covering every consumer of every stream."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,16 @@ from typer.testing import CliRunner
 
 from embedstream.cli import app
 from embedstream.contracts import export
-from embedstream.contracts.catalog import CHANNELS, MESSAGES, messages_on
+from embedstream.contracts.catalog import (
+    CHANNELS,
+    MESSAGES,
+    OTHER_PRODUCERS,
+    messages_on,
+    producer_of,
+)
 from embedstream.contracts.json_schemas import schema_file
+from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.events import JOB_COMPLETED, JobCompleted
 from tests.contract.support import PACTS, RELEASED, RELEASED_PACTS, SCHEMAS
 
 
@@ -82,24 +91,50 @@ def test_asyncapi_document_is_complete_and_its_references_resolve() -> None:
     groups = {op.get("x-consumer-group") for op in operations if op["action"] == "receive"}
     assert {"embedder", "indexer", "persister"} <= groups
     senders = {op["x-pact-provider"] for op in operations if op["action"] == "send"}
-    assert senders == {ch.producer for ch in CHANNELS}
+    assert senders == {ch.producer for ch in CHANNELS} | {p.name for p in OTHER_PRODUCERS}
+    for op in operations:
+        if op["action"] == "send":  # each sender lists exactly the types it writes
+            sent = {ref["$ref"].rsplit("/", 1)[-1] for ref in op["messages"]}
+            assert sent == {m.type for m in MESSAGES if producer_of(m) == op["x-pact-provider"]}
 
 
 def _pacts(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 
 
+def _pact_types(folder: Path) -> dict[tuple[str, str], set[str]]:
+    """(consumer, provider) -> message types of its pact under ``folder``."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for pact in _pacts(folder):
+        assert all(i["type"] == "Asynchronous/Messages" for i in pact["interactions"])
+        assert pact["metadata"]["pactSpecification"]["version"] == "4.0"
+        types = {i["contents"]["content"]["type"] for i in pact["interactions"]}
+        found[(pact["consumer"]["name"], pact["provider"]["name"])] = types
+    return found
+
+
 def test_every_consumer_of_every_stream_has_a_pact_for_every_type() -> None:
-    pacts = {(p["consumer"]["name"], p["provider"]["name"]): p for p in _pacts(PACTS)}
+    """embedstream's own workers have current pacts for every type their streams carry,
+    from each producer; a downstream subscriber reads one type version of each event
+    (the newest), the other being covered by the released pacts."""
+    current, released = _pact_types(PACTS), _pact_types(RELEASED_PACTS)
     for ch in CHANNELS:
         for consumer in ch.consumers:
             if consumer.pact is None:
                 continue
-            pact = pacts[(consumer.pact, ch.producer)]
-            types = {i["contents"]["content"]["type"] for i in pact["interactions"]}
-            assert types == {m.type for m in messages_on(ch.key)}, (consumer.pact, types)
-            assert all(i["type"] == "Asynchronous/Messages" for i in pact["interactions"])
-            assert pact["metadata"]["pactSpecification"]["version"] == "4.0"
+            for producer in {producer_of(m) for m in messages_on(ch.key)}:
+                expected = {m.type for m in messages_on(ch.key) if producer_of(m) == producer}
+                types = current[(consumer.pact, producer)]
+                if consumer.group is None:  # downstream: the newest version of each event
+                    newest = {max(t for t in expected if _name(t) == _name(x)) for x in expected}
+                    assert types == newest, (consumer.pact, types)
+                    assert expected <= types | released.get((consumer.pact, producer), set())
+                else:
+                    assert types == expected, (consumer.pact, producer, types)
+
+
+def _name(type_name: str) -> str:
+    return type_name.rsplit(".", 1)[0]
 
 
 @pytest.mark.parametrize("folder", [PACTS, RELEASED_PACTS], ids=["current", "released-v1"])
@@ -115,7 +150,8 @@ def test_pact_examples_conform_to_the_json_schemas(folder: Path) -> None:
 
 def test_released_set_is_a_complete_contract_set() -> None:
     assert (RELEASED / "asyncapi.yaml").is_file()
-    assert {p.name for p in (RELEASED / "json").glob("*.json")} == {
+    # every released type is still produced (new types come in later releases)
+    assert {p.name for p in (RELEASED / "json").glob("*.json")} <= {
         schema_file(m.type) for m in MESSAGES
     }
     providers = {p["provider"]["name"] for p in _pacts(RELEASED_PACTS)}
@@ -133,3 +169,32 @@ def test_release_copies_the_current_contract_set(tmp_path: Path) -> None:
     assert export.released_schemas(tmp_path, "v9").keys() == {m.type for m in MESSAGES}
     with pytest.raises(FileExistsError):
         export.release(tmp_path, "v9")
+
+
+def test_schemas_describe_the_two_field_wire_format() -> None:
+    """Issue 9, item 5: the schema text describes the wire format as it is: two stream
+    fields, ``ce`` (the attributes as one JSON object) and ``data`` (the payload as JSON
+    text), not one field per property with ``schemaversion`` as decimal text."""
+    rendered = {
+        rel: json.loads(text) for rel, text in export.render().items() if rel.endswith(".json")
+    }
+    assert rendered
+    for rel, schema in rendered.items():
+        note = schema["description"]
+        assert "`ce`" in note and "`data`" in note, (rel, note)
+        assert "every property is one field" not in note, rel
+        assert "decimal text" not in note, rel
+        assert "decimal text" not in schema["properties"]["schemaversion"]["description"], rel
+    # what the description says, done literally on fields the code writes, gives a body the
+    # schema accepts: ce parsed as one object, data parsed as the payload
+    fields = Envelope.wrap(
+        JOB_COMPLETED,
+        JobCompleted(job_id="j", documents=1, completed_at=datetime.now(UTC)),
+        source="embedstream",
+        tenant="acme",
+        subject="j",
+    ).to_fields()
+    assert set(fields) == {"ce", "data"}
+    body = {**json.loads(fields["ce"]), "data": json.loads(fields["data"])}
+    schema = rendered[f"json/{schema_file(JOB_COMPLETED)}"]
+    assert not [e.message for e in Draft202012Validator(schema).iter_errors(body)]

@@ -126,7 +126,11 @@ async def test_update_shrink_and_delete(stack: Stack, results_reader: redis.Redi
 
     third = delete(stack, "doc/one")
     events = await wait_for_results(results_reader, stack.names, {third}, timeout=240)
-    assert sorted(e.type for e in events[third]) == ["document.deleted.v1", "job.completed.v1"]
+    assert sorted(e.type for e in events[third]) == [
+        "document.deleted.v1",
+        "document.deleted.v2",
+        "job.completed.v1",
+    ]
 
     assert_clean_exit(stack)
     gone = await pg_documents(PG_DSN, stack.schema)
@@ -218,6 +222,7 @@ async def test_two_tenants_share_a_document_id_apart(
 
     assert {(e.type, e.tenant) for e in events[job_del]} == {
         ("document.deleted.v1", "globex"),
+        ("document.deleted.v2", "globex"),
         ("job.completed.v1", "globex"),
     }
     assert httpx.get(f"{stack.url}/v1/jobs/{job_a}", headers=other).status_code == 404

@@ -18,20 +18,26 @@ from embedstream.config import ConsumerSettings, EmbedSettings, Settings
 from embedstream.errors import PoisonMessage
 from embedstream.schemas.commands import (
     DOCUMENT_DELETE,
+    DOCUMENT_REEMBED,
     DOCUMENT_UPSERT,
     DocumentDelete,
+    DocumentReembed,
     DocumentUpsert,
 )
 from embedstream.schemas.envelope import Envelope, attributes_of
 from embedstream.schemas.events import (
     DOCUMENT_EMBEDDED,
     DOCUMENT_REMOVED,
+    DOCUMENT_REMOVED_V2,
     DocumentEmbedded,
+    DocumentEmbeddedV2,
     DocumentRemoved,
+    DocumentRemovedV2,
 )
 from embedstream.schemas.vectors import decode_vector
+from embedstream.schemas.versions import version_text
 from embedstream.streams.messages import Ack, DeadLetter, Message
-from embedstream.streams.names import StreamNames, stream_id_to_version
+from embedstream.streams.names import StreamNames, as_text, stream_id_to_version
 from embedstream.streams.runner import RunStats
 from embedstream.workers import embed as embed_worker
 from embedstream.workers.embed import build_embed_worker
@@ -100,8 +106,12 @@ async def run_worker(
     return await asyncio.wait_for(worker.run(burst=True), 120)
 
 
-async def events(client: redis.Redis, names: StreamNames) -> list[Envelope]:
-    return [Envelope.from_fields(f) for _, f in await client.xrange(names.embedded)]
+async def events(
+    client: redis.Redis, names: StreamNames, version: int | None = 1
+) -> list[Envelope]:
+    """The events on the embedded stream in one type version (None: all of them)."""
+    found = [Envelope.from_fields(f) for _, f in await client.xrange(names.embedded)]
+    return [e for e in found if version is None or e.type.endswith(f".v{version}")]
 
 
 async def embedded(client: redis.Redis, names: StreamNames) -> dict[str, DocumentEmbedded]:
@@ -171,6 +181,14 @@ async def test_upserts_are_chunked_and_embedded_in_one_call(
         assert float(np.linalg.norm(vector)) == pytest.approx(1.0, abs=1e-4)
         assert float(vector @ reference) == pytest.approx(1.0, abs=1e-4)
 
+    # each event also goes out as document.embedded.v2: the same, with version text
+    twins = {
+        e.subject: e.payload(DocumentEmbeddedV2)
+        for e in await events(redis_client, names, version=2)
+    }
+    assert twins == {d: DocumentEmbeddedV2.from_v1(e) for d, e in by_doc.items()}
+    assert twins["long"].version == f"{long.version:020d}"
+
     status = await job(tracker, job_id)
     assert {item.document_id: item.stages for item in status.items} == {
         "long": {"embed": "done"},
@@ -202,6 +220,9 @@ async def test_delete_is_forwarded_with_its_version(
     assert removed == DocumentRemoved(
         job_id=job_id, document_id="gone", version=(await versions(tracker, job_id))["gone"]
     )
+    [twin] = await events(redis_client, names, version=2)
+    assert twin.type == DOCUMENT_REMOVED_V2
+    assert twin.payload(DocumentRemovedV2) == DocumentRemovedV2.from_v1(removed)
     assert embedder.stats.calls == calls  # nothing to encode
     stored = await redis_client.hget(names.key("embed", "hashes"), "acme/gone")
     assert stored is not None
@@ -390,47 +411,76 @@ async def test_run_loads_the_model_and_closes_what_it_opened(
     assert opened[0]._executor._shutdown  # closed in finally
 
 
-async def test_documents_busy_in_another_batch_are_not_reused(
+async def test_a_revert_is_not_reused_while_another_replica_holds_a_newer_command(
     redis_client: redis.Redis,
     names: StreamNames,
     embedder: Embedder,
     tracker: JobTracker,
     fast_settings: ConsumerSettings,
 ) -> None:
-    """A batch whose ack is not written yet may be about to change a document: another
-    batch of the same process embeds that document afresh instead of reusing."""
+    """Issue 9, item 1: A, B, A as three requests, two embed replicas. Replica 1 holds B
+    (read, not acked) when replica 2 handles the second A: the stored hash still says A,
+    but B is in flight, so A is embedded afresh, not reused, and the stores will end at A
+    whatever order B and A reach them in."""
     await submit(tracker, [upsert("doc", "Stable text.")])
     await run_worker(redis_client, names, embedder, fast_settings)
-    handler = embed_worker.EmbedHandler(redis_client, names, embedder, embedder.chunker(), tracker)
-
-    def message(entry_id: str, command: DocumentUpsert | DocumentDelete) -> Message[Envelope]:
-        etype = DOCUMENT_UPSERT if isinstance(command, DocumentUpsert) else DOCUMENT_DELETE
-        envelope = Envelope.wrap(
-            etype, command, source="test", tenant=TENANT, subject=command.document_id
-        )
-        return Message(entry_id, names.ingest, {}, envelope, 1)
-
-    acked = asyncio.Event()
-
-    async def first_batch() -> None:  # handled, its ack not yet written
-        await handler([message("8000000000000-0", DocumentDelete(job_id="j", document_id="doc"))])
-        await acked.wait()
-
-    first = asyncio.create_task(first_batch())
-    await asyncio.sleep(0.05)
-    # each batch runs in its own task, as in the runtime
-    [busy] = await asyncio.create_task(
-        handler([message("8000000000001-0", upsert("doc", "Stable text."))])
+    await submit(tracker, [upsert("doc", "Changed text.")])  # B
+    await submit(tracker, [upsert("doc", "Stable text.", rev=3)])  # A again
+    replica1 = build_embed_worker(
+        redis_client, names, embedder, fast_settings.model_copy(update={"consumer_name": "r1"})
     )
-    acked.set()
-    await first
-    [free] = await asyncio.create_task(
-        handler([message("8000000000001-1", upsert("doc", "Stable text."))])
+    replica2 = build_embed_worker(
+        redis_client, names, embedder, fast_settings.model_copy(update={"consumer_name": "r2"})
     )
-    assert isinstance(busy, Ack)
-    assert isinstance(free, Ack)
-    assert reused_flag(busy) is False
-    assert reused_flag(free) is True  # nothing busy, the stored hash still matches
+    holding_b = await replica1.consumer.read_new(1, None)
+    revert = await replica2.consumer.read_new(1, None)
+
+    await replica2._process(revert)  # B is still in flight on replica 1
+    await replica1._process(holding_b)
+
+    last = [e.payload(DocumentEmbeddedV2) for e in await events(redis_client, names, version=2)]
+    assert [(e.text, e.reused, e.chunk_count > 0) for e in last[1:]] == [
+        ("Stable text.", False, True),  # the revert: a full embedding, not a reuse
+        ("Changed text.", False, True),
+    ]
+    assert await redis_client.hgetall(names.key("ingest", "inflight")) == {}
+
+    # nothing in flight now, and the register says A: the next A is a reuse of the revert
+    await submit(tracker, [upsert("doc", "Stable text.", rev=4)])
+    await run_worker(redis_client, names, embedder, fast_settings)
+    reuse = (await events(redis_client, names, version=2))[-1].payload(DocumentEmbeddedV2)
+    assert reuse.reused and reuse.base_version == last[1].version
+
+
+async def test_an_entry_settled_twice_is_counted_once(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    embedder: Embedder,
+    tracker: JobTracker,
+    fast_settings: ConsumerSettings,
+) -> None:
+    """Two replicas finish the same reclaimed entry: the second ack changes no count, so
+    another command of the document still in flight keeps reuse off."""
+    await submit(tracker, [upsert("doc", "Words.")])
+    await run_worker(redis_client, names, embedder, fast_settings)
+    await submit(tracker, [upsert("doc", "Words.", rev=2)])
+    await submit(tracker, [upsert("doc", "Words.", rev=3)])
+    slow = build_embed_worker(
+        redis_client, names, embedder, fast_settings.model_copy(update={"consumer_name": "slow"})
+    )
+    fast = build_embed_worker(
+        redis_client, names, embedder, fast_settings.model_copy(update={"consumer_name": "fast"})
+    )
+    [first] = await slow.consumer.read_new(1, None)
+    claimed = await redis_client.xclaim(names.ingest, "embedder", "fast", 0, [first[0]])
+    assert [as_text(entry_id) for entry_id, _ in claimed] == [first[0]]
+    await fast._process([first])
+    await slow._process([first])  # the slow replica finishes it too
+    counts = await redis_client.hgetall(names.key("ingest", "inflight"))
+    assert counts == {b"acme/doc": b"1"}  # rev 3, not read by anyone yet
+    await run_worker(redis_client, names, embedder, fast_settings)
+    assert await redis_client.hgetall(names.key("ingest", "inflight")) == {}
+    assert await redis_client.hgetall(names.key("ingest", "inflight", "entries")) == {}
 
 
 async def test_an_entry_id_beyond_storable_versions_is_dead_lettered(
@@ -484,3 +534,39 @@ async def test_tenants_have_their_own_content_hashes_and_events(
     hashes = await redis_client.hgetall(names.key("embed", "hashes"))
     assert hashes[b"t-b/doc"].startswith(b"deleted|")
     assert not hashes[b"t-a/doc"].startswith(b"deleted|")
+
+
+async def test_a_dead_lettered_reembed_request_fails_the_stage_that_asked(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    embedder: Embedder,
+    tracker: JobTracker,
+    fast_settings: ConsumerSettings,
+) -> None:
+    """The index stage left its mark for a document to the re-embedded event; if the
+    request itself is dead-lettered (here: nothing to embed), the job records the
+    document failed at the index stage instead of waiting for ever."""
+    job_id = await submit(tracker, [upsert("doc", "Words.")])
+    await run_worker(redis_client, names, embedder, fast_settings)
+    persist_done = tracker.stage_done(job_id, "doc", "persist")
+    async with redis_client.pipeline(transaction=True) as pipe:
+        await persist_done(pipe)
+        await pipe.execute()
+    request = DocumentReembed(
+        job_id=job_id,
+        document_id="doc",
+        version=version_text(stream_id_to_version("8000000000000-0")),
+        text=" \n ",
+        requested_by="index",
+    )
+    envelope = Envelope.wrap(
+        DOCUMENT_REEMBED, request, source="embedstream.index", tenant=TENANT, subject="doc"
+    )
+    await redis_client.xadd(names.ingest, envelope.to_fields())  # type: ignore[arg-type]
+
+    stats = await run_worker(redis_client, names, embedder, fast_settings)
+
+    assert stats.dead_lettered == 1
+    status = await job(tracker, job_id)
+    assert status.state == "failed"
+    assert status.items[0].stages == {"embed": "done", "persist": "done", "index": "failed"}

@@ -27,6 +27,7 @@ import pytest
 import redis.asyncio as redis
 from chromadb.config import Settings as ChromaClientSettings
 from redis.exceptions import ResponseError
+from structlog.testing import capture_logs
 
 from embedstream.adapters import chroma as chroma_adapter
 from embedstream.adapters.chroma import ChromaIndex, DocumentWrite
@@ -34,25 +35,31 @@ from embedstream.adapters.jobs import JobTracker, Submission
 from embedstream.config import ChromaSettings, ConsumerSettings, Settings
 from embedstream.schemas.commands import (
     DOCUMENT_DELETE,
+    DOCUMENT_REEMBED,
     DOCUMENT_UPSERT,
     DocumentDelete,
+    DocumentReembed,
     DocumentUpsert,
     MetadataValue,
 )
 from embedstream.schemas.envelope import Envelope, attributes_of
 from embedstream.schemas.events import (
     DOCUMENT_EMBEDDED,
+    DOCUMENT_EMBEDDED_V2,
     DOCUMENT_REMOVED,
     DocumentEmbedded,
+    DocumentEmbeddedV2,
     DocumentRemoved,
     EmbeddedChunk,
 )
 from embedstream.schemas.vectors import decode_vector, encode_vector
+from embedstream.schemas.versions import version_text
 from embedstream.streams.names import INDEXER_GROUP, StreamNames
 from embedstream.streams.runner import RunStats
 from embedstream.workers import index as index_worker
 from embedstream.workers.index import build_index_worker
 from tests.conftest import REDIS_URL
+from tests.support.redis_server import PrivateRedis
 from tests.support.streams import wait_until
 
 pytestmark = pytest.mark.integration
@@ -131,6 +138,22 @@ async def publish(
         kind = DOCUMENT_REMOVED if isinstance(event, DocumentRemoved) else DOCUMENT_EMBEDDED
         env = Envelope.wrap(kind, event, source="tests", tenant=tenant, subject=event.document_id)
         await client.xadd(names.embedded, env.to_fields())  # type: ignore[arg-type]
+
+
+async def publish_v2(
+    client: redis.Redis, names: StreamNames, *events: DocumentEmbeddedV2, tenant: str = TENANT
+) -> None:
+    for event in events:
+        env = Envelope.wrap(
+            DOCUMENT_EMBEDDED_V2, event, source="tests", tenant=tenant, subject=event.document_id
+        )
+        await client.xadd(names.embedded, env.to_fields())  # type: ignore[arg-type]
+
+
+async def ingest_commands(client: redis.Redis, names: StreamNames) -> list[Envelope]:
+    """The re-embed requests on the ingest stream."""
+    commands = [Envelope.from_fields(fields) for _, fields in await client.xrange(names.ingest)]
+    return [c for c in commands if c.type == DOCUMENT_REEMBED]
 
 
 async def submit(
@@ -593,8 +616,9 @@ async def test_reuse_of_other_content_is_not_applied_to_old_chunks(
     fast_settings: ConsumerSettings,
     index: ChromaIndex,
 ) -> None:
-    """v1 (text A) is indexed, v2 (text B) is still on its way, v3 reuses B: v3 must not
-    relabel A's chunks as the current version."""
+    """v1 (text A) is indexed, v2 (text B) never reaches this store, v3 reuses B: v3 must
+    not relabel A's chunks as the current version; once no delivery is left it asks for a
+    re-embed at v3 instead of failing (issue 9, item 1(b))."""
     await publish(redis_client, names, embedded("j1", "d", 1, ("A",)))
     await run_worker(redis_client, names, fast_settings, index)
     await publish(redis_client, names, reused("j3", "d", 3, ("B",)))
@@ -602,9 +626,43 @@ async def test_reuse_of_other_content_is_not_applied_to_old_chunks(
 
     stats = await run_worker(redis_client, names, cfg, index)
 
-    assert stats.dead_lettered == 1  # B's chunks never arrived here
+    assert (stats.dead_lettered, stats.retried, stats.acked) == (0, 1, 1)
     [meta] = [r["metadata"] for r in records(index, "d").values()]
     assert meta["version"] == 1
+    assert [env.type for env in await ingest_commands(redis_client, names)] == [DOCUMENT_REEMBED]
+
+
+async def test_reuse_whose_base_was_indexed_with_other_content_reembeds_at_once(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    fast_settings: ConsumerSettings,
+    index: ChromaIndex,
+    tracker: JobTracker,
+) -> None:
+    """The register holds the reuse's base version but Chroma lacks its chunks (the
+    collection was lost or rebuilt without them): waiting cannot help, so the first
+    delivery asks for a re-embed; the index mark is left to the re-embedded event."""
+    await submit(tracker, "j2", {"d": "upsert"})
+    await publish(redis_client, names, embedded("j1", "d", 1, ("A",)))
+    await run_worker(redis_client, names, fast_settings, index)
+    index.collection.delete(ids=[f"{TENANT}/d:0"])  # the chunks are gone
+    reuse = DocumentEmbeddedV2.from_v1(reused("j2", "d", 2, ("A",)))
+    await publish_v2(
+        redis_client, names, reuse.model_copy(update={"base_version": version_text(1)})
+    )
+
+    stats = await run_worker(redis_client, names, fast_settings, index)
+
+    assert (stats.acked, stats.retried, stats.dead_lettered) == (1, 0, 0)
+    [request] = await ingest_commands(redis_client, names)
+    command = request.payload(DocumentReembed)
+    assert (command.document_id, command.version, command.requested_by) == (
+        "d",
+        version_text(2),
+        "index",
+    )
+    assert request.tenant == TENANT
+    assert await index_stage(tracker, "j2") == {"d": None}
 
 
 async def test_poison_is_dead_lettered_alone(
@@ -824,3 +882,38 @@ async def test_tenants_index_the_same_document_id_apart(
         b"t-a/d": b"15",
         b"t-b/d": b"30",
     }
+
+
+# -- transient faults ----------------------------------------------------------------
+
+
+async def test_a_redis_outage_under_a_batch_is_one_warning_without_traceback(
+    tmp_path: Path, names: StreamNames, fast_settings: ConsumerSettings, index: ChromaIndex
+) -> None:
+    """Issue 9, item 4: Redis goes away while the index worker holds a batch (its
+    document locks live in Redis): the batch is retried with backoff and logged as one
+    warning line, not as a crash with a traceback."""
+    server = PrivateRedis(tmp_path / "redis")
+    (tmp_path / "redis").mkdir()
+    await server.start()
+    client = redis.Redis.from_url(server.url, socket_timeout=2)
+    try:
+        await publish(client, names, embedded("j", "a", 1), embedded("j", "b", 2))
+        worker = build_index_worker(client, names, fast_settings, index)
+        await worker.consumer.ensure_group()
+        entries = await worker.consumer.read_new(10, None)
+        assert len(entries) == 2
+        await server.stop()
+        with capture_logs() as logs:
+            await worker._process(entries)
+    finally:
+        await client.aclose()
+        await server.stop()
+
+    assert worker.stats.retried == 2
+    assert not [e for e in logs if e.get("exc_info")], logs
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")], logs
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0]["messages"] == 2
+    assert "ConnectionError" in warnings[0]["error_type"]

@@ -15,21 +15,25 @@ import msgspec
 import numpy as np
 import pytest
 import redis.asyncio as redis
+from structlog.testing import capture_logs
 
 from embedstream.adapters.jobs import JobTracker, Submission
 from embedstream.adapters.postgres import DocumentStore, DocumentWrite, WriteResult
 from embedstream.adapters.postgres import create_pool as create_pg_pool
 from embedstream.config import ConsumerSettings, PostgresSettings, RedisSettings, Settings
-from embedstream.schemas.commands import DocumentDelete, DocumentUpsert
+from embedstream.schemas.commands import DocumentDelete, DocumentReembed, DocumentUpsert
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import (
     DOCUMENT_EMBEDDED,
+    DOCUMENT_EMBEDDED_V2,
     DOCUMENT_REMOVED,
     DocumentEmbedded,
+    DocumentEmbeddedV2,
     DocumentRemoved,
     EmbeddedChunk,
 )
 from embedstream.schemas.vectors import encode_vector
+from embedstream.schemas.versions import version_text
 from embedstream.streams.messages import Ack, DeadLetter, Message, Retry
 from embedstream.streams.names import PERSISTER_GROUP, StreamNames
 from embedstream.streams.runner import RunStats
@@ -123,6 +127,13 @@ class Pipeline:
             kind = DOCUMENT_EMBEDDED if isinstance(event, DocumentEmbedded) else DOCUMENT_REMOVED
             envelope = Envelope.wrap(
                 kind, event, source="test", tenant=tenant, subject=event.document_id
+            )
+            await self.add(envelope.to_fields())
+
+    async def send_v2(self, *events: DocumentEmbeddedV2, tenant: str = T) -> None:
+        for event in events:
+            envelope = Envelope.wrap(
+                DOCUMENT_EMBEDDED_V2, event, source="test", tenant=tenant, subject=event.document_id
             )
             await self.add(envelope.to_fields())
 
@@ -285,16 +296,53 @@ async def test_reused_embedding_updates_metadata_and_keeps_chunks(pipe: Pipeline
     assert len(await pipe.store.get_chunks(T, "b")) == 2
 
 
-async def test_reused_embedding_without_its_content_is_retried_then_dead_lettered(
+async def test_reused_embedding_whose_content_never_comes_asks_for_a_reembed(
     pipe: Pipeline,
 ) -> None:
+    """Issue 9, item 1(b): a reuse whose base never reaches this store (a v1 event: no
+    base named) waits while deliveries remain, then asks for a re-embed at its version
+    instead of failing the job; the re-embedded event records the stage."""
     job = await pipe.job(("a", "upsert"))
     await pipe.send(pipe.embedded(job, "a", 2, chunks=2, reused=True))
     stats = await pipe.run()
     assert stats.retried == pipe.settings.max_deliveries - 1
-    assert stats.dead_lettered == 1
+    assert (stats.dead_lettered, stats.acked) == (0, 1)
     assert await pipe.store.get_document(T, "a") is None
-    assert await pipe.persist_mark(job, "a") == "failed"
+    assert await pipe.persist_mark(job, "a") is None  # left to the re-embedded event
+    [(_, request)] = [
+        (i, f) for i, f in await pipe.entries(pipe.names.ingest) if b"reembed" in f[b"ce"]
+    ]
+    command = Envelope.from_fields(request).payload(DocumentReembed)
+    assert (command.document_id, command.version, command.requested_by) == (
+        "a",
+        version_text(2),
+        "persist",
+    )
+    # the embed stage answers with the full embedding at the same version
+    await pipe.send(pipe.embedded(job, "a", 2, chunks=2))
+    stats = await pipe.run()
+    assert (stats.acked, stats.dead_lettered) == (1, 0)
+    doc = await pipe.store.get_document(T, "a")
+    assert doc is not None and (doc.version, doc.chunk_count) == (2, 2)
+    assert await pipe.persist_mark(job, "a") == "done"
+
+
+async def test_reused_embedding_on_other_stored_content_asks_for_a_reembed_at_once(
+    pipe: Pipeline,
+) -> None:
+    """The store holds the reuse's base version (or newer) with other content: the chunks
+    it reuses will never come here, so it asks for a re-embed on the first delivery."""
+    job = await pipe.job(("a", "upsert"))
+    await pipe.send(pipe.embedded(job, "a", 1, chunks=1, text="B"))
+    await pipe.run()
+    reuse = DocumentEmbeddedV2.from_v1(pipe.embedded(job, "a", 3, chunks=2, text="A", reused=True))
+    await pipe.send_v2(reuse.model_copy(update={"base_version": version_text(1)}))
+    stats = await pipe.run()
+    assert (stats.acked, stats.retried, stats.dead_lettered) == (1, 0, 0)
+    requests = [f for _, f in await pipe.entries(pipe.names.ingest) if b"reembed" in f[b"ce"]]
+    assert len(requests) == 1
+    doc = await pipe.store.get_document(T, "a")
+    assert doc is not None and (doc.version, doc.text) == (1, "B")
 
 
 async def test_reused_embedding_waits_for_its_full_version(pipe: Pipeline) -> None:
@@ -463,3 +511,33 @@ async def test_tenants_persist_the_same_document_id_apart(pipe: Pipeline) -> Non
     assert (b.version, b.deleted) == (30, True)
     assert len(await pipe.store.get_chunks("t-a", "a")) == 3
     assert await pipe.store.get_chunks("t-b", "a") == []
+
+
+async def test_a_terminated_connection_is_transient_one_warning_without_traceback(
+    pipe: Pipeline,
+) -> None:
+    """Issue 9, item 4: after PostgreSQL terminated its connections, asyncpg may raise
+    ``InternalClientError: cannot switch to state 15``; that is an outage, retried with
+    backoff and logged in one warning line, without a traceback."""
+    job = await pipe.job(("a", "upsert"), ("b", "upsert"))
+    await pipe.send(pipe.embedded(job, "a", 1), pipe.embedded(job, "b", 2))
+    worker = build_persist_worker(pipe.client, pipe.pool, pipe.names, pipe.settings)
+    await worker.consumer.ensure_group()
+    entries = await worker.consumer.read_new(10, None)
+
+    async def broken_write(writes: Sequence[DocumentWrite]) -> list[WriteResult]:
+        raise asyncpg.InternalClientError("cannot switch to state 15; previous state is 2")
+
+    handler = worker.handler
+    assert isinstance(handler, PersistHandler)
+    handler.store.write = broken_write  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        await worker._process(entries)
+
+    assert worker.stats.retried == 2 and worker.stats.dead_lettered == 0
+    assert not [e for e in logs if e.get("exc_info")], logs
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")], logs
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert len(warnings) == 1, warnings
+    assert "cannot switch to state 15" in warnings[0]["error"]
+    assert warnings[0]["messages"] == 2

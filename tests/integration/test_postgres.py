@@ -200,8 +200,15 @@ def test_plan_resolves_a_batch_like_one_message_at_a_time() -> None:
     stored = StoredState(5, False, "h:a")
     plan = plan_document(stored, [(0, full), (1, delete("d", 4)), (2, delete("d", 6))])
     assert plan.results == {0: WriteResult.STALE, 1: WriteResult.STALE, 2: WriteResult.APPLIED}
-    plan = plan_document(StoredState(1, True, None), [(0, upsert("d", 2, reused=True))])
-    assert plan == type(plan)(None, {0: WriteResult.CONFLICT})
+    # a reuse that cannot apply: a conflict when its base (or newer) is stored with other
+    # content or deleted, waiting while its base is not stored (or not named)
+    reuse = upsert("d", 3, reused=True)
+    deleted_at_1 = StoredState(1, True, None)
+    for base, expected in ((1, WriteResult.CONFLICT), (2, WriteResult.WAITING)):
+        plan = plan_document(deleted_at_1, [(0, dataclasses.replace(reuse, base_version=base))])
+        assert plan == type(plan)(None, {0: expected})
+    assert plan_document(deleted_at_1, [(0, reuse)]).results == {0: WriteResult.WAITING}
+    assert plan_document(None, [(0, reuse)]).results == {0: WriteResult.WAITING}
 
 
 # -- the store -------------------------------------------------------------------------
@@ -286,10 +293,12 @@ async def test_reused_updates_metadata_and_version_only(store: DocumentStore) ->
     assert [(c.idx, c.embedding) for c in await store.get_chunks(T, "a")] == [
         (c.idx, c.embedding) for c in before
     ]
-    other = upsert("a", 3, reused=True, text="different content")
+    other = dataclasses.replace(
+        upsert("a", 3, reused=True, text="different content"), base_version=2
+    )
     assert await store.write([other, upsert("b", 1, reused=True)]) == [
         WriteResult.CONFLICT,
-        WriteResult.CONFLICT,
+        WriteResult.WAITING,
     ]
     assert await store.get_document(T, "b") is None
     assert await store.pool.fetchval("SELECT count(*) FROM job_documents") == 1

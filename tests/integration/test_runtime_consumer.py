@@ -574,6 +574,45 @@ async def test_lease_renewal_keeps_long_batches_from_being_stolen(
     assert await pending_count(redis_client, names.ingest, GROUP) == 0
 
 
+async def test_poison_waiting_for_its_slow_batch_is_not_stolen_and_dead_lettered_twice(
+    redis_client: redis.Redis, names: StreamNames, fast_settings: ConsumerSettings
+) -> None:
+    """An undecodable entry is dead-lettered with the rest of its batch, after the
+    handler: the lease covers it meanwhile, so another consumer does not reclaim it and
+    write a second dead letter (the chaos test of issue 9 saw one)."""
+    vis = 600
+    ids = await produce(redis_client, names.ingest, 2)
+    poison = (await redis_client.xadd(names.ingest, {"ce": "not json", "data": "{}"})).decode()  # type: ignore[arg-type]
+    slow = Recorder(names, "slow", delay=3 * vis / 1000)
+    thief = Recorder(names, "thief")
+    stop = asyncio.Event()
+    slow_task = asyncio.create_task(
+        worker(
+            redis_client, names, slow, settings("slow", fast_settings, visibility_timeout_ms=vis)
+        ).run(stop)
+    )
+    await asyncio.wait_for(slow.started.wait(), 10)
+    thief_task = asyncio.create_task(
+        worker(
+            redis_client,
+            names,
+            thief,
+            settings("thief", fast_settings, visibility_timeout_ms=vis, claim_interval_ms=20),
+        ).run(stop)
+    )
+
+    async def all_acked() -> bool:
+        return len(await acked_counts(redis_client, names, "slow")) == len(ids)
+
+    await wait_until(all_acked, within=20, what="the slow consumer to ack its batch")
+    await stop_after(slow_task, stop)
+    await asyncio.wait_for(thief_task, 15)
+
+    letters = await dlq_entries(redis_client, names)
+    assert [(d["dlq_id"], d["dlq_consumer"]) for d in letters] == [(poison, "slow")]
+    assert await pending_count(redis_client, names.ingest, GROUP) == 0
+
+
 # -- 10. reaping ----------------------------------------------------------------------
 
 

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 from examples.downstream.service import build_subscriber
+from structlog.testing import capture_logs
 
 from embedstream.adapters.jobs import JobTracker
 from embedstream.config import ConsumerSettings
 from embedstream.errors import PermanentError, PoisonMessage
 from embedstream.schemas.envelope import Envelope, attributes_of
-from embedstream.schemas.events import DocumentEmbedded, JobCompleted, JobFailed
+from embedstream.schemas.events import DocumentDeletedV2, DocumentEmbedded, JobCompleted, JobFailed
 from embedstream.streams.names import StreamNames
 from embedstream.subscribe import Subscriber
 from tests.conftest import REDIS_URL
@@ -68,8 +69,11 @@ async def test_example_service_counts_jobs_and_records_failures(
             "error": "invalid_message: the message is malformed or failed validation",
         }
     ]
-    assert (run.acked, run.dead_lettered) == (4, 0)
+    # 5: document.deleted.v1, the v1 twin of the v2 event it handles, is acked unhandled
+    assert (run.acked, run.dead_lettered) == (5, 0)
     assert await redis_client.xlen(names.dlq) == 0
+    version = (await ingest_entries(redis_client, names))["a"][0]
+    assert stats.last_deleted == {"acme/a": f"{version:020d}"}  # exact, as text
 
     # another service, another group: it gets every event too; the first gets nothing new
     other, other_stats = build_subscriber(
@@ -135,7 +139,7 @@ async def test_handler_that_keeps_failing_is_dead_lettered_after_max_deliveries(
     assert letter[b"dlq_attempts"] == str(fast_settings.max_deliveries).encode()
 
 
-@pytest.mark.parametrize(("unknown", "dead_lettered"), [("ignore", 0), ("dead_letter", 1)])
+@pytest.mark.parametrize(("unknown", "dead_lettered"), [("ignore", 0), ("dead_letter", 2)])
 async def test_events_without_a_handler_are_skipped_or_dead_lettered(
     unknown: str,
     dead_lettered: int,
@@ -162,9 +166,11 @@ async def test_events_without_a_handler_are_skipped_or_dead_lettered(
     assert seen == [job]
     assert stats.dead_lettered == dead_lettered == await redis_client.xlen(names.dlq)
     if dead_lettered:
-        [(_, letter)] = await redis_client.xrange(names.dlq)
-        assert attributes_of(letter)["type"] == "document.deleted.v1"
-        assert b"no handler for type 'document.deleted.v1'" in letter[b"dlq_error"]
+        letters = [letter for _, letter in await redis_client.xrange(names.dlq)]
+        types = ["document.deleted.v1", "document.deleted.v2"]
+        assert [attributes_of(letter)["type"] for letter in letters] == types
+        for letter, type_ in zip(letters, types, strict=True):
+            assert f"no handler for type '{type_}'".encode() in letter[b"dlq_error"]
 
 
 async def test_subscribing_to_the_embedded_stream(
@@ -240,7 +246,8 @@ def test_example_service_runs_until_sigterm(prefix: str) -> None:
         "EMBEDSTREAM_REDIS_URL": REDIS_URL,
         "EMBEDSTREAM_STREAM_PREFIX": prefix,
         "EMBEDSTREAM_BLOCK_MS": "100",
-        "PYTHONPATH": str(ROOT),
+        # the checkout first, then whatever the caller had (a source tree it tests)
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "examples.downstream.service"],
@@ -270,3 +277,17 @@ def test_example_service_runs_until_sigterm(prefix: str) -> None:
             proc.kill()
             proc.wait()
         asyncio.run(cleanup())
+
+
+def test_handlers_for_both_type_versions_of_one_event_are_warned_about() -> None:
+    """v1 and v2 of an event are the same event twice: the kit says so."""
+    sub = Subscriber("redis://unused", "embedstream", "svc")
+    with capture_logs() as logs:
+        sub.on(DocumentDeletedV2)(lambda event, envelope: None)
+        sub.on(JobCompleted)(lambda event, envelope: None)
+    assert not [e for e in logs if e["log_level"] == "warning"]
+    with capture_logs() as logs:
+        sub.on("document.deleted.v1")(lambda event, envelope: None)
+    [warning] = [e for e in logs if e["log_level"] == "warning"]
+    assert warning["type"] == "document.deleted.v1"
+    assert warning["also"] == ["document.deleted.v2"]

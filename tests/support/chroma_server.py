@@ -1,62 +1,56 @@
-"""A real Chroma server (``chroma run``, from the chromadb wheel) on a free port, for the
-tests where several processes share one index (the API reads what the index workers
-write: an embedded Chroma folder is only read live by the process that writes it)."""
+"""A ``chroma run`` server (shipped in the chromadb wheel) on a free port with a folder of
+its own, for tests of Chroma's server mode (several index replicas)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import chromadb
 import httpx
+from chromadb.config import Settings as ChromaClientSettings
 
-
-def chroma_binary() -> Path:
-    binary = Path(sys.executable).parent / "chroma"
-    if binary.exists():
-        return binary
-    found = shutil.which("chroma")
-    if found is None:
-        raise RuntimeError("the `chroma` command (from the chromadb wheel) is not installed")
-    return Path(found)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.support.redis_server import free_port
 
 
 @contextlib.contextmanager
-def chroma_server(folder: Path) -> Iterator[str]:
-    """``chroma run --path folder`` until the block ends; yields its URL."""
+def chroma_server(folder: Path, within: float = 60.0) -> Iterator[str]:
+    """Start a server on ``folder``; yields its URL; stops it on exit."""
+    binary = Path(sys.executable).parent / "chroma"
+    if not binary.exists():
+        found = shutil.which("chroma")
+        if found is None:
+            raise RuntimeError("the `chroma` command (from the chromadb wheel) is not installed")
+        binary = Path(found)
     folder.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    log_path = folder / "chroma-server.log"
-    with log_path.open("wb") as log:
+    port = free_port()
+    with (folder / "server.log").open("wb") as log:
         proc = subprocess.Popen(
-            [str(chroma_binary()), "run", "--path", str(folder / "data"), "--port", str(port)],
+            [str(binary), "run", "--path", str(folder / "data"), "--port", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + within
             while True:
                 with contextlib.suppress(httpx.HTTPError):
                     if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
                         break
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"chroma server did not start: {log_path.read_text()}")
-                time.sleep(0.2)
+                    raise RuntimeError(
+                        f"chroma server did not start: {(folder / 'server.log').read_text()}"
+                    )
+                time.sleep(0.1)
             yield url
         finally:
             proc.terminate()
@@ -65,3 +59,15 @@ def chroma_server(folder: Path) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def server_records(url: str, collection: str = "embedstream") -> dict[str, dict[str, Any]]:
+    """id -> metadata of every record of a collection on a server."""
+    parts = urlsplit(url)
+    client = chromadb.HttpClient(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 8000,
+        settings=ChromaClientSettings(anonymized_telemetry=False),
+    )
+    got = client.get_collection(collection, embedding_function=None).get(include=["metadatas"])
+    return {i: dict(m or {}) for i, m in zip(got["ids"], got["metadatas"] or [], strict=True)}

@@ -20,6 +20,7 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import chromadb
+import httpx
 import numpy as np
 from chromadb.api import ClientAPI
 from chromadb.api.collection_configuration import (
@@ -37,6 +39,7 @@ from chromadb.api.collection_configuration import (
 from chromadb.api.models.Collection import Collection
 from chromadb.config import Settings as ChromaClientSettings
 
+from embedstream.adapters.chroma_folder import WriterLock, open_with_retries
 from embedstream.config import ChromaSettings
 from embedstream.errors import PermanentError, RetryableError
 from embedstream.logging import get_logger
@@ -419,6 +422,9 @@ class ChromaIndex:
 
     Chroma's client is synchronous; running it on a single-thread executor keeps the
     event loop free (invariant 9) and serializes the writes of in-flight batches.
+
+    An embedded folder is opened under its open lock, and a writer first takes the
+    folder's writer lock (``acquire_writer``); see ``embedstream.adapters.chroma_folder``.
     """
 
     def __init__(self, settings: ChromaSettings) -> None:
@@ -428,6 +434,7 @@ class ChromaIndex:
         self._client: ClientAPI | None = None
         self._collection: Collection | None = None
         self._model: tuple[str, int] | None = None
+        self._writer: WriterLock | None = None
 
     @property
     def collection(self) -> Collection:
@@ -435,23 +442,86 @@ class ChromaIndex:
             raise RuntimeError("ChromaIndex.open() was not awaited")
         return self._collection
 
-    async def open(self) -> Collection:
-        """Create the client and open (or create) the collection."""
+    @property
+    def embedded(self) -> bool:
+        return not self.settings.chroma_url
+
+    async def acquire_writer(
+        self, stop: asyncio.Event | None = None, *, check_every_s: float = 1.0
+    ) -> bool:
+        """Take the embedded folder's writer lock (server mode: nothing to take, True).
+        Without ``stop`` answer at once; with it, wait as a standby until the lock is free
+        (True) or ``stop`` is set (False)."""
+        if not self.embedded:
+            return True
+        if self._writer is None:
+            self._writer = WriterLock(self.settings.chroma_path)
+        writer = self._writer
+        if await self.call(writer.try_acquire):
+            return True
+        if stop is None:
+            return False
+        log.warning(
+            "standby: another process writes this embedded Chroma folder; waiting to take "
+            "over when it exits. Several active index replicas need Chroma server mode "
+            "(EMBEDSTREAM_CHROMA_URL)",
+            folder=str(self.settings.chroma_path),
+            lock=str(writer.path),
+        )
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), check_every_s)
+            if not stop.is_set() and await self.call(writer.try_acquire):
+                log.info("took over the embedded Chroma folder", folder=str(writer.folder))
+                return True
+        return False
+
+    async def open(self, stop: asyncio.Event | None = None) -> Collection:
+        """Create the client and open (or create) the collection. With ``stop``, a
+        Chroma server that does not answer (yet) is waited for with backoff until ``stop``
+        is set (then the last error is raised)."""
         if self._collection is None:
-            self._collection = await self.call(self._open)
+            self._collection = await self._open_waiting(stop)
             self._model = recorded_model(self._collection)
             log.info(
                 "chroma collection open",
                 collection=self.name,
-                mode="http" if self.settings.chroma_url else "persistent",
+                mode="persistent" if self.embedded else "http",
                 where=self.settings.chroma_url or str(self.settings.chroma_path),
                 model=self._model,
             )
         return self._collection
 
+    async def _open_waiting(self, stop: asyncio.Event | None) -> Collection:
+        failures = 0
+        while True:
+            try:
+                return await self.call(self._open)
+            except Exception as exc:
+                if stop is None or stop.is_set() or not _unreachable(exc):
+                    raise
+                failures += 1
+                delay = min(10.0, 0.2 * 2 ** (failures - 1))
+                log.warning(
+                    "chroma unavailable, retrying",
+                    where=self.settings.chroma_url,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_s=delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+
     def _open(self) -> Collection:
-        self._client = create_client(self.settings)
-        return open_collection(self._client, self.name)
+        if not self.embedded:
+            self._client = create_client(self.settings)
+            return open_collection(self._client, self.name)
+
+        def create() -> tuple[ClientAPI, Collection]:
+            client = create_client(self.settings)
+            return client, open_collection(client, self.name)
+
+        self._client, collection = open_with_retries(self.settings.chroma_path, create)
+        return collection
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the Chroma thread."""
@@ -494,5 +564,14 @@ class ChromaIndex:
         return await self.call(apply_writes, self.collection, writes)
 
     def close(self) -> None:
-        """Wait for running calls and stop the thread."""
+        """Wait for running calls, stop the thread and release the writer lock."""
         self._executor.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer.release()
+
+
+def _unreachable(error: BaseException) -> bool:
+    """A Chroma server that is down or not up yet (chromadb raises ValueError for it)."""
+    if isinstance(error, ConnectionError | TimeoutError | httpx.TransportError):
+        return True
+    return "could not connect" in str(error).lower()

@@ -3,12 +3,18 @@ implies land together (the worker runs them in the MULTI/EXEC of its ack)."""
 
 from __future__ import annotations
 
-# Accept a request: idempotency key + job record + one XADD per command.
-# KEYS: idempotency key, job key, job documents key, ingest stream
+from embedstream.adapters.inflight import COUNT_LUA
+
+# Accept a request: idempotency key + job record + one XADD per command, each counted
+# in flight for its document (embedstream.adapters.inflight).
+# KEYS: idempotency key, job key, job documents key, ingest stream, in-flight counts,
+#       in-flight entries
 # ARGV: job_id, request_hash, created_at, ttl_s, tenant, n_docs,
 #       then per document: document_id, kind, n_fields, field, value, ...
 # Returns {job_id, "new"|"existing"|"conflict"}
-SUBMIT = """
+SUBMIT = (
+    COUNT_LUA
+    + """
 if KEYS[1] ~= '' then
   local existing = redis.call('HMGET', KEYS[1], 'job_id', 'request_hash')
   if existing[1] then
@@ -28,23 +34,25 @@ for _ = 1, n do
   for j = 1, nfields * 2 do fields[j] = ARGV[i + 2 + j] end
   local id = redis.call('XADD', KEYS[4], '*', unpack(fields))
   redis.call('HSET', KEYS[3], doc, kind .. '|' .. id)
+  count_in_flight(KEYS[5], KEYS[6], id, ARGV[5] .. '/' .. doc)
   i = i + 3 + nfields * 2
 end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 return {ARGV[1], 'new'}
 """
+)
 
 # Record that a stage is done (or failed) for one document of a job, once. When the
 # document has every required stage (or any failure) it is finished; when every
 # document is finished, exactly one job.completed or job.failed goes to the results
-# stream. A finished delete also emits its prepared document.deleted event. Every event
-# carries the tenant the job record stored at SUBMIT.
+# stream. A finished delete also emits its prepared document.deleted events (one per
+# produced type version). Every event carries the tenant the job record stored at SUBMIT.
 # KEYS: job key, job documents key, stage key (this stage), document state key,
 #       failures key, results stream, then the stage keys of every required stage
 # ARGV: document_id, status ("done"|"failed"), error, stage, now,
 #       job event id, job event source, ttl_s,
-#       deleted event id ("" for none), deleted event data
+#       then per document.deleted event (none for an upsert): event id, type, data
 # Returns 1 when this call counted, 0 when it was already counted or the job is unknown.
 MARK_STAGE = """
 -- the envelope's `ce` field (see embedstream.schemas.envelope)
@@ -69,9 +77,9 @@ else
   end
   redis.call('HSET', KEYS[4], doc, 'done')
   redis.call('HINCRBY', KEYS[1], 'done', 1)
-  if ARGV[9] ~= '' then
-    local ce = attributes(ARGV[9], 'document.deleted.v1', doc, tenant)
-    redis.call('XADD', KEYS[6], '*', 'ce', ce, 'data', ARGV[10])
+  for e = 9, #ARGV, 3 do
+    local ce = attributes(ARGV[e], ARGV[e + 1], doc, tenant)
+    redis.call('XADD', KEYS[6], '*', 'ce', ce, 'data', ARGV[e + 2])
   end
 end
 local counts = redis.call('HMGET', KEYS[1], 'documents', 'done', 'failed')

@@ -22,10 +22,17 @@ import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
 from embedstream.adapters import job_scripts
+from embedstream.adapters.inflight import InFlight
 from embedstream.errors import public_error
 from embedstream.logging import get_logger
 from embedstream.schemas.envelope import Envelope, Fields
-from embedstream.schemas.events import DocumentDeleted
+from embedstream.schemas.events import (
+    DOCUMENT_DELETED,
+    DOCUMENT_DELETED_V2,
+    DocumentDeleted,
+    DocumentDeletedV2,
+)
+from embedstream.schemas.versions import version_text
 from embedstream.streams.messages import DeadLetterOps, TransactionOp
 from embedstream.streams.names import StreamNames, stream_id_to_version
 
@@ -34,6 +41,7 @@ log = get_logger(__name__)
 STAGES = ("embed", "index", "persist")
 REQUIRED_STAGES = ("index", "persist")
 DEFAULT_TTL_S = 7 * 24 * 3600
+DELETED_TYPES = {1: DOCUMENT_DELETED, 2: DOCUMENT_DELETED_V2}
 #: What may name a job in a Redis key: the ingress's UUIDs and the plain ids tools and
 #: tests use. Never ':' (``{job}:docs``, ``{job}:state``... are the job's other keys, so
 #: ``<id>:state`` would read another key as a job) and never braces (cluster hash tags).
@@ -108,13 +116,18 @@ class JobTracker:
         *,
         source: str = "embedstream",
         ttl_s: int = DEFAULT_TTL_S,
+        results_versions: Sequence[int] = (1, 2),
     ) -> None:
+        """``results_versions``: the type versions of ``document.deleted`` to emit
+        (``EventSettings.results_event_versions``)."""
         self.client = client
         self.names = names
         self.source = source
         self.ttl_s = ttl_s
+        self.results_versions = tuple(results_versions)
         self._submit = client.register_script(job_scripts.SUBMIT)
         self._mark = client.register_script(job_scripts.MARK_STAGE)
+        self._in_flight_keys = InFlight(client, names).keys
 
     # -- keys ------------------------------------------------------------------------
 
@@ -171,7 +184,8 @@ class JobTracker:
                 args.extend((key, value))
         job = self.job_key(job_id)
         reply: list[bytes] = await self._submit(
-            keys=[idem_key, job, f"{job}:docs", self.names.ingest], args=args
+            keys=[idem_key, job, f"{job}:docs", self.names.ingest, *self._in_flight_keys],
+            args=args,
         )
         existing_id, outcome = reply[0].decode(), reply[1].decode()
         if outcome == "conflict":
@@ -189,19 +203,29 @@ class JobTracker:
         deleted_version: int | None = None,
     ) -> TransactionOp:
         """The op recording ``stage`` done for a document; pass ``deleted_version`` for a
-        delete so ``document.deleted`` is emitted once the document is finished."""
-        deleted_id, deleted_data = "", ""
+        delete so ``document.deleted`` (each type version in ``results_versions``) is
+        emitted once the document is finished."""
+        deleted: list[str] = []
         if deleted_version is not None:
-            deleted_id = str(uuid.uuid4())
-            deleted_data = DocumentDeleted(
-                job_id=job_id, document_id=document_id, version=deleted_version
-            ).model_dump_json()
-        return self._mark_op(job_id, document_id, stage, "done", "", deleted_id, deleted_data)
+            for version in self.results_versions:
+                event: DocumentDeleted | DocumentDeletedV2
+                if version == 1:
+                    event = DocumentDeleted(
+                        job_id=job_id, document_id=document_id, version=deleted_version
+                    )
+                else:
+                    event = DocumentDeletedV2(
+                        job_id=job_id,
+                        document_id=document_id,
+                        version=version_text(deleted_version),
+                    )
+                deleted += [str(uuid.uuid4()), DELETED_TYPES[version], event.model_dump_json()]
+        return self._mark_op(job_id, document_id, stage, "done", "", deleted)
 
     def stage_failed(self, job_id: str, document_id: str, stage: str, error: str) -> TransactionOp:
         """The op recording a document failed at ``stage`` (after a dead letter); ``error``
         is what clients read (``public_error``), never an internal message."""
-        return self._mark_op(job_id, document_id, stage, "failed", error[:1000], "", "")
+        return self._mark_op(job_id, document_id, stage, "failed", error[:1000], [])
 
     def _mark_op(
         self,
@@ -210,8 +234,7 @@ class JobTracker:
         stage: str,
         status: str,
         error: str,
-        deleted_id: str,
-        deleted_data: str,
+        deleted: list[str],
     ) -> TransactionOp:
         if not valid_job_id(job_id):
             # a message made outside the ingress: it has no job record to keep
@@ -227,8 +250,7 @@ class JobTracker:
             str(uuid.uuid4()),
             self.source,
             self.ttl_s,
-            deleted_id,
-            deleted_data,
+            *deleted,
         ]
 
         def op(pipe: Pipeline) -> Any:

@@ -11,10 +11,12 @@ from typing import Any
 from embedstream.contracts.catalog import (
     CHANNELS,
     MESSAGES,
+    OTHER_PRODUCERS,
     PREFIX_PLACEHOLDER,
     Channel,
     Consumer,
     messages_on,
+    producer_of,
 )
 from embedstream.contracts.json_schemas import schema_file
 from embedstream.schemas.envelope import SCHEMA_VERSION
@@ -36,6 +38,7 @@ def _camel(*parts: str) -> str:
 
 
 def _channel(ch: Channel) -> dict[str, Any]:
+    others = sorted({producer_of(m) for m in messages_on(ch.key)} - {ch.producer})
     return {
         "address": ch.address,
         "title": f"{PREFIX_PLACEHOLDER}:{ch.key}",
@@ -46,23 +49,27 @@ def _channel(ch: Channel) -> dict[str, Any]:
             for m in messages_on(ch.key)
         },
         "x-producer": ch.producer,
+        **({"x-other-producers": others} if others else {}),
         "x-consumer-groups": [c.group or DOWNSTREAM_GROUPS for c in ch.consumers],
     }
 
 
-def _message_refs(ch: Channel) -> list[dict[str, str]]:
+def _message_refs(ch: Channel, producer: str | None = None) -> list[dict[str, str]]:
+    """References to the channel's messages (only ``producer``'s, when given)."""
     return [
-        {"$ref": f"#/channels/{ch.key}/messages/{_message_id(m.type)}"} for m in messages_on(ch.key)
+        {"$ref": f"#/channels/{ch.key}/messages/{_message_id(m.type)}"}
+        for m in messages_on(ch.key)
+        if producer is None or producer_of(m) == producer
     ]
 
 
-def _send(ch: Channel) -> dict[str, Any]:
+def _send(ch: Channel, producer: str, summary: str) -> dict[str, Any]:
     return {
         "action": "send",
         "channel": {"$ref": f"#/channels/{ch.key}"},
-        "summary": f"{ch.producer}: {ch.producer_summary}",
-        "messages": _message_refs(ch),
-        "x-pact-provider": ch.producer,
+        "summary": f"{producer}: {summary}",
+        "messages": _message_refs(ch, producer),
+        "x-pact-provider": producer,
     }
 
 
@@ -83,8 +90,11 @@ def _receive(ch: Channel, consumer: Consumer) -> dict[str, Any]:
 
 def _operations() -> dict[str, Any]:
     operations: dict[str, Any] = {}
+    others = {p.name: p.summary for p in OTHER_PRODUCERS}
     for ch in CHANNELS:
-        operations[_camel("send", ch.key)] = _send(ch)
+        operations[_camel("send", ch.key)] = _send(ch, ch.producer, ch.producer_summary)
+        for name in sorted({producer_of(m) for m in messages_on(ch.key)} - {ch.producer}):
+            operations[_camel("send", ch.key, name)] = _send(ch, name, others[name])
         for consumer in ch.consumers:
             key = _camel("receive", ch.key, consumer.group or consumer.name)
             operations[key] = _receive(ch, consumer)
@@ -116,10 +126,11 @@ def asyncapi_document() -> dict[str, Any]:
             "title": "embedstream",
             "version": str(SCHEMA_VERSION),
             "description": "Redis Streams of the embedstream pipeline. Each entry is a "
-            "CloudEvents 1.0 envelope laid out as stream fields; payload schemas describe "
-            "the envelope as one JSON object (schemaversion an integer, data the payload "
-            "object), see embedstream.contracts.codec. Dead letters go to {prefix}:dlq "
-            "with the original fields plus dlq_* fields.",
+            "CloudEvents 1.0 envelope in two stream fields: `ce`, the attributes as one "
+            "JSON object, and `data`, the payload as JSON text. Payload schemas describe "
+            "the envelope as one JSON object (the attributes of `ce` as keys, data the "
+            "payload object), see embedstream.contracts.codec. Dead letters go to "
+            "{prefix}:dlq with the original fields plus dlq_* fields.",
         },
         "defaultContentType": "application/json",
         "channels": {ch.key: _channel(ch) for ch in CHANNELS},

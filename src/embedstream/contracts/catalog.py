@@ -22,6 +22,7 @@ EMBED_WORKER = "embedstream-embed-worker"
 INDEX_WORKER = "embedstream-index-worker"
 PERSIST_WORKER = "embedstream-persist-worker"
 RESULTS = "embedstream-results"
+REEMBED = "embedstream-reembed"
 SAMPLE_SUBSCRIBER = "sample-subscriber"
 
 
@@ -53,13 +54,23 @@ class Channel:
 
 @dataclass(frozen=True)
 class MessageType:
-    """A versioned message type: the envelope's ``type`` and its payload model."""
+    """A versioned message type: the envelope's ``type`` and its payload model.
+    ``producer``: who writes it, when that is not the channel's producer."""
 
     type: str
     model: builtins.type[BaseModel]
     channel: str
     summary: str
     subject: str
+    producer: str | None = None
+
+
+@dataclass(frozen=True)
+class Producer:
+    """A writer of a stream (a pact provider) and what it does there."""
+
+    name: str
+    summary: str
 
 
 DOWNSTREAM = Consumer(
@@ -107,6 +118,20 @@ CHANNELS: tuple[Channel, ...] = (
     ),
 )
 
+OTHER_PRODUCERS: tuple[Producer, ...] = (
+    Producer(
+        REEMBED,
+        "re-embed requests: the index and persist workers, in the MULTI/EXEC of their ack, "
+        "when they cannot apply a reused embedding",
+    ),
+)
+"""Producers of single message types on a channel whose main producer is another."""
+
+_VERSION_NOTE = (
+    " The version is a JSON integer beyond 2**53 (readers that parse numbers as doubles "
+    "round it): read {v2} instead."
+)
+
 MESSAGES: tuple[MessageType, ...] = (
     MessageType(
         commands.DOCUMENT_UPSERT,
@@ -123,18 +148,45 @@ MESSAGES: tuple[MessageType, ...] = (
         "the document id",
     ),
     MessageType(
+        commands.DOCUMENT_REEMBED,
+        commands.DocumentReembed,
+        "ingest",
+        "Embed a document again at a given version, never reusing stored chunks: asked by "
+        "the index or persist stage when it cannot apply a reused embedding.",
+        "the document id",
+        producer=REEMBED,
+    ),
+    MessageType(
         events.DOCUMENT_EMBEDDED,
         events.DocumentEmbedded,
         "embedded",
         "A document's chunks and vectors (or, with reused=true, none: the stored ones "
-        "stay), with its version.",
+        "stay), with its version." + _VERSION_NOTE.format(v2=events.DOCUMENT_EMBEDDED_V2),
         "the document id",
     ),
     MessageType(
         events.DOCUMENT_REMOVED,
         events.DocumentRemoved,
         "embedded",
-        "A delete command forwarded, with its version, to the index and persist workers.",
+        "A delete command forwarded, with its version, to the index and persist workers."
+        + _VERSION_NOTE.format(v2=events.DOCUMENT_REMOVED_V2),
+        "the document id",
+    ),
+    MessageType(
+        events.DOCUMENT_EMBEDDED_V2,
+        events.DocumentEmbeddedV2,
+        "embedded",
+        "A document's chunks and vectors (or, with reused=true, none: the stored ones "
+        "stay, and base_version names the version they come from), with its version as "
+        "exact version text (20 digits; string order is version order).",
+        "the document id",
+    ),
+    MessageType(
+        events.DOCUMENT_REMOVED_V2,
+        events.DocumentRemovedV2,
+        "embedded",
+        "A delete command forwarded to the index and persist workers, with its version as "
+        "exact version text.",
         "the document id",
     ),
     MessageType(
@@ -155,7 +207,15 @@ MESSAGES: tuple[MessageType, ...] = (
         events.DOCUMENT_DELETED,
         events.DocumentDeleted,
         "results",
-        "A delete took effect in every store.",
+        "A delete took effect in every store."
+        + _VERSION_NOTE.format(v2=events.DOCUMENT_DELETED_V2),
+        "the document id",
+    ),
+    MessageType(
+        events.DOCUMENT_DELETED_V2,
+        events.DocumentDeletedV2,
+        "results",
+        "A delete took effect in every store; its version as exact version text.",
         "the document id",
     ),
 )
@@ -178,6 +238,11 @@ def message_for_model(model: type[BaseModel]) -> MessageType:
         return _BY_MODEL[model]
     except KeyError:
         raise KeyError(f"{model.__name__} is not the payload model of any message type") from None
+
+
+def producer_of(message: MessageType) -> str:
+    """The pact provider that writes ``message``."""
+    return message.producer or channel(message.channel).producer
 
 
 def channel(key: str) -> Channel:

@@ -16,8 +16,10 @@ SCHEMA_ID_BASE = "https://embedstream.dev/schemas/json/"
 REF_TEMPLATE = "#/$defs/{model}"
 
 _BODY_NOTE = (
-    "On the stream every property is one field: text as is, schemaversion as decimal "
-    "text, data as JSON text; absent optional attributes are absent fields."
+    "This schema describes the message as one JSON object. On the stream an entry has "
+    "two fields: `ce`, every property but `data` as one JSON object (same names and "
+    "JSON types), and `data`, the payload as JSON text; absent optional attributes are "
+    "absent from `ce`."
 )
 
 
@@ -47,11 +49,11 @@ def message_schema(spec: MessageType, model: type[BaseModel] | None = None) -> d
     properties["subject"] = {**properties["subject"], "description": spec.subject}
     properties["data"] = {
         "$ref": REF_TEMPLATE.format(model=payload_name),
-        "description": "the payload (JSON text in the stream's data field)",
+        "description": "the payload (JSON text in the stream's `data` field)",
     }
     properties["schemaversion"] = {
         **properties["schemaversion"],
-        "description": "envelope schema version (decimal text on the stream)",
+        "description": "envelope schema version (a JSON integer in `ce`)",
     }
     return {
         "$schema": DIALECT,

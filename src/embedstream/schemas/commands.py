@@ -12,9 +12,11 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from embedstream.schemas.storable import check_metadata, check_texts
+from embedstream.schemas.versions import VersionText, parse_version
 
 DOCUMENT_UPSERT = "document.upsert.v1"
 DOCUMENT_DELETE = "document.delete.v1"
+DOCUMENT_REEMBED = "document.reembed.v1"
 
 MetadataValue = str | int | float | bool
 DocumentId = str
@@ -50,3 +52,27 @@ class DocumentDelete(_Command):
     """Remove a document and all of its chunks."""
 
     kind: Literal["delete"] = "delete"
+
+
+class DocumentReembed(_Command):
+    """Embed a document again at the given version, never reusing stored chunks. Sent by
+    the index or persist stage when it cannot apply a reused embedding (it does not hold
+    the content the reuse builds on); the embed stage answers with a full
+    ``document.embedded`` at the same version, which both stores apply or skip as equal."""
+
+    kind: Literal["reembed"] = "reembed"
+    version: VersionText
+    text: str = Field(min_length=1)
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    requested_by: Literal["index", "persist"] = Field(
+        description="the stage that could not apply the reuse (it records the document's "
+        "outcome for the job when the re-embedded event reaches it)"
+    )
+
+    @model_validator(mode="after")
+    def _content_storable(self) -> Self:
+        if parse_version(self.version) > 2**63 - 1:  # PostgreSQL's bigint
+            raise ValueError(f"version {self.version} is beyond the versions stores hold")
+        check_texts(text=self.text)
+        check_metadata(self.metadata)
+        return self

@@ -1,5 +1,13 @@
-"""Events: ``document.embedded`` on ``{prefix}:embedded``; job and document lifecycle
-events on ``{prefix}:results``."""
+"""Events: ``document.embedded`` / ``document.removed`` on ``{prefix}:embedded``; job and
+document lifecycle events on ``{prefix}:results``.
+
+The events that carry a document version exist in two type versions: ``*.v1`` with the
+version as a JSON integer (it exceeds 2**53: readers that parse numbers as doubles, such
+as JavaScript's ``JSON.parse``, round it) and ``*.v2`` with the version as exact version
+text (``embedstream.schemas.versions``). Both are produced by default, the same event in
+two entries; ``EMBEDSTREAM_EMBEDDED_EVENT_VERSIONS`` / ``EMBEDSTREAM_RESULTS_EVENT_VERSIONS``
+choose. ``document.embedded.v2`` also names, for a reused embedding, the version it
+builds on (``base_version``)."""
 
 from __future__ import annotations
 
@@ -8,8 +16,11 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from embedstream.errors import PoisonMessage
 from embedstream.schemas.commands import MetadataValue
+from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.storable import check_metadata, check_texts
+from embedstream.schemas.versions import VersionText, parse_version, version_text
 
 DOCUMENT_EMBEDDED = "document.embedded.v1"
 DOCUMENT_REMOVED = "document.removed.v1"
@@ -18,6 +29,9 @@ JOB_COMPLETED = "job.completed.v1"
 BIGINT_MAX, INTEGER_MAX = 2**63 - 1, 2**31 - 1
 JOB_FAILED = "job.failed.v1"
 DOCUMENT_DELETED = "document.deleted.v1"
+DOCUMENT_EMBEDDED_V2 = "document.embedded.v2"
+DOCUMENT_REMOVED_V2 = "document.removed.v2"
+DOCUMENT_DELETED_V2 = "document.deleted.v2"
 
 
 class _Event(BaseModel):
@@ -107,3 +121,131 @@ class DocumentDeleted(_Event):
     job_id: str
     document_id: str
     version: int = Field(ge=0)
+
+
+# -- v2: versions as exact text ----------------------------------------------------
+
+
+def _check_versions(*versions: str | None) -> None:
+    """Versions beyond what the stores hold (PostgreSQL's bigint) are refused, as v1's
+    ``le=BIGINT_MAX`` refuses them."""
+    for version in versions:
+        if version is not None and parse_version(version) > BIGINT_MAX:
+            raise ValueError(f"version {version} is beyond the versions stores hold")
+
+
+class DocumentEmbeddedV2(_Event):
+    """``document.embedded.v1`` with exact version text, and the version a reuse builds on."""
+
+    job_id: str
+    document_id: str
+    version: VersionText
+    content_hash: str
+    model: str
+    dim: int = Field(gt=0, le=INTEGER_MAX)
+    text: str
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    chunk_count: int = Field(ge=0, le=INTEGER_MAX)
+    reused: bool = Field(
+        default=False,
+        description="the text is unchanged since this document was last embedded: `chunks` "
+        "is empty and stores keep their chunks, updating metadata and version only",
+    )
+    base_version: VersionText | None = Field(
+        default=None,
+        description="with reused=true, the version whose chunks are reused (the document's "
+        "previous command); a store that does not hold that content asks the embed stage "
+        "to embed the document again at `version` (document.reembed.v1)",
+    )
+    chunks: list[EmbeddedChunk]
+
+    @model_validator(mode="after")
+    def _storable(self) -> Self:
+        """What ``DocumentEmbedded`` refuses, refused here too."""
+        _check_versions(self.version, self.base_version)
+        check_texts(
+            job_id=self.job_id,
+            document_id=self.document_id,
+            content_hash=self.content_hash,
+            model=self.model,
+            text=self.text,
+        )
+        check_metadata(self.metadata)
+        for chunk in self.chunks:
+            check_texts(chunk_id=chunk.id, chunk_text=chunk.text)
+        return self
+
+    @property
+    def version_number(self) -> int:
+        return parse_version(self.version)
+
+    @property
+    def base_version_number(self) -> int | None:
+        return None if self.base_version is None else parse_version(self.base_version)
+
+    @classmethod
+    def from_v1(cls, event: DocumentEmbedded) -> DocumentEmbeddedV2:
+        return cls(**{**event.model_dump(), "version": version_text(event.version)})
+
+    def to_v1(self) -> DocumentEmbedded:
+        fields = self.model_dump(exclude={"base_version"})
+        return DocumentEmbedded(**{**fields, "version": self.version_number})
+
+
+class DocumentRemovedV2(_Event):
+    """``document.removed.v1`` with exact version text."""
+
+    job_id: str
+    document_id: str
+    version: VersionText
+
+    @model_validator(mode="after")
+    def _storable(self) -> Self:
+        _check_versions(self.version)
+        check_texts(job_id=self.job_id, document_id=self.document_id)
+        return self
+
+    @property
+    def version_number(self) -> int:
+        return parse_version(self.version)
+
+    @classmethod
+    def from_v1(cls, event: DocumentRemoved) -> DocumentRemovedV2:
+        return cls(
+            job_id=event.job_id, document_id=event.document_id, version=version_text(event.version)
+        )
+
+    def to_v1(self) -> DocumentRemoved:
+        return DocumentRemoved(
+            job_id=self.job_id, document_id=self.document_id, version=self.version_number
+        )
+
+
+class DocumentDeletedV2(_Event):
+    """``document.deleted.v1`` with exact version text."""
+
+    job_id: str
+    document_id: str
+    version: VersionText
+
+
+EMBEDDED_EVENT_TYPES = (DOCUMENT_EMBEDDED, DOCUMENT_EMBEDDED_V2)
+REMOVED_EVENT_TYPES = (DOCUMENT_REMOVED, DOCUMENT_REMOVED_V2)
+
+
+def document_event(envelope: Envelope) -> DocumentEmbeddedV2 | DocumentRemovedV2 | None:
+    """The ``{prefix}:embedded`` event an envelope carries, in its v2 form whichever type
+    version it came in (None for other types); an invalid payload raises
+    ``PoisonMessage``."""
+    if envelope.type == DOCUMENT_EMBEDDED_V2:
+        return envelope.payload(DocumentEmbeddedV2)
+    if envelope.type == DOCUMENT_REMOVED_V2:
+        return envelope.payload(DocumentRemovedV2)
+    try:
+        if envelope.type == DOCUMENT_EMBEDDED:
+            return DocumentEmbeddedV2.from_v1(envelope.payload(DocumentEmbedded))
+        if envelope.type == DOCUMENT_REMOVED:
+            return DocumentRemovedV2.from_v1(envelope.payload(DocumentRemoved))
+    except ValueError as exc:  # a version too large for version text
+        raise PoisonMessage(f"invalid {envelope.type} payload: {exc}") from exc
+    return None

@@ -83,9 +83,15 @@ class VectorIndex:
         from chromadb.errors import NotFoundError
 
         from embedstream.adapters.chroma import create_client, recorded_model
+        from embedstream.adapters.chroma_folder import open_with_retries
 
         if self._client is None:
-            self._client = create_client(self.settings)
+            if self.settings.chroma_url:
+                self._client = create_client(self.settings)
+            else:  # a folder (the CLI): opened under its open lock, as every process does
+                self._client = open_with_retries(
+                    self.settings.chroma_path, lambda: create_client(self.settings)
+                )
         try:
             collection = self._client.get_collection(self.name, embedding_function=None)
         except NotFoundError:

@@ -76,6 +76,8 @@ Decoder: TypeAlias = Callable[[Fields], T]
 DeadLetterOps: TypeAlias = Callable[[Fields, BaseException], Sequence[TransactionOp]]
 """Extra writes (e.g. job bookkeeping) to run in the transaction that dead-letters an entry.
 Called with the entry's raw fields, so it must cope with undecodable ones."""
+SettleOps: TypeAlias = Callable[[str], Sequence[TransactionOp]]
+"""Writes to run, by entry id, in the transaction that acks or dead-letters an entry."""
 
 
 def outcome_for(error: BaseException) -> Outcome:

@@ -36,6 +36,7 @@ from embedstream.streams.messages import (
     Decoder,
     Handler,
     Message,
+    SettleOps,
     decode_envelope,
     outcome_for,
 )
@@ -94,17 +95,21 @@ class StreamWorker(Generic[T]):
         create_group: bool = True,
         start_id: str = "0",
         dead_letter_ops: DeadLetterOps | None = None,
+        settle_ops: SettleOps | None = None,
         retain: Mapping[str, int] | None = None,
         heartbeat: Heartbeat | None = None,
     ) -> None:
         """``retain``: other streams this worker keeps bounded, each with its retention
         in ms: housekeeping trims their entries older than that which every group on the
-        stream has acknowledged (``StreamConsumer.trim_acked``). ``heartbeat``: where the
-        loop marks its progress (read by the liveness probe); one of its own by default."""
+        stream has acknowledged (``StreamConsumer.trim_acked``). ``settle_ops``: writes
+        to run, by entry id, in the transaction that takes an entry off the pending list
+        (its ack or its dead letter). ``heartbeat``: where the loop marks its progress
+        (read by the liveness probe); one of its own by default."""
         self.settings = settings
         self.heartbeat = heartbeat or Heartbeat()
         self.retain = dict(retain or {})
         self.dead_letter_ops = dead_letter_ops
+        self.settle_ops = settle_ops
         self.handler = handler
         self.decode = decode
         self.create_group = create_group
@@ -276,7 +281,11 @@ class StreamWorker(Generic[T]):
         done: list[tuple[str, Ack]] = []
         retry_later: list[tuple[str, int, BaseException]] = []
         if ready:
-            done, failed, retries = await self._handle(ready)
+            # the lease covers the whole batch: entries already known to be dead letters
+            # are written with the others, after the handler, and must not be reclaimed
+            # (and dead-lettered a second time) by another consumer meanwhile
+            batch_ids = [entry_id for entry_id, _, _ in entries]
+            done, failed, retries = await self._handle(ready, batch_ids)
             dead.extend(failed)
             for message, error in retries:
                 if message.attempt >= max_deliveries:
@@ -286,6 +295,13 @@ class StreamWorker(Generic[T]):
 
         if self.dead_letter_ops is not None:
             dead = [self._with_dead_letter_ops(item) for item in dead]
+        if self.settle_ops is not None:
+            settle = self.settle_ops
+            for entry_id, ack in done:
+                ack.ops = (*ack.ops, *settle(entry_id))
+            dead = [
+                dataclasses.replace(item, ops=(*item.ops, *settle(item.entry_id))) for item in dead
+            ]
         await _complete(self._finish(done, dead))
         if retry_later:
             await _complete(self._schedule_retries(retry_later))
@@ -310,10 +326,10 @@ class StreamWorker(Generic[T]):
             return item
         return dataclasses.replace(item, ops=ops)
 
-    async def _handle(self, ready: list[Message[T]]) -> Outcomes[T]:
+    async def _handle(self, ready: list[Message[T]], ids: list[str]) -> Outcomes[T]:
         """The handler's outcomes, sorted; a handler that raises (or answers something
-        else than one outcome per message) gets the exception's outcome for every message."""
-        ids = [m.id for m in ready]
+        else than one outcome per message) gets the exception's outcome for every message.
+        ``ids``: every entry of the batch, kept leased while the handler runs."""
         lease = _Lease(self, ids)
         try:
             try:
@@ -328,6 +344,10 @@ class StreamWorker(Generic[T]):
         except asyncio.CancelledError:
             await _complete(self._hand_back(ids))
             raise
+        except TRANSIENT as exc:
+            # an outage of Redis (or of the network) under the handler: nothing to debug;
+            # the batch is retried with backoff and _schedule_retries logs it in one line
+            return split_outcomes(ready, [outcome_for(exc)] * len(ready))
         except Exception as exc:
             self.log.exception("handler failed for the whole batch", messages=len(ready))
             return split_outcomes(ready, [outcome_for(exc)] * len(ready))
@@ -355,20 +375,28 @@ class StreamWorker(Generic[T]):
         backoff are postponed in one call, so they also come back together."""
         vis = self.settings.visibility_timeout_ms
         by_idle: dict[int, list[str]] = {}
+        by_error: dict[int, list[tuple[str, int, int]]] = {}
+        errors: dict[int, BaseException] = {}
         for entry_id, attempt, error in retries:
             backoff = min(
                 self.settings.retry_backoff_max_ms,
                 self.settings.retry_backoff_ms * 2 ** (attempt - 1),
             )
+            by_idle.setdefault(vis - backoff, []).append(entry_id)
+            errors[id(error)] = error
+            by_error.setdefault(id(error), []).append((entry_id, attempt, backoff))
+        for key, items in by_error.items():
+            # one line per error: a batch that failed as a whole logs once, not per entry
+            error = errors[key]
             self.log.warning(
-                "message will be retried",
-                message_id=entry_id,
-                attempt=attempt,
-                retry_in_ms=backoff,
+                "message will be retried" if len(items) == 1 else "messages will be retried",
+                message_id=items[0][0],
+                messages=len(items),
+                attempt=max(attempt for _, attempt, _ in items),
+                retry_in_ms=min(backoff for _, _, backoff in items),
                 error_type=type(error).__name__,
                 error=str(error),
             )
-            by_idle.setdefault(vis - backoff, []).append(entry_id)
         for idle_ms, ids in by_idle.items():
             with contextlib.suppress(*TRANSIENT):
                 await self.consumer.set_idle(ids, idle_ms)

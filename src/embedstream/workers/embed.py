@@ -1,16 +1,29 @@
 """The embed stage: commands on ``{prefix}:ingest`` become events on ``{prefix}:embedded``.
 
-``document.upsert.v1`` -> ``document.embedded.v1`` (chunks and vectors) and
-``document.delete.v1`` -> ``document.removed.v1``, each with the command's version (its
-ingest entry id). All chunks of all upserts in a batch go through one embedder call.
+``document.upsert.v1`` -> ``document.embedded`` (chunks and vectors), ``document.delete.v1``
+-> ``document.removed``, each with the command's version (its ingest entry id), and
+``document.reembed.v1`` -> ``document.embedded`` at the version it names. Events go out in
+the type versions ``EMBEDSTREAM_EMBEDDED_EVENT_VERSIONS`` names (``v1`` and ``v2`` by
+default: the same event twice, see ``embedstream.schemas.events``). All chunks of all
+upserts in a batch go through one embedder call.
 
 Events carry the command's tenant. Content-hash reuse: ``{prefix}:embed:hashes`` maps a
 document key ``{tenant}/{document_id}`` to
 ``<sha256>|<version>|<chunk_count>|<profile>`` after its last embedding (or
 ``deleted|<version>|0|`` after a delete); the ack transaction updates it with a Lua
-script that never moves a document's entry backwards. An upsert whose text, model and
-chunking are unchanged since the stored embedding is answered with ``reused=True`` and
-no chunks, without encoding.
+script that never moves a document's entry backwards. An upsert is answered with
+``reused=True``, no chunks and ``base_version`` = the stored version, without encoding,
+only when all of these hold, read in one atomic snapshot:
+
+- its text, model and chunking are those of the stored embedding, not deleted since;
+- the stored embedding is older than the upsert;
+- the upsert is the only command of its document in flight on ``{prefix}:ingest``
+  (``embedstream.adapters.inflight``): no other replica, and no other batch of this one,
+  holds a newer or older command for it, so the stored embedding is the previous
+  command's, and that command's event is already on ``{prefix}:embedded``.
+
+A re-embed request is never answered with a reuse. A store that still cannot apply a
+reuse asks for a re-embed (``embedstream.workers.reembed``) instead of failing the job.
 """
 
 from __future__ import annotations
@@ -18,38 +31,44 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as redis
+from pydantic import BaseModel
 from redis.asyncio.client import Pipeline
 
 from embedstream.adapters.chunking import Chunk, Chunker
 from embedstream.adapters.embedder import Embedder, load_embedder
+from embedstream.adapters.inflight import InFlight, InFlightState
 from embedstream.adapters.jobs import JobTracker
 from embedstream.adapters.redis_client import create_redis
-from embedstream.config import ConsumerSettings, EmbedSettings, Settings
+from embedstream.config import ConsumerSettings, EmbedSettings, EventSettings, Settings
 from embedstream.errors import PermanentError, PoisonMessage
 from embedstream.logging import get_logger
 from embedstream.schemas.commands import (
     DOCUMENT_DELETE,
+    DOCUMENT_REEMBED,
     DOCUMENT_UPSERT,
     DocumentDelete,
+    DocumentReembed,
     DocumentUpsert,
 )
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import (
     BIGINT_MAX,
     DOCUMENT_EMBEDDED,
+    DOCUMENT_EMBEDDED_V2,
     DOCUMENT_REMOVED,
-    DocumentEmbedded,
-    DocumentRemoved,
+    DOCUMENT_REMOVED_V2,
+    DocumentEmbeddedV2,
+    DocumentRemovedV2,
     EmbeddedChunk,
 )
 from embedstream.schemas.tenancy import chunk_id, document_key
 from embedstream.schemas.vectors import encode_vector
+from embedstream.schemas.versions import parse_version, version_text
 from embedstream.streams.messages import (
     Ack,
     DeadLetter,
@@ -61,6 +80,7 @@ from embedstream.streams.messages import (
 from embedstream.streams.names import EMBEDDER_GROUP, StreamNames, as_text, stream_id_to_version
 from embedstream.streams.runner import RunStats, StreamWorker
 from embedstream.workers.health import worker_health
+from embedstream.workers.reembed import reembed_aware_dead_letter_ops
 
 STAGE = "embed"
 SOURCE = "embedstream.embed"
@@ -132,7 +152,7 @@ class _Command:
 
     index: int
     message: Message[Envelope]
-    command: DocumentUpsert | DocumentDelete
+    command: DocumentUpsert | DocumentDelete | DocumentReembed
     version: int
 
     @property
@@ -147,13 +167,23 @@ class _Command:
 
 @dataclass(frozen=True)
 class _Upsert(_Command):
-    command: DocumentUpsert
+    """An upsert, or a re-embed request (never answered with a reuse)."""
+
+    command: DocumentUpsert | DocumentReembed
     content_hash: str
+
+    @property
+    def may_reuse(self) -> bool:
+        return isinstance(self.command, DocumentUpsert)
 
 
 @dataclass(frozen=True)
 class _Delete(_Command):
     command: DocumentDelete
+
+
+EMBEDDED_TYPES = {1: DOCUMENT_EMBEDDED, 2: DOCUMENT_EMBEDDED_V2}
+REMOVED_TYPES = {1: DOCUMENT_REMOVED, 2: DOCUMENT_REMOVED_V2}
 
 
 class EmbedHandler:
@@ -168,6 +198,7 @@ class EmbedHandler:
         tracker: JobTracker,
         *,
         source: str = SOURCE,
+        event_versions: Sequence[int] = (1, 2),
     ) -> None:
         self.client = client
         self.names = names
@@ -175,10 +206,11 @@ class EmbedHandler:
         self.chunker = chunker
         self.tracker = tracker
         self.source = source
+        self.event_versions = tuple(event_versions)
         self.hashes_key = names.key("embed", "hashes")
         self.profile = f"{embedder.name}:{embedder.dim}:{chunker.chunk_tokens}:{chunker.overlap}"
+        self.in_flight = InFlight(client, names)
         self._set_if_newer = client.register_script(SET_IF_NEWER)
-        self._busy: Counter[str] = Counter()
 
     async def __call__(self, messages: Sequence[Message[Envelope]]) -> list[Outcome]:
         started = time.perf_counter()
@@ -188,32 +220,31 @@ class EmbedHandler:
         for i, message in enumerate(messages):
             try:
                 command = self._parse(message.body)
-                version = _version_of(message.id)
+                if isinstance(command, DocumentReembed):
+                    version = parse_version(command.version)  # the model bounds it
+                else:
+                    version = _version_of(message.id)
             except PoisonMessage as exc:
                 outcomes[i] = DeadLetter(exc)
                 continue
-            if isinstance(command, DocumentUpsert):
-                upserts.append(_Upsert(i, message, command, version, content_hash(command.text)))
-            else:
+            if isinstance(command, DocumentDelete):
                 deletes.append(_Delete(i, message, command, version))
-
-        documents = [u.key for u in upserts] + [d.key for d in deletes]
-        busy_elsewhere = {doc for doc in documents if self._busy[doc] > 0}
-        self._hold(documents)
+            else:
+                upserts.append(_Upsert(i, message, command, version, content_hash(command.text)))
 
         for d in deletes:
             outcomes[d.index] = self._removed(d)
-        reusable = await self._reusable(upserts, busy_elsewhere, _repeats(upserts, deletes))
+        reusable = await self._reusable(upserts)
         for u in upserts:
             stored = reusable.get(u.index)
             if stored is not None:
-                outcomes[u.index] = self._embedded(u, None, stored.chunk_count)
+                outcomes[u.index] = self._embedded(u, None, stored.chunk_count, stored.version)
         fresh = [u for u in upserts if u.index not in reusable]
         chunks, encode_s = await self._embed(fresh)
         for u in fresh:
             doc_chunks = chunks[u.content_hash]
             if doc_chunks:
-                outcomes[u.index] = self._embedded(u, doc_chunks, len(doc_chunks))
+                outcomes[u.index] = self._embedded(u, doc_chunks, len(doc_chunks), None)
             else:
                 outcomes[u.index] = DeadLetter(
                     PermanentError(
@@ -229,6 +260,7 @@ class EmbedHandler:
             deletes=len(deletes),
             reused=len(reusable),
             embedded=len(fresh),
+            reembeds=sum(not u.may_reuse for u in upserts),
             chunks=sum(len(c) for c in chunks.values()),
             tokens=sum(ch.tokens for c in chunks.values() for ch, _ in c),
             encode_s=round(encode_s, 3),
@@ -241,48 +273,32 @@ class EmbedHandler:
 
     # -- steps -----------------------------------------------------------------------
 
-    def _parse(self, envelope: Envelope) -> DocumentUpsert | DocumentDelete:
+    def _parse(self, envelope: Envelope) -> DocumentUpsert | DocumentDelete | DocumentReembed:
         if envelope.type == DOCUMENT_UPSERT:
             return envelope.payload(DocumentUpsert)
         if envelope.type == DOCUMENT_DELETE:
             return envelope.payload(DocumentDelete)
+        if envelope.type == DOCUMENT_REEMBED:
+            return envelope.payload(DocumentReembed)
         raise PoisonMessage(
             f"unknown command type {envelope.type!r} on the ingest stream "
-            f"(expected {DOCUMENT_UPSERT} or {DOCUMENT_DELETE})"
+            f"(expected {DOCUMENT_UPSERT}, {DOCUMENT_DELETE} or {DOCUMENT_REEMBED})"
         )
 
-    def _hold(self, documents: list[str]) -> None:
-        """Mark documents busy until this batch's ack is written.
-
-        A batch decides reuse from the stored hashes; a document with a command in
-        another batch of this process whose ack is not written yet may be about to
-        change there, so it is embedded afresh instead. The runtime calls the handler
-        inside the batch's task and writes the ack before that task ends, so the marks
-        are released when the task is done."""
-        self._busy.update(documents)
-
-        def release(_: object = None) -> None:
-            self._busy.subtract(documents)
-            self._busy += Counter()  # drop zero counts
-
-        task = asyncio.current_task()
-        if task is None:  # pragma: no cover - always inside a task under asyncio
-            release()
-        else:
-            task.add_done_callback(release)
-
-    async def _reusable(
-        self, upserts: list[_Upsert], busy_elsewhere: set[str], repeats: set[int]
-    ) -> dict[int, StoredEmbedding]:
-        """Upserts (by message index) whose stored embedding can be reused: same text,
-        model and chunking, not deleted since, the first command for its document in
-        this batch and not busy in another batch of this process."""
-        candidates = [u for u in upserts if u.index not in repeats and u.key not in busy_elsewhere]
+    async def _reusable(self, upserts: list[_Upsert]) -> dict[int, StoredEmbedding]:
+        """Upserts (by message index) whose stored embedding can be reused (see the module
+        doc). The stored embeddings and the in-flight counts are read in one MULTI, so
+        the answer holds for one moment of the whole deployment."""
+        candidates = [u for u in upserts if u.may_reuse]
         if not candidates:
             return {}
-        raw: list[bytes | str | None] = await self.client.hmget(
-            self.hashes_key, [u.key for u in candidates]
-        )
+        entries = {u.message.id: u.key for u in candidates}
+        pipe: Any
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hmget(self.hashes_key, [u.key for u in candidates])
+            self.in_flight.queue_read(pipe, entries)
+            raw, counts, owners = await pipe.execute()
+        states: dict[str, InFlightState] = InFlight.parse(entries, counts, owners)
         found: dict[int, StoredEmbedding] = {}
         for u, value in zip(candidates, raw, strict=True):
             stored = StoredEmbedding.parse(value)
@@ -292,6 +308,8 @@ class EmbedHandler:
                 and stored.content_hash == u.content_hash
                 and stored.profile == self.profile
                 and stored.chunk_count > 0
+                and stored.version < u.version
+                and states[u.message.id].alone
             ):
                 found[u.index] = stored
         return found
@@ -321,13 +339,17 @@ class EmbedHandler:
     # -- outcomes --------------------------------------------------------------------
 
     def _embedded(
-        self, u: _Upsert, chunks: list[tuple[Chunk, str]] | None, chunk_count: int
+        self,
+        u: _Upsert,
+        chunks: list[tuple[Chunk, str]] | None,
+        chunk_count: int,
+        base_version: int | None,
     ) -> Ack:
         doc = u.command.document_id
-        event = DocumentEmbedded(
+        event = DocumentEmbeddedV2(
             job_id=u.command.job_id,
             document_id=doc,
-            version=u.version,
+            version=version_text(u.version),
             content_hash=u.content_hash,
             model=self.embedder.name,
             dim=self.embedder.dim,
@@ -335,6 +357,7 @@ class EmbedHandler:
             metadata=u.command.metadata,
             chunk_count=chunk_count,
             reused=chunks is None,
+            base_version=None if base_version is None else version_text(base_version),
             chunks=[
                 EmbeddedChunk(
                     id=chunk_id(u.tenant, doc, c.index), index=c.index, text=c.text, vector=v
@@ -342,37 +365,51 @@ class EmbedHandler:
                 for c, v in chunks or ()
             ],
         )
+        publish = [
+            self._publish(u.message, EMBEDDED_TYPES[v], event.to_v1() if v == 1 else event, doc)
+            for v in self.event_versions
+        ]
         stored = StoredEmbedding(u.content_hash, u.version, chunk_count, self.profile)
-        return self._ack(u.message, DOCUMENT_EMBEDDED, event, doc, u.key, stored)
+        return self._ack(publish, event.job_id, doc, u.key, stored)
 
     def _removed(self, d: _Delete) -> Ack:
         doc = d.command.document_id
-        event = DocumentRemoved(job_id=d.command.job_id, document_id=doc, version=d.version)
+        event = DocumentRemovedV2(
+            job_id=d.command.job_id, document_id=doc, version=version_text(d.version)
+        )
+        publish = [
+            self._publish(d.message, REMOVED_TYPES[v], event.to_v1() if v == 1 else event, doc)
+            for v in self.event_versions
+        ]
         stored = StoredEmbedding(TOMBSTONE, d.version, 0, "")
-        return self._ack(d.message, DOCUMENT_REMOVED, event, doc, d.key, stored)
+        return self._ack(publish, event.job_id, doc, d.key, stored)
 
-    def _ack(
-        self,
-        message: Message[Envelope],
-        event_type: str,
-        event: DocumentEmbedded | DocumentRemoved,
-        document_id: str,
-        key: str,
-        stored: StoredEmbedding,
-    ) -> Ack:
+    def _publish(
+        self, message: Message[Envelope], event_type: str, payload: BaseModel, document_id: str
+    ) -> Publish:
         envelope = Envelope.wrap(
             event_type,
-            event,
+            payload,
             source=self.source,
             tenant=message.body.tenant,
             subject=document_id,
             traceparent=message.body.traceparent,
         )
+        return Publish.event(self.names.embedded, envelope)
+
+    def _ack(
+        self,
+        publish: list[Publish],
+        job_id: str,
+        document_id: str,
+        key: str,
+        stored: StoredEmbedding,
+    ) -> Ack:
         return Ack(
-            publish=[Publish.event(self.names.embedded, envelope)],
+            publish=publish,
             ops=[
                 self._store_op(key, stored),
-                self.tracker.stage_done(event.job_id, document_id, STAGE),
+                self.tracker.stage_done(job_id, document_id, STAGE),
             ],
         )
 
@@ -387,19 +424,6 @@ class EmbedHandler:
         return op
 
 
-def _repeats(upserts: list[_Upsert], deletes: list[_Delete]) -> set[int]:
-    """Message indices of commands whose document (tenant and id) has an earlier command
-    in the batch."""
-    seen: set[str] = set()
-    repeats: set[int] = set()
-    commands = sorted([(u.index, u.key) for u in upserts] + [(d.index, d.key) for d in deletes])
-    for index, key in commands:
-        if key in seen:
-            repeats.add(index)
-        seen.add(key)
-    return repeats
-
-
 # -- assembly ------------------------------------------------------------------------
 
 
@@ -411,12 +435,23 @@ def build_embed_worker(
     embed: EmbedSettings | None = None,
     *,
     tracker: JobTracker | None = None,
+    events: EventSettings | None = None,
 ) -> StreamWorker[Envelope]:
     """The embed worker on ``names.ingest`` in group ``embedder``."""
     embed = embed or EmbedSettings()
-    tracker = tracker or JobTracker(client, names, source=SOURCE)
+    events = events or EventSettings()
+    tracker = tracker or JobTracker(
+        client, names, source=SOURCE, results_versions=events.results_event_versions
+    )
     chunker = embedder.chunker(embed.chunk_tokens, embed.chunk_overlap)
-    handler = EmbedHandler(client, names, embedder, chunker, tracker)
+    handler = EmbedHandler(
+        client,
+        names,
+        embedder,
+        chunker,
+        tracker,
+        event_versions=events.embedded_event_versions,
+    )
     return StreamWorker(
         client,
         names,
@@ -425,7 +460,8 @@ def build_embed_worker(
         handler,
         consumer,
         stage=STAGE,
-        dead_letter_ops=tracker.dead_letter_ops(STAGE),
+        dead_letter_ops=reembed_aware_dead_letter_ops(tracker, STAGE),
+        settle_ops=handler.in_flight.settle_ops,
     )
 
 
@@ -437,7 +473,12 @@ async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -
         async with worker_health(settings.health, STAGE, stop) as health:
             embedder = await load_embedder(settings.embed)
             worker = build_embed_worker(
-                client, settings.redis.names, embedder, settings.consumer, settings.embed
+                client,
+                settings.redis.names,
+                embedder,
+                settings.consumer,
+                settings.embed,
+                events=settings.events,
             )
             health.watch(worker.heartbeat, {"redis": client.ping})
             stats = await worker.run(stop, burst=burst)

@@ -1,13 +1,15 @@
-"""The index stage: ``document.embedded`` / ``document.removed`` from ``{prefix}:embedded``
-(group ``indexer``) into Chroma.
+"""The index stage: ``document.embedded`` / ``document.removed`` (``v1`` and ``v2``) from
+``{prefix}:embedded`` (group ``indexer``) into Chroma.
 
 A document is (tenant, document id): the envelope's tenant and the payload's id, joined
 as the document key ``{tenant}/{document_id}`` for locks, the version register and
 Chroma chunk ids. Per batch: decode and validate each message (poison and model
 mismatches are dead-lettered one by one), lock the batch's documents, drop what the version register
-says is superseded, fold each document's remaining events into one write, apply all
-writes in as few Chroma calls as possible, advance the register, release. See
-``embedstream.workers.index_order`` for the ordering rules.
+says is superseded (an equal version too: both type versions of one event, or a
+re-embedded event after its reuse, are applied once), fold each document's remaining
+events into one write, apply all writes in as few Chroma calls as possible, advance the
+register, release. See ``embedstream.workers.index_order`` for the ordering rules, and
+``embedstream.workers.reembed`` for a reused embedding whose chunks are not here.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import asyncio
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import redis.asyncio as redis
 
 from embedstream.adapters.chroma import (
     ChromaIndex,
     ChunkRecord,
+    ChunksNotIndexed,
     DocumentWrite,
     RefreshDocument,
     RemoveDocument,
@@ -32,15 +36,18 @@ from embedstream.adapters.chroma import (
 )
 from embedstream.adapters.jobs import JobTracker
 from embedstream.adapters.redis_client import create_redis
-from embedstream.config import ConsumerSettings, Settings
+from embedstream.config import ConsumerSettings, EventSettings, Settings
 from embedstream.errors import PermanentError, PoisonMessage, RetryableError
 from embedstream.logging import get_logger
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import (
     DOCUMENT_EMBEDDED,
+    DOCUMENT_EMBEDDED_V2,
     DOCUMENT_REMOVED,
-    DocumentEmbedded,
-    DocumentRemoved,
+    DOCUMENT_REMOVED_V2,
+    DocumentEmbeddedV2,
+    DocumentRemovedV2,
+    document_event,
 )
 from embedstream.schemas.vectors import Vector, decode_vector
 from embedstream.streams.messages import Ack, Message, Outcome, Retry, outcome_for
@@ -48,8 +55,9 @@ from embedstream.streams.names import INDEXER_GROUP, StreamNames
 from embedstream.streams.runner import RunStats, StreamWorker
 from embedstream.workers.health import worker_health
 from embedstream.workers.index_order import DocumentOrder, Lease, newer
+from embedstream.workers.reembed import ReembedRequests, Unapplied, decide
 
-STAGE = "index"
+STAGE: Final = "index"
 
 log = get_logger("embedstream.index")
 
@@ -68,8 +76,10 @@ class Change:
 
     position: int
     tenant: str
-    event: DocumentEmbedded | DocumentRemoved
+    event: DocumentEmbeddedV2 | DocumentRemovedV2
     vectors: tuple[Vector, ...] = ()
+    attempt: int = 1
+    traceparent: str | None = None
 
     @property
     def document_id(self) -> str:
@@ -82,7 +92,7 @@ class Change:
 
     @property
     def version(self) -> int:
-        return self.event.version
+        return self.event.version_number
 
 
 @dataclass
@@ -110,19 +120,23 @@ class IndexHandler:
         *,
         store_documents: bool = False,
         lock_wait_s: float = 1.0,
+        reembed: ReembedRequests | None = None,
+        max_deliveries: int = 5,
     ) -> None:
         self.index = index
         self.lock_wait_s = lock_wait_s
         self.order = order
         self.tracker = tracker
         self.store_documents = store_documents
+        self.reembed = reembed
+        self.max_deliveries = max_deliveries
 
     async def __call__(self, messages: Sequence[Message[Envelope]]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(messages)
         by_document: dict[str, list[Change]] = {}
         for position, message in enumerate(messages):
             try:
-                change = await self._decode(position, message.body)
+                change = await self._decode(position, message.body, message.attempt)
             except Exception as exc:
                 outcomes[position] = outcome_for(exc)
                 continue
@@ -156,18 +170,20 @@ class IndexHandler:
 
     # -- decoding --------------------------------------------------------------------
 
-    async def _decode(self, position: int, envelope: Envelope) -> Change:
-        if envelope.type == DOCUMENT_REMOVED:
-            return Change(position, envelope.tenant, envelope.payload(DocumentRemoved))
-        if envelope.type != DOCUMENT_EMBEDDED:
+    async def _decode(self, position: int, envelope: Envelope, attempt: int = 1) -> Change:
+        event = document_event(envelope)
+        if event is None:
             raise PoisonMessage(
                 f"unexpected event type {envelope.type!r}: the index stage handles "
-                f"{DOCUMENT_EMBEDDED} and {DOCUMENT_REMOVED}"
+                f"{DOCUMENT_EMBEDDED}, {DOCUMENT_REMOVED}, {DOCUMENT_EMBEDDED_V2} and "
+                f"{DOCUMENT_REMOVED_V2}"
             )
-        event = envelope.payload(DocumentEmbedded)
+        tenant, trace = envelope.tenant, envelope.traceparent
+        if isinstance(event, DocumentRemovedV2):
+            return Change(position, tenant, event, attempt=attempt, traceparent=trace)
         vectors = () if event.reused else _vectors(event)
         await self.index.require_model(event.model, event.dim)
-        return Change(position, envelope.tenant, event, vectors)
+        return Change(position, tenant, event, vectors, attempt=attempt, traceparent=trace)
 
     # -- writing ---------------------------------------------------------------------
 
@@ -199,7 +215,7 @@ class IndexHandler:
             error = results.get(plan.key)
             if error is None:
                 lease.advance(plan.key, plan.latest.version)
-            self._settle(plan, error, outcomes)
+            self._settle(plan, error, lease.registered[plan.key], outcomes)
         if not plans and not superseded:
             return
         log.debug(
@@ -232,10 +248,17 @@ class IndexHandler:
         return results
 
     def _settle(
-        self, plan: DocumentPlan, error: BaseException | None, outcomes: list[Outcome | None]
+        self,
+        plan: DocumentPlan,
+        error: BaseException | None,
+        registered: int | None,
+        outcomes: list[Outcome | None],
     ) -> None:
         """Every event of a written plan is done. If the write failed, the newest event
-        carries the error and the older ones are tried again on their own."""
+        carries the error and the older ones are tried again on their own; a reused
+        embedding whose chunks are not here waits for them or asks for a re-embed."""
+        if isinstance(error, ChunksNotIndexed) and self._reembed(plan, registered, outcomes):
+            return
         for change in plan.changes:
             if error is None:
                 outcomes[change.position] = self._ack(change)
@@ -246,9 +269,47 @@ class IndexHandler:
                     SupersededPending(f"newer event of {plan.key!r} failed: {error}")
                 )
 
+    def _reembed(
+        self, plan: DocumentPlan, registered: int | None, outcomes: list[Outcome | None]
+    ) -> bool:
+        """For a plan ending in a reused embedding that found no chunks of its content:
+        ask for a re-embed when ``reembed.decide`` says so (True: outcomes set)."""
+        latest = plan.latest
+        event = latest.event
+        if self.reembed is None or not isinstance(event, DocumentEmbeddedV2) or not event.reused:
+            return False
+        decision = decide(
+            registered,
+            event.base_version_number,
+            attempt=latest.attempt,
+            max_deliveries=self.max_deliveries,
+        )
+        if decision is Unapplied.WAIT:
+            return False
+        log.info(
+            "reused embedding not applicable here; re-embed requested",
+            document=plan.key,
+            version=event.version,
+            base_version=event.base_version,
+            registered=registered,
+            attempt=latest.attempt,
+        )
+        request = self.reembed.op(latest.tenant, event, latest.traceparent)
+        for change in plan.changes:
+            if change is latest:
+                # no stage mark: the re-embedded event (same version) records it
+                outcomes[change.position] = Ack(ops=(request,))
+            elif change.version == latest.version:
+                outcomes[change.position] = Ack()  # the same event in another type version
+            else:
+                outcomes[change.position] = Retry(
+                    SupersededPending(f"newer event of {plan.key!r} needs a re-embed")
+                )
+        return True
+
     def _ack(self, change: Change) -> Ack:
         event = change.event
-        deleted = event.version if isinstance(event, DocumentRemoved) else None
+        deleted = change.version if isinstance(event, DocumentRemovedV2) else None
         op = self.tracker.stage_done(
             event.job_id, event.document_id, STAGE, deleted_version=deleted
         )
@@ -263,7 +324,7 @@ class IndexHandler:
         base: Change | None = None
         for change in plan.changes:
             event = change.event
-            if isinstance(event, DocumentRemoved):
+            if isinstance(event, DocumentRemovedV2):
                 base = None
             elif not event.reused:
                 base = change
@@ -271,7 +332,7 @@ class IndexHandler:
                 base = None
         latest = plan.latest.event
         tenant, document_id = plan.tenant, plan.document_id
-        if isinstance(latest, DocumentRemoved):
+        if isinstance(latest, DocumentRemovedV2):
             return RemoveDocument(tenant, document_id)
         if base is None:
             return RefreshDocument(
@@ -280,7 +341,7 @@ class IndexHandler:
                 latest.content_hash,
                 [self._metadata(tenant, latest, n) for n in range(latest.chunk_count)],
             )
-        assert isinstance(base.event, DocumentEmbedded)
+        assert isinstance(base.event, DocumentEmbeddedV2)
         return ReplaceDocument(
             tenant, document_id, self._records(tenant, base.event, base.vectors, latest)
         )
@@ -288,9 +349,9 @@ class IndexHandler:
     def _records(
         self,
         tenant: str,
-        content: DocumentEmbedded,
+        content: DocumentEmbeddedV2,
         vectors: Sequence[Vector],
-        labels: DocumentEmbedded,
+        labels: DocumentEmbeddedV2,
     ) -> list[ChunkRecord]:
         return [
             ChunkRecord(
@@ -304,25 +365,25 @@ class IndexHandler:
 
     @staticmethod
     def _metadata(
-        tenant: str, event: DocumentEmbedded, index: int
+        tenant: str, event: DocumentEmbeddedV2, index: int
     ) -> dict[str, str | int | float | bool]:
         return chunk_metadata(
             event.metadata,
             tenant=tenant,
             document_id=event.document_id,
             index=index,
-            version=event.version,
+            version=event.version_number,
             job_id=event.job_id,
             content_hash=event.content_hash,
         )
 
 
 def _content(change: Change) -> str:
-    assert isinstance(change.event, DocumentEmbedded)
+    assert isinstance(change.event, DocumentEmbeddedV2)
     return change.event.content_hash
 
 
-def _vectors(event: DocumentEmbedded) -> tuple[Vector, ...]:
+def _vectors(event: DocumentEmbeddedV2) -> tuple[Vector, ...]:
     """Decode and check a full embedding: chunks ``0..chunk_count-1``, ``dim`` floats."""
     indexes = sorted(chunk.index for chunk in event.chunks)
     if indexes != list(range(event.chunk_count)):
@@ -360,11 +421,13 @@ def build_index_worker(
     tracker: JobTracker | None = None,
     store_documents: bool | None = None,
     lock_wait_s: float | None = None,
+    events: EventSettings | None = None,
 ) -> StreamWorker[Envelope]:
     """The index worker over an opened ``ChromaIndex`` (the caller owns both clients).
     ``lock_wait_s`` (default: half the visibility timeout) bounds how long a batch waits
     for documents another replica is writing before it retries them."""
-    tracker = tracker or JobTracker(client, names)
+    events = events or EventSettings()
+    tracker = tracker or JobTracker(client, names, results_versions=events.results_event_versions)
     order = DocumentOrder(client, names, lock_ttl_ms=consumer.visibility_timeout_ms)
     handler = IndexHandler(
         index,
@@ -374,6 +437,8 @@ def build_index_worker(
             index.settings.chroma_store_documents if store_documents is None else store_documents
         ),
         lock_wait_s=(consumer.visibility_timeout_ms / 2000 if lock_wait_s is None else lock_wait_s),
+        reembed=ReembedRequests(client, names, STAGE),
+        max_deliveries=consumer.max_deliveries,
     )
     return StreamWorker(
         client,
@@ -393,8 +458,19 @@ async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -
     index = ChromaIndex(settings.chroma)
     try:
         async with worker_health(settings.health, STAGE, stop) as health:
-            await index.open()
-            worker = build_index_worker(client, settings.redis.names, settings.consumer, index)
+            # an embedded folder has one writer: a second replica waits here as a standby
+            # (live, not ready)
+            if not await index.acquire_writer(stop):
+                return RunStats()
+            try:
+                await index.open(stop)
+            except Exception:
+                if stop.is_set():  # stopped while waiting for a Chroma server
+                    return RunStats()
+                raise
+            worker = build_index_worker(
+                client, settings.redis.names, settings.consumer, index, events=settings.events
+            )
             health.watch(worker.heartbeat, {"redis": client.ping, "chroma": index.heartbeat})
             return await worker.run(stop, burst=burst)
     finally:

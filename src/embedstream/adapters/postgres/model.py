@@ -4,7 +4,9 @@ A batch may hold several messages for one document. They are resolved as if appl
 by one in version order against the stored state, which gives the same result whatever
 the batching: older-or-equal versions are refused, a delete leaves a tombstone, and a
 ``reused`` upsert (unchanged text, no chunks) only takes effect on a live document with
-the same content hash.
+the same content hash; one that cannot is ``WAITING`` for the version it builds on, or a
+``CONFLICT`` when that version (or a newer one) is stored with other content (see
+``embedstream.workers.reembed``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class DocumentWrite:
     dim: int | None = None
     chunk_count: int = 0
     chunks: tuple[ChunkRow, ...] = ()
+    base_version: int | None = None
+    """for a reused upsert: the version whose stored chunks it reuses, when known"""
 
     @property
     def document(self) -> tuple[str, str]:
@@ -59,8 +63,11 @@ class WriteResult(enum.Enum):
     STALE = "stale"
     """refused: the stored version (or an equal one in the batch) is newer or the same"""
     CONFLICT = "conflict"
-    """a reused upsert whose document is missing, deleted or has other content: its
-    chunks cannot be reconstructed, so the message cannot take effect"""
+    """a reused upsert whose document is stored at its base version or newer, but deleted
+    or with other content: the chunks it reuses are not here and will not come"""
+    WAITING = "waiting"
+    """a reused upsert whose base version is not stored yet (or not known): its chunks
+    may still come"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +100,9 @@ def plan_document(
         if write.reused and (
             state is None or state.deleted or state.content_hash != write.content_hash
         ):
-            results[position] = WriteResult.CONFLICT
+            reused_from = write.base_version
+            arrived = state is not None and reused_from is not None and state.version >= reused_from
+            results[position] = WriteResult.CONFLICT if arrived else WriteResult.WAITING
             continue
         results[position] = WriteResult.APPLIED
         state = StoredState(write.version, write.deleted, write.content_hash)

@@ -30,9 +30,14 @@ def quote_ident(name: str) -> str:
 
 def is_transient(exc: BaseException) -> bool:
     """True for failures that retrying later can fix: the server is away, restarting,
-    overloaded, or chose this transaction as a deadlock or serialization victim."""
+    overloaded, terminated the connection, or chose this transaction as a deadlock or
+    serialization victim."""
     if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
         return True  # refused, reset, timed out, "connection is closed"
+    if isinstance(exc, asyncpg.InternalClientError):
+        # the client's protocol state after a connection died under it ("cannot switch
+        # to state 15" once the server terminated it): a fresh connection works
+        return True
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = str(getattr(exc, "sqlstate", "") or "")
         return sqlstate.startswith(TRANSIENT_SQLSTATE_CLASSES) or sqlstate == "55P03"

@@ -315,7 +315,7 @@ async def _record_jobs(
     """One row per (job, document): the newest version of it this stage has finished."""
     latest: dict[tuple[str, str, str], tuple[DocumentWrite, bool]] = {}
     for write, result in zip(writes, results, strict=True):
-        if result is WriteResult.CONFLICT:
+        if result in (WriteResult.CONFLICT, WriteResult.WAITING):
             continue
         key = (write.tenant, write.job_id, write.document_id)
         if key not in latest or latest[key][0].version < write.version:
