@@ -260,14 +260,26 @@ def dev(
         int | None,
         typer.Option(help="serve each worker's /healthz and /readyz on PORT, PORT+1, ..."),
     ] = None,
+    chroma_server: Annotated[
+        bool,
+        typer.Option(
+            help="serve the Chroma folder with `chroma run` for every process (without "
+            "EMBEDSTREAM_CHROMA_URL): the API can then search what the index worker writes"
+        ),
+    ] = True,
 ) -> None:
     """Run the API and one replica of each worker as child processes (Ctrl-C stops all)."""
     settings = _settings()
     workers = [["worker", kind.value] for kind in WorkerKind for _ in range(replicas)]
     env = dict(os.environ)
     procs: list[subprocess.Popen[bytes]] = []
+    chroma: subprocess.Popen[bytes] | None = None
     if settings.chroma.chroma_url is None:
         settings.chroma.chroma_path.mkdir(parents=True, exist_ok=True)
+        if chroma_server:
+            chroma, url = _start_chroma_server(settings.chroma.chroma_path)
+            if url is not None:
+                env["EMBEDSTREAM_CHROMA_URL"] = url
     procs.append(subprocess.Popen([sys.executable, "-m", "embedstream", "api"], env=env))
     for index, command in enumerate(workers):
         child_env = dev_worker_env(env, index, health_port)
@@ -301,7 +313,51 @@ def dev(
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
+    if chroma is not None:  # last: the index workers have finished their writes
+        chroma.terminate()
+        try:
+            chroma.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            chroma.kill()
     raise typer.Exit(code)
+
+
+def _start_chroma_server(folder: Path) -> tuple[subprocess.Popen[bytes] | None, str | None]:
+    """``chroma run`` on ``folder`` on a free local port, once it answers; (None, None)
+    when it cannot start (the processes then use the folder, and the API cannot search)."""
+    import shutil
+    import socket
+
+    import httpx
+
+    binary = Path(sys.executable).with_name("chroma")
+    found = str(binary) if binary.exists() else shutil.which("chroma")
+    if found is None:
+        console.print("[yellow]no `chroma` command: the API will not search[/yellow]")
+        return None, None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    log = (folder / "chroma-server.log").open("ab")
+    proc = subprocess.Popen(
+        [found, "run", "--path", str(folder), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
+                console.print(f"chroma server on {url} (folder {folder})")
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    console.print(f"[yellow]chroma server did not start (see {folder}/chroma-server.log)[/yellow]")
+    return None, None
 
 
 @app.command()
