@@ -435,7 +435,7 @@ def search(
         console.print(f"[red]{exc.field}: {exc.message}[/red]")
         raise typer.Exit(2) from None
     settings = _settings()
-    hits = asyncio.run(search_once(settings, tenant, request))
+    hits = asyncio.run(search_once(settings, tenant, request)).hits
     if as_json:
         print(json.dumps([asdict(hit) for hit in hits], indent=2, ensure_ascii=False))
         return

@@ -67,6 +67,27 @@ class ChunkReader:
         )
         return [(row["document_id"], row["idx"]) for row in rows]
 
+    async def vectors(
+        self, tenant: str, keys: Sequence[ChunkKey]
+    ) -> dict[ChunkKey, npt.NDArray[np.float32]]:
+        """The stored vectors of the tenant's chunks among ``keys``."""
+        if not keys:
+            return {}
+        documents, indexes = _keys(keys)
+        rows = await self.pool.fetch(
+            """SELECT c.document_id, c.idx, c.embedding
+               FROM unnest($2::text[], $3::int[]) AS k (document_id, idx)
+               JOIN chunks AS c
+                 ON c.tenant = $1 AND c.document_id = k.document_id AND c.idx = k.idx""",
+            tenant,
+            documents,
+            indexes,
+        )
+        return {
+            (row["document_id"], row["idx"]): np.frombuffer(row["embedding"], dtype="<f4")
+            for row in rows
+        }
+
     async def details(
         self,
         tenant: str,

@@ -8,10 +8,10 @@ import asyncio
 
 from embedstream.config import Settings
 from embedstream.schemas.tenancy import check_tenant
-from embedstream.search.service import SearchHit, SearchQuery, SearchService
+from embedstream.search.service import SearchQuery, SearchResults, SearchService
 
 
-async def search_once(settings: Settings, tenant: str, query: SearchQuery) -> list[SearchHit]:
+async def search_once(settings: Settings, tenant: str, query: SearchQuery) -> SearchResults:
     from embedstream.adapters.postgres import create_pool
 
     check_tenant(tenant)  # InvalidTenant before any model is loaded

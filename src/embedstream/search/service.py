@@ -8,10 +8,10 @@
 - Model guard: the collection records the model its vectors came from; a search whose
   embedder is another model (or dimension) is refused (``SearchUnavailable``,
   ``model_mismatch``), never answered with meaningless neighbours.
-- vector: Chroma's nearest chunks with ``where`` (and the tenant) applied by Chroma. A
-  ``where_document`` is applied by PostgreSQL, which holds the chunk text: the chunks it
-  selects (up to ``PREFILTER_MAX``) restrict the Chroma query to their ids, an exact
-  answer; when it selects more, the nearest ``POSTFILTER_DEPTH`` chunks are filtered.
+- vector: the tenant's nearest chunks meeting the filters (``_vector_half``: the
+  collection's nearest chunks filtered by PostgreSQL when the filters keep many, Chroma's
+  filtered query when they keep few; ``where_document`` always by PostgreSQL, which
+  holds the text).
 - hybrid: the vector list and the lexical list (``embedstream.search.lexical``), each
   ``max(limit, HYBRID_DEPTH)`` deep and under the same filters, fused by reciprocal rank
   fusion (k = 60).
@@ -36,7 +36,6 @@ import numpy.typing as npt
 from embedstream.adapters.postgres.pool import is_transient
 from embedstream.config import Settings
 from embedstream.logging import get_logger
-from embedstream.schemas.tenancy import chunk_id
 from embedstream.search.chunks import ChunkDetails, ChunkKey, ChunkReader
 from embedstream.search.filters import Where, WhereDocument
 from embedstream.search.fusion import reciprocal_rank_fusion
@@ -54,7 +53,9 @@ Include = Literal["text", "metadata", "distances"]
 INCLUDE_ALL: Final[frozenset[Include]] = frozenset({"text", "metadata", "distances"})
 
 HYBRID_DEPTH: Final = 50
-PREFILTER_MAX: Final = 5_000
+FIRST_PASS: Final = 300
+FIRST_PASS_MAX: Final = 1_000
+PREFILTER_MAX: Final = 2_000
 POSTFILTER_DEPTH: Final = 1_000
 LOAD_RETRY_S: Final = 30.0
 RETRY_AFTER_S: Final = 5
@@ -97,10 +98,21 @@ class SearchHit:
     lexical_rank: int | None = None
 
 
+Plan = Literal["nearest", "filtered", "stored_vectors", "filtered_then_text"]
+
+
+@dataclass
+class SearchResults:
+    hits: list[SearchHit]
+    plan: Plan
+    """how the vector half found its chunks (``_vector_half``), for the log"""
+
+
 @dataclass
 class _Candidates:
     vector: list[VectorHit] = field(default_factory=list)
     lexical: list[ChunkKey] = field(default_factory=list)
+    plan: Plan = "nearest"
 
 
 def cosine_distance(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
@@ -238,11 +250,11 @@ class SearchService:
         finally:
             self._in_flight -= 1
 
-    async def search(self, tenant: str, query: SearchQuery) -> list[SearchHit]:
+    async def search(self, tenant: str, query: SearchQuery) -> SearchResults:
         async with self._slot():
             return await self._search(tenant, query)
 
-    async def _search(self, tenant: str, query: SearchQuery) -> list[SearchHit]:
+    async def _search(self, tenant: str, query: SearchQuery) -> SearchResults:
         hybrid = query.mode == "hybrid"
         depth = max(query.limit, HYBRID_DEPTH) if hybrid else query.limit
         if hybrid:
@@ -253,7 +265,7 @@ class SearchService:
             vector, weights = await self.embed(query.text), {}
         await self.check_model()
         found = _Candidates()
-        found.vector = await self._vector_half(tenant, vector, query, depth)
+        found.plan, found.vector = await self._vector_half(tenant, vector, query, depth)
         if hybrid:
             lexical = await self._store(
                 self.lexical.search(
@@ -265,38 +277,63 @@ class SearchService:
                 )
             )
             found.lexical = [(hit.document_id, hit.idx) for hit in lexical]
-        return await self._hits(tenant, vector, query, found)
+        return SearchResults(await self._hits(tenant, vector, query, found), found.plan)
 
     async def _vector_half(
         self, tenant: str, vector: npt.NDArray[np.float32], query: SearchQuery, depth: int
-    ) -> list[VectorHit]:
+    ) -> tuple[Plan, list[VectorHit]]:
+        """The tenant's ``depth`` nearest chunks meeting both filters, nearest first.
+
+        First the nearest chunks of the whole collection (cheap in Chroma), filtered in
+        PostgreSQL: enough when the tenant and the filters keep a fair share of chunks.
+        When they keep too few of them, the filters are selective, which is when Chroma's
+        filtered query is cheap (its cost follows the chunks the filter keeps): the
+        tenant and ``where`` go to Chroma. A ``where_document`` is PostgreSQL's (it holds
+        the text): its chunks, when few, are ranked by their stored vectors; else the
+        nearest ``POSTFILTER_DEPTH`` chunks meeting ``where`` are checked."""
+        first = min(max(FIRST_PASS, 10 * depth), FIRST_PASS_MAX)
+        nearest = await self._index(self.index.query(vector, tenant=None, where=None, n=first))
+        own = [hit for hit in nearest if hit.tenant == tenant]
+        kept = await self._keep(tenant, own, query)
+        if len(kept) >= depth or len(nearest) < first:
+            return "nearest", kept[:depth]
         if query.where_document is None:
-            return await self._index(
+            return "filtered", await self._index(
                 self.index.query(vector, tenant=tenant, where=query.where, n=depth)
             )
         selected = await self._store(
             self.chunks.matching(tenant, query.where, query.where_document, limit=PREFILTER_MAX + 1)
         )
         if len(selected) <= PREFILTER_MAX:
-            ids = [chunk_id(tenant, document_id, idx) for document_id, idx in selected]
-            return await self._index(
-                self.index.query(vector, tenant=tenant, where=query.where, n=depth, ids=ids)
-            )
-        nearest = await self._index(
+            stored = await self._store(self.chunks.vectors(tenant, selected))
+            ranked = [
+                VectorHit(tenant, key[0], key[1], cosine_distance(vector, stored_vector))
+                for key, stored_vector in stored.items()
+            ]
+            return "stored_vectors", sorted(ranked, key=lambda h: (h.distance, h.key))[:depth]
+        candidates = await self._index(
             self.index.query(vector, tenant=tenant, where=query.where, n=POSTFILTER_DEPTH)
         )
+        return "filtered_then_text", (await self._keep(tenant, candidates, query))[:depth]
+
+    async def _keep(
+        self, tenant: str, hits: list[VectorHit], query: SearchQuery
+    ) -> list[VectorHit]:
+        """``hits`` (the tenant's) that meet the query's filters in PostgreSQL, in order."""
+        if not hits or (query.where is None and query.where_document is None):
+            return hits
         keep = set(
             await self._store(
                 self.chunks.matching(
                     tenant,
                     query.where,
                     query.where_document,
-                    limit=len(nearest),
-                    among=[(hit.document_id, hit.idx) for hit in nearest],
+                    limit=len(hits),
+                    among=[hit.key for hit in hits],
                 )
             )
         )
-        return [hit for hit in nearest if (hit.document_id, hit.idx) in keep][:depth]
+        return [hit for hit in hits if hit.key in keep]
 
     async def _hits(
         self,

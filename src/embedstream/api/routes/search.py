@@ -87,10 +87,11 @@ async def search(
     (with Retry-After)."""
     query = to_query(body)
     try:
-        hits = await service.search(principal.tenant, query)
+        found = await service.search(principal.tenant, query)
     except SearchUnavailable as exc:
         raise SearchRefused(exc) from None
-    log.info("search", mode=query.mode, limit=query.limit, results=len(hits))
+    hits = found.hits
+    log.info("search", mode=query.mode, plan=found.plan, limit=query.limit, results=len(hits))
     return SearchResponse(
         mode=query.mode,
         results=[
