@@ -21,6 +21,13 @@ from embedstream.search.sql import SqlParams
 ChunkKey = tuple[str, int]
 """(document id, chunk index) within one tenant"""
 
+#: a chunk's document, by primary key, for each chunk (a LATERAL join: the plan follows the
+#: chunks, whatever the planner knows of the documents table)
+DOCUMENT_OF_CHUNK = (
+    "SELECT deleted, metadata FROM documents "
+    "WHERE tenant = c.tenant AND document_id = c.document_id"
+)
+
 
 @dataclass(frozen=True)
 class ChunkDetails:
@@ -61,7 +68,7 @@ class ChunkReader:
         conditions.extend(filter_conditions(params, where, where_document))
         rows = await self.pool.fetch(
             f"""SELECT c.document_id, c.idx FROM {source}
-                JOIN documents AS d ON d.tenant = c.tenant AND d.document_id = c.document_id
+                CROSS JOIN LATERAL ({DOCUMENT_OF_CHUNK}) AS d
                 WHERE {" AND ".join(conditions)} LIMIT $2""",
             *params.values,
         )
@@ -102,12 +109,12 @@ class ChunkReader:
             return {}
         documents, indexes = _keys(keys)
         rows = await self.pool.fetch(
-            """SELECT c.document_id, c.idx, c.text, d.metadata::text AS metadata,
+            f"""SELECT c.document_id, c.idx, c.text, d.metadata::text AS metadata,
                       CASE WHEN k.vector THEN c.embedding END AS embedding
                FROM unnest($2::text[], $3::int[], $4::bool[]) AS k (document_id, idx, vector)
                JOIN chunks AS c
                  ON c.tenant = $1 AND c.document_id = k.document_id AND c.idx = k.idx
-               JOIN documents AS d ON d.tenant = c.tenant AND d.document_id = c.document_id
+               CROSS JOIN LATERAL ({DOCUMENT_OF_CHUNK}) AS d
                WHERE NOT d.deleted""",
             tenant,
             documents,

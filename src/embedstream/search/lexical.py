@@ -186,18 +186,23 @@ class LexicalIndex:
             return []
         terms = [tsquery_term(lexeme) for lexeme in weights]
         params = SqlParams(tenant, terms, list(weights.values()), " | ".join(terms), limit)
-        conditions = [
-            "c.tenant = $1",
-            "c.tsv @@ $4::tsquery",
-            "NOT d.deleted",
-            *filter_conditions(params, where, where_document),
-        ]
+        conditions = ["NOT d.deleted", *filter_conditions(params, where, where_document)]
+        # The chunks holding a term first (GIN), then each one's document by its primary
+        # key: the plan does not depend on the documents table's statistics (without them
+        # PostgreSQL would walk every document of the tenant).
         sql = f"""
+WITH c AS MATERIALIZED (
+    SELECT document_id, idx, text, tsv FROM chunks
+    WHERE tenant = $1 AND tsv @@ $4::tsquery
+)
 SELECT c.document_id, c.idx,
        (SELECT sum(w.idf) FROM unnest($2::tsquery[], $3::float8[]) AS w (q, idf)
         WHERE c.tsv @@ w.q) AS score
-FROM chunks AS c
-JOIN documents AS d ON d.tenant = c.tenant AND d.document_id = c.document_id
+FROM c
+CROSS JOIN LATERAL (
+    SELECT deleted, metadata FROM documents
+    WHERE tenant = $1 AND document_id = c.document_id
+) AS d
 WHERE {" AND ".join(conditions)}
 ORDER BY score DESC, ts_rank_cd(c.tsv, $4::tsquery) DESC, c.document_id, c.idx
 LIMIT $5

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
@@ -113,6 +113,22 @@ class _Candidates:
     vector: list[VectorHit] = field(default_factory=list)
     lexical: list[ChunkKey] = field(default_factory=list)
     plan: Plan = "nearest"
+
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+async def _both(first: Coroutine[Any, Any, A], second: Coroutine[Any, Any, B]) -> tuple[A, B]:
+    """Both results; when one fails the other is cancelled and the first error raised as
+    it is (not as an exception group)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            one = group.create_task(first)
+            two = group.create_task(second)
+    except* Exception as failed:
+        raise failed.exceptions[0] from None
+    return one.result(), two.result()
 
 
 def cosine_distance(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
@@ -257,17 +273,16 @@ class SearchService:
     async def _search(self, tenant: str, query: SearchQuery) -> SearchResults:
         hybrid = query.mode == "hybrid"
         depth = max(query.limit, HYBRID_DEPTH) if hybrid else query.limit
-        if hybrid:
-            vector, weights = await asyncio.gather(
-                self.embed(query.text), self._store(self.lexical.weights(query.text))
-            )
-        else:
-            vector, weights = await self.embed(query.text), {}
-        await self.check_model()
-        found = _Candidates()
-        found.plan, found.vector = await self._vector_half(tenant, vector, query, depth)
-        if hybrid:
-            lexical = await self._store(
+
+        async def vector_list() -> tuple[npt.NDArray[np.float32], Plan, list[VectorHit]]:
+            vector = await self.embed(query.text)
+            await self.check_model()
+            plan, hits = await self._vector_half(tenant, vector, query, depth)
+            return vector, plan, hits
+
+        async def lexical_list() -> list[ChunkKey]:
+            weights = await self._store(self.lexical.weights(query.text))
+            hits = await self._store(
                 self.lexical.search(
                     tenant,
                     weights,
@@ -276,7 +291,15 @@ class SearchService:
                     where_document=query.where_document,
                 )
             )
-            found.lexical = [(hit.document_id, hit.idx) for hit in lexical]
+            return [(hit.document_id, hit.idx) for hit in hits]
+
+        found = _Candidates()
+        if hybrid:  # the halves run at once: one waits on the model and Chroma, one on SQL
+            (vector, found.plan, found.vector), found.lexical = await _both(
+                vector_list(), lexical_list()
+            )
+        else:
+            vector, found.plan, found.vector = await vector_list()
         return SearchResults(await self._hits(tenant, vector, query, found), found.plan)
 
     async def _vector_half(
