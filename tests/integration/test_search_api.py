@@ -452,6 +452,21 @@ async def test_too_many_searches_at_once_get_a_503(
     assert response.headers["Retry-After"] == "1"
 
 
+async def test_reads_count_against_the_credentials_rate_limit(env: Env) -> None:
+    settings = settings_for(env)
+    settings.api = ApiSettings(rate_limit="3/minute")
+    async for _, client in app_client(settings):
+        statuses = [
+            (await client.get("/v1/documents", headers=key(env, "admin"))).status_code,
+            (await search(client, env, {"query": "consumer groups"}, "admin")).status_code,
+            (await client.get("/v1/documents/x", headers=key(env, "admin"))).status_code,
+            (await search(client, env, {"query": "consumer groups"}, "admin")).status_code,
+        ]
+        limited = await client.get("/v1/documents", headers=key(env, "admin"))
+    assert statuses == [200, 200, 404, 429]
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+
+
 async def test_preload_loads_the_model_at_start(env: Env) -> None:
     async for app, _ in app_client(settings_for(env, search={"search_preload": True})):
         assert app.state.search.loaded

@@ -104,12 +104,13 @@ class VectorIndex:
         return collection, recorded_model(collection)
 
     async def refresh(self) -> tuple[str, int] | None:
-        """The collection and the model it records, read again when older than the TTL
-        (or while there is no collection yet); the recorded (model, dim) or None."""
-        if self._collection is not None and self.clock() - self._checked_at < self.guard_ttl_s:
+        """The collection and the model it records, looked up again when older than the
+        TTL (a collection created meanwhile is found within it); the recorded (model,
+        dim) or None."""
+        if self.clock() - self._checked_at < self.guard_ttl_s:
             return self._model
         async with self._lock:
-            if self._collection is None or self.clock() - self._checked_at >= self.guard_ttl_s:
+            if self.clock() - self._checked_at >= self.guard_ttl_s:
                 self._collection, self._model = await self._call(self._lookup)
                 self._checked_at = self.clock()
         return self._model
