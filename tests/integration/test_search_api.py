@@ -539,5 +539,5 @@ async def test_search_embeds_with_the_workers_embedder(
         theirs = (await worker.encode([text]))[0]
     finally:
         worker.close()
-    assert service._embedder.backend == worker.backend
+    assert service.model._embedder.backend == worker.backend
     assert float(np.dot(ours, theirs)) >= 0.99999

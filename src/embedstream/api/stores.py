@@ -20,7 +20,8 @@ from embedstream.adapters.postgres.document_reads import DocumentReader
 from embedstream.adapters.postgres.pool import APPLICATION_NAME, quote_ident
 from embedstream.config import Settings
 from embedstream.logging import get_logger
-from embedstream.search.service import SearchService, SearchUnavailable
+from embedstream.search.query_model import SearchUnavailable
+from embedstream.search.service import SearchService
 
 log = get_logger(__name__)
 

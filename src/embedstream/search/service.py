@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import asyncpg
 import numpy as np
@@ -40,10 +38,8 @@ from embedstream.search.chunks import ChunkDetails, ChunkKey, ChunkReader
 from embedstream.search.filters import Where, WhereDocument
 from embedstream.search.fusion import reciprocal_rank_fusion
 from embedstream.search.lexical import LexicalIndex
+from embedstream.search.query_model import RETRY_AFTER_S, QueryModel, SearchUnavailable
 from embedstream.search.vector import IndexUnavailable, VectorHit, VectorIndex
-
-if TYPE_CHECKING:
-    from embedstream.adapters.embedder import Embedder
 
 log = get_logger("embedstream.search")
 T = TypeVar("T")
@@ -57,22 +53,6 @@ FIRST_PASS: Final = 300
 FIRST_PASS_MAX: Final = 1_000
 PREFILTER_MAX: Final = 2_000
 POSTFILTER_DEPTH: Final = 1_000
-LOAD_RETRY_S: Final = 30.0
-RETRY_AFTER_S: Final = 5
-
-
-class SearchUnavailable(Exception):
-    """Search cannot answer now (503). ``public`` is the stable, short message for the
-    client; the details went to the log."""
-
-    def __init__(self, code: str, public: str, *, retry_after_s: int | None = None) -> None:
-        super().__init__(public)
-        self.code = code
-        self.public = public
-        self.retry_after_s = retry_after_s
-
-
-NOT_AVAILABLE = "search is not available on this server"
 
 
 @dataclass(frozen=True)
@@ -151,88 +131,33 @@ class SearchService:
         self.index = VectorIndex(settings.chroma)
         self.lexical = LexicalIndex(pool)
         self.chunks = ChunkReader(pool)
-        self.live_index = live_index
-        self._embedder: Embedder | None = None
-        self._load_lock = asyncio.Lock()
-        self._failed_at = -math.inf
+        self.model = QueryModel(settings, live_index=live_index)
         self._in_flight = 0
-        self._refusal_logged = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
     @property
     def loaded(self) -> bool:
-        return self._embedder is not None
+        return self.model.loaded
 
     async def start(self) -> None:
         """Load the model and open the index now (``EMBEDSTREAM_SEARCH_PRELOAD``)."""
-        await self.embedder()
+        await self.model.embedder()
         with contextlib.suppress(SearchUnavailable):
             await self.check_model()
 
     def close(self) -> None:
         self.index.close()
-        if self._embedder is not None:
-            self._embedder.close()
-
-    def _check_index_mode(self) -> None:
-        if self.live_index and not self.settings.chroma.chroma_url:
-            if self._refusal_logged:
-                raise SearchUnavailable("index_not_shared", NOT_AVAILABLE)
-            self._refusal_logged = True
-            log.error(
-                "search refused: the vector index is an embedded Chroma folder "
-                "(EMBEDSTREAM_CHROMA_PATH), which another process cannot read live; set "
-                "EMBEDSTREAM_CHROMA_URL to the Chroma server the index workers write to",
-            )
-            raise SearchUnavailable("index_not_shared", NOT_AVAILABLE)
-
-    async def embedder(self) -> Embedder:
-        """The query embedder, loaded once (off the event loop)."""
-        if self._embedder is not None:
-            return self._embedder
-        self._check_index_mode()
-        async with self._load_lock:
-            if self._embedder is None:
-                if time.monotonic() - self._failed_at < LOAD_RETRY_S:
-                    raise SearchUnavailable(
-                        "model_unavailable", NOT_AVAILABLE, retry_after_s=int(LOAD_RETRY_S)
-                    )
-                started = time.perf_counter()
-                try:
-                    from embedstream.adapters.embedder import load_embedder
-
-                    self._embedder = await load_embedder(self.settings.embed)
-                except Exception as exc:
-                    self._failed_at = time.monotonic()
-                    log.error(
-                        "search refused: the query embedding model could not be loaded "
-                        "(install embedstream[search] or check EMBEDSTREAM_MODEL)",
-                        error=f"{type(exc).__name__}: {exc}",
-                    )
-                    raise SearchUnavailable(
-                        "model_unavailable", NOT_AVAILABLE, retry_after_s=int(LOAD_RETRY_S)
-                    ) from None
-                log.info(
-                    "search model loaded",
-                    model=self._embedder.name,
-                    backend=self._embedder.backend,
-                    dim=self._embedder.dim,
-                    load_s=round(time.perf_counter() - started, 2),
-                )
-        return self._embedder
+        self.model.close()
 
     async def embed(self, text: str) -> npt.NDArray[np.float32]:
         """The query's vector, as the embed stage would make it for this text."""
-        embedder = await self.embedder()
-        vectors = await embedder.encode([text])
-        vector: npt.NDArray[np.float32] = vectors[0]
-        return vector
+        return await self.model.embed(text)
 
     async def check_model(self) -> None:
         """``SearchUnavailable`` (model_mismatch) unless the collection is empty of any
         model or records the query embedder's model and dimension."""
-        embedder = await self.embedder()
+        embedder = await self.model.embedder()
         recorded = await self._index(self.index.refresh())
         if recorded is not None and recorded != (embedder.name, embedder.dim):
             log.error(

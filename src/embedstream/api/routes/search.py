@@ -22,7 +22,8 @@ from embedstream.api.principal import SEARCH_READ, Principal
 from embedstream.logging import get_logger
 from embedstream.schemas.search_api import SearchRequest, SearchResponse, SearchResult
 from embedstream.search.filters import FilterError, parse_where, parse_where_document
-from embedstream.search.service import SearchQuery, SearchService, SearchUnavailable
+from embedstream.search.query_model import SearchUnavailable
+from embedstream.search.service import SearchQuery, SearchService
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/v1", tags=["search"], route_class=AuthenticatedRoute)
