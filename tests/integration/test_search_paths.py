@@ -1,8 +1,9 @@
 """The vector half's plans on the real stores, each against a brute-force answer over the
 vectors PostgreSQL holds: the collection's nearest chunks filtered in PostgreSQL (the
-filters keep many), Chroma's filtered query (they keep few, or the tenant is small), a
-text filter's chunks ranked by their stored vectors (few), and the nearest chunks of
-Chroma's filtered query checked for the text (many)."""
+filters keep many), a deeper pass of them (they keep fewer, or the tenant is small),
+Chroma's filtered query (too few for that), a text filter's chunks ranked by their
+stored vectors (few), and the nearest chunks of Chroma's filtered query checked for the
+text (many)."""
 
 from __future__ import annotations
 
@@ -87,24 +88,31 @@ def brute_force(
     return [key for _, key in sorted(scored)[:limit]]
 
 
-CASES = [
-    ("acme", None, None, "nearest"),
-    ("acme", {"half": True}, None, "nearest"),  # filtered in PostgreSQL
-    ("acme", {"d": {"$in": [103, 153]}}, None, "filtered"),  # selective: Chroma filters
-    ("tiny", None, None, "filtered"),  # a small tenant: the same
-    ("acme", None, {"$contains": "needle"}, "stored_vectors"),  # few chunks with the text
-    ("acme", {"k": {"$lt": 40}}, {"$contains": "common"}, "nearest"),
+NO_SECOND_PASS = {"SECOND_PASS_MAX": 10}
+CASES: list[tuple[str, dict[str, Any] | None, dict[str, Any] | None, str, dict[str, int]]] = [
+    ("acme", None, None, "nearest", {}),
+    ("acme", {"half": True}, None, "nearest", {}),  # filtered in PostgreSQL
+    ("acme", {"k": {"$lt": 40}}, {"$contains": "common"}, "nearest", {}),
+    ("acme", {"k": 10}, None, "deeper", {}),  # a few more nearest chunks
+    ("tiny", None, None, "deeper", {}),  # a small tenant: the same
+    ("acme", {"d": {"$in": [103, 153]}}, None, "filtered", NO_SECOND_PASS),  # Chroma filters
+    ("tiny", None, None, "filtered", NO_SECOND_PASS),
+    ("acme", None, {"$contains": "needle"}, "stored_vectors", NO_SECOND_PASS),
 ]
 
 
-@pytest.mark.parametrize(("tenant", "where", "text", "plan"), CASES)
+@pytest.mark.parametrize(("tenant", "where", "text", "plan", "limits"), CASES)
 async def test_each_plan_finds_the_nearest_matching_chunks(
     service: SearchService,
+    monkeypatch: pytest.MonkeyPatch,
     tenant: str,
     where: dict[str, Any] | None,
     text: dict[str, Any] | None,
     plan: str,
+    limits: dict[str, int],
 ) -> None:
+    for name, value in limits.items():
+        monkeypatch.setattr(service_module, name, value)
     vector = await service.embed(QUERY)
     query = SearchQuery(
         QUERY, limit=10, where=parse_where(where), where_document=parse_where_document(text)
@@ -131,6 +139,7 @@ async def test_the_fallbacks_for_text_filters_agree_with_brute_force(
     vectors: both give the brute-force answer."""
     monkeypatch.setattr(service_module, "FIRST_PASS", 5)
     monkeypatch.setattr(service_module, "FIRST_PASS_MAX", 5)
+    monkeypatch.setattr(service_module, "SECOND_PASS_MAX", 10)
     vector = await service.embed(QUERY)
     for where, text, prefilter_max, plan in [
         ({"half": False}, {"$not_contains": "needle"}, 10, "filtered_then_text"),

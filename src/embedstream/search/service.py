@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeVar
@@ -51,6 +52,7 @@ INCLUDE_ALL: Final[frozenset[Include]] = frozenset({"text", "metadata", "distanc
 HYBRID_DEPTH: Final = 50
 FIRST_PASS: Final = 300
 FIRST_PASS_MAX: Final = 1_000
+SECOND_PASS_MAX: Final = 4_000
 PREFILTER_MAX: Final = 2_000
 POSTFILTER_DEPTH: Final = 1_000
 
@@ -78,7 +80,7 @@ class SearchHit:
     lexical_rank: int | None = None
 
 
-Plan = Literal["nearest", "filtered", "stored_vectors", "filtered_then_text"]
+Plan = Literal["nearest", "deeper", "filtered", "stored_vectors", "filtered_then_text"]
 
 
 @dataclass
@@ -232,19 +234,27 @@ class SearchService:
     ) -> tuple[Plan, list[VectorHit]]:
         """The tenant's ``depth`` nearest chunks meeting both filters, nearest first.
 
-        First the nearest chunks of the whole collection (cheap in Chroma), filtered in
-        PostgreSQL: enough when the tenant and the filters keep a fair share of chunks.
-        When they keep too few of them, the filters are selective, which is when Chroma's
-        filtered query is cheap (its cost follows the chunks the filter keeps): the
-        tenant and ``where`` go to Chroma. A ``where_document`` is PostgreSQL's (it holds
-        the text): its chunks, when few, are ranked by their stored vectors; else the
-        nearest ``POSTFILTER_DEPTH`` chunks meeting ``where`` are checked."""
-        first = min(max(FIRST_PASS, 10 * depth), FIRST_PASS_MAX)
-        nearest = await self._index(self.index.query(vector, tenant=None, where=None, n=first))
-        own = [hit for hit in nearest if hit.tenant == tenant]
-        kept = await self._keep(tenant, own, query)
-        if len(kept) >= depth or len(nearest) < first:
-            return "nearest", kept[:depth]
+        Chroma's unfiltered query is cheap, and its filtered one costs in proportion to
+        the chunks the filter keeps. So: the nearest chunks of the whole collection,
+        filtered in PostgreSQL (``nearest``); when they hold too few matches, as many more
+        as the share of matches found says are needed, up to ``SECOND_PASS_MAX``
+        (``deeper``). Only filters that keep too few chunks for that are selective enough
+        for Chroma's filtered query (tenant AND ``where``: ``filtered``). A
+        ``where_document`` is PostgreSQL's (it holds the text): its chunks, when few, are
+        ranked by their stored vectors (``stored_vectors``); else the nearest
+        ``POSTFILTER_DEPTH`` chunks meeting ``where`` are checked for the text."""
+        size = min(max(FIRST_PASS, 10 * depth), FIRST_PASS_MAX)
+        plan: Plan = "nearest"
+        while True:
+            nearest = await self._index(self.index.query(vector, tenant=None, where=None, n=size))
+            kept = await self._keep(tenant, [h for h in nearest if h.tenant == tenant], query)
+            if len(kept) >= depth or len(nearest) < size:
+                return plan, kept[:depth]
+            if plan == "deeper" or not kept:
+                break
+            plan, size = "deeper", math.ceil(1.5 * depth * size / len(kept))
+            if size > SECOND_PASS_MAX:
+                break
         if query.where_document is None:
             return "filtered", await self._index(
                 self.index.query(vector, tenant=tenant, where=query.where, n=depth)
