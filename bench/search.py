@@ -125,7 +125,7 @@ def build_corpus(chunks: int, bases: int) -> tuple[list[Doc], int]:
             chunk_texts.append(f"{texts[base]} {rng.choice(extra)} See ticket TK{n:06d}.")
             chunk_vectors.append(unit(vectors[base] + noise.normal(0, 0.02, vectors.shape[1])))
         metadata = {
-            "source": SOURCES[d % len(SOURCES)],
+            "source": rng.choice(SOURCES),
             "year": 2015 + d % 10,
             "score": round(rng.uniform(0, 5), 2),
             "public": d % 3 == 0,
