@@ -306,7 +306,7 @@ async def test_a_document_with_its_state_and_another_tenants_is_a_404(
     assert (body["state"], body["deleted"], body["chunk_count"]) == ("live", False, 2)
     assert body["metadata"] == {"n": 3, "lang": "en"}
     assert body["version"] == "0-1" and body["model"] == PACKAGED_MODEL_NAME
-    assert "text" not in body
+    assert body["text"] is None  # without include_text
     with_text = await client.get(
         "/v1/documents/guide%2Fpart%203?include_text=true", headers=key(env, "reader")
     )
@@ -335,6 +335,11 @@ async def test_the_document_path_is_shared_by_get_and_delete(
     assert read.status_code == 200 and read.json()["id"] == "guide/part 5"
     put = await client.put("/v1/documents/guide%2Fpart%205", headers=key(env, "reader"))
     assert put.status_code == 405
+    assert put.headers["Allow"] == "DELETE, GET"
+    listed = await client.patch("/v1/documents", headers=key(env, "reader"))
+    assert listed.headers["Allow"] == "GET, POST"
+    searched = await client.get("/v1/search", headers=key(env, "search"))
+    assert (searched.status_code, searched.headers["Allow"]) == (405, "POST")
     empty = await client.get("/v1/documents/", headers=key(env, "reader"))
     assert empty.status_code == 422
 

@@ -118,11 +118,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # routes added to the app itself also check credentials before reading a body
     app.router.route_class = AuthenticatedRoute
     install_error_handlers(app)
-    app.include_router(documents.router)
-    app.include_router(jobs.router)
-    app.include_router(read.router)
-    app.include_router(search.router)
-    app.include_router(health.router)
+    app.state.routers = [documents.router, jobs.router, read.router, search.router, health.router]
+    for router in app.state.routers:
+        app.include_router(router)
     # Added last runs first: the request context wraps everything, the 413 included.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.api.max_body_bytes)
     if settings.api.cors_origins:

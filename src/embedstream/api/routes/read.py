@@ -22,7 +22,7 @@ from embedstream.adapters.postgres.document_reads import DocumentInfo, DocumentR
 from embedstream.adapters.postgres.pool import is_transient
 from embedstream.api.auth import require
 from embedstream.api.authentication import AuthenticatedRoute
-from embedstream.api.errors import AUTH_ERRORS, RETRY_AFTER_S, error_responses
+from embedstream.api.errors import AUTH_ERRORS, RETRY_AFTER_S, error_responses, with_description
 from embedstream.api.principal import DOCUMENTS_READ, Principal
 from embedstream.api.routes.documents import PathDocumentId
 from embedstream.logging import get_logger
@@ -36,6 +36,7 @@ router = APIRouter(prefix="/v1/documents", tags=["documents"], route_class=Authe
 Reader = Annotated[Principal, require(DOCUMENTS_READ)]
 
 NOT_FOUND = "document not found (unknown, or another tenant's)"
+STORE_AWAY = with_description(503, "PostgreSQL (documents, or the API key store) unavailable")
 _CURSOR_VERSION = 1
 
 
@@ -112,7 +113,7 @@ def decode_cursor(cursor: str) -> str:
 @router.get(
     "",
     response_model=DocumentPage,
-    responses=error_responses(*AUTH_ERRORS, 422, 503),
+    responses={**error_responses(*AUTH_ERRORS, 422), **STORE_AWAY},
     summary="List documents",
 )
 async def list_documents(
@@ -163,8 +164,7 @@ async def list_documents(
 @router.get(
     "/{document_id:document_id}",
     response_model=DocumentOut,
-    response_model_exclude_none=True,
-    responses=error_responses(*AUTH_ERRORS, 404, 422, 503),
+    responses={**error_responses(*AUTH_ERRORS, 404, 422), **STORE_AWAY},
     summary="Get a document",
 )
 async def get_document(

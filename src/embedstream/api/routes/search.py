@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from embedstream.api.auth import require
 from embedstream.api.authentication import AuthenticatedRoute
 from embedstream.api.deps import require_json
-from embedstream.api.errors import AUTH_ERRORS, error_responses
+from embedstream.api.errors import AUTH_ERRORS, error_responses, with_description
 from embedstream.api.principal import SEARCH_READ, Principal
 from embedstream.logging import get_logger
 from embedstream.schemas.search_api import SearchRequest, SearchResponse, SearchResult
@@ -27,6 +27,14 @@ from embedstream.search.service import SearchQuery, SearchService
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/v1", tags=["search"], route_class=AuthenticatedRoute)
+
+
+SEARCH_REFUSED = with_description(
+    503,
+    "Search cannot answer: not available on this server, the index holds another "
+    "model's vectors, a store (Chroma, PostgreSQL, the API key store) is unavailable, or "
+    "too many searches run at once (see Retry-After when it is worth retrying)",
+)
 
 
 def get_search(request: Request) -> SearchService:
@@ -70,7 +78,7 @@ def to_query(body: SearchRequest) -> SearchQuery:
     "/search",
     response_model=SearchResponse,
     response_model_exclude_none=True,
-    responses=error_responses(400, *AUTH_ERRORS, 413, 415, 422, 503),
+    responses={**error_responses(400, *AUTH_ERRORS, 413, 415, 422), **SEARCH_REFUSED},
     dependencies=[require(SEARCH_READ), Depends(require_json)],
     summary="Search chunks",
 )
