@@ -30,9 +30,9 @@ import asyncpg
 import redis.asyncio as redis
 
 from embedstream.adapters.postgres.migrate import migrate
-from embedstream.api.apikeys import ApiKeyStore, new_key
 from embedstream.api.app import create_app
-from embedstream.api.tokens import issue_token
+from embedstream.api.security.apikeys import ApiKeyStore, new_key
+from embedstream.api.security.tokens import issue_token
 from embedstream.config import (
     ApiSettings,
     AuthSettings,

@@ -1,4 +1,4 @@
-"""Why an embedded Chroma folder gets one writer (``embedstream.adapters.chroma_folder``).
+"""Why an embedded Chroma folder gets one writer (``embedstream.adapters.chroma.folder``).
 
 Side by side in one run: two processes write distinct vectors into one embedded folder,
 first one after the other, then at the same time (plain ``PersistentClient``s, no

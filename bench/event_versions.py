@@ -27,12 +27,12 @@ import numpy as np
 import redis.asyncio as redis
 
 from bench.corpus import generate
-from embedstream.adapters.chroma import ChromaIndex
+from embedstream.adapters.chroma.index import ChromaIndex
 from embedstream.adapters.embedder import Embedder
-from embedstream.adapters.jobs import JobTracker, Submission
 from embedstream.adapters.postgres import create_pool, migrate
 from embedstream.api.commands import build_upsert
 from embedstream.config import ChromaSettings, ConsumerSettings, EventSettings, PostgresSettings
+from embedstream.jobs.tracker import JobTracker, Submission
 from embedstream.schemas.api import DocumentIn
 from embedstream.streams.names import StreamNames
 from embedstream.workers.embed import build_embed_worker

@@ -51,7 +51,7 @@ import numpy as np
 from bench.corpus import _paragraphs
 from bench.search_data import Doc, load_chroma, load_postgres, unit
 from bench.stack import Stack, create_api_key, remove_stack_data, stack_env
-from embedstream.adapters.chroma import create_client
+from embedstream.adapters.chroma.collection import create_client
 from embedstream.adapters.postgres import DocumentStore, available_migrations, create_pool
 from embedstream.adapters.postgres.migrate import migrate
 from embedstream.config import ChromaSettings, PostgresSettings, Settings

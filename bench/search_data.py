@@ -15,13 +15,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from embedstream.adapters.chroma import (
-    ChunkRecord,
-    bind_model,
-    chunk_metadata,
-    open_collection,
-    upsert_chunks,
-)
+from embedstream.adapters.chroma.chunks import ChunkRecord, chunk_metadata, upsert_chunks
+from embedstream.adapters.chroma.collection import bind_model, open_collection
 from embedstream.adapters.postgres import ChunkRow, DocumentStore, DocumentWrite
 from embedstream.schemas.tenancy import chunk_id
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import redis.asyncio as redis
 
 from embedstream.config import ConsumerSettings
 from embedstream.streams.names import StreamNames
+from tests.support.redis_server import PrivateRedis
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
@@ -61,3 +63,25 @@ def fast_settings() -> ConsumerSettings:
         claim_interval_ms=50,
         drain_timeout_s=2.0,
     )
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    """A Redis server of the test's own (on a free port, AOF in ``tmp_path``), for tests
+    that stop and restart it; the shared one is never touched."""
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = PrivateRedis(folder)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

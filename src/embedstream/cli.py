@@ -4,7 +4,6 @@ ingest | model export."""
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import os
 import signal
@@ -15,17 +14,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from embedstream.api.keys_cli import keys_app, token_app
+from embedstream.api.security.cli import keys_app, token_app
 from embedstream.config import Settings
 from embedstream.contracts.cli import schemas_app
 from embedstream.logging import configure_logging
 from embedstream.model_cli import model_app
+from embedstream.streams.names import PIPELINE, StreamNames
 
 app = typer.Typer(
     help="embedstream: an event-driven embedding pipeline on Redis Streams.",
@@ -44,10 +44,12 @@ console = Console() if sys.stdout.isatty() else Console(width=140)
 T = TypeVar("T")
 
 
-class WorkerKind(Enum):
-    embed = "embed"
-    index = "index"
-    persist = "persist"
+if TYPE_CHECKING:
+    StageKind = str
+else:
+    # the stages' names, as a choice (typer reads an Enum); the declarations behind them
+    # (embedstream.workers.stages) are imported by the commands that run them
+    StageKind = Enum("StageKind", [(stage.name, stage.name) for stage in PIPELINE], type=str)
 
 
 def _settings() -> Settings:
@@ -57,6 +59,10 @@ def _settings() -> Settings:
     settings = Settings()
     configure_logging(settings.app.log_level, json=settings.app.json_logs)
     return settings
+
+
+def _names(settings: Settings) -> StreamNames:
+    return StreamNames(settings.redis.stream_prefix)
 
 
 def _with_redis(settings: Settings, body: Callable[[Any], Awaitable[T]]) -> T:
@@ -82,7 +88,7 @@ def api() -> None:
 
 @app.command()
 def worker(
-    kind: Annotated[WorkerKind, typer.Argument(help="which stage to run")],
+    kind: Annotated[StageKind, typer.Argument(help="which stage to run")],
     burst: Annotated[bool, typer.Option(help="process what is there, then exit")] = False,
 ) -> None:
     """Run one worker replica. Start more processes to scale a stage."""
@@ -90,11 +96,12 @@ def worker(
 
     async def main() -> None:
         from embedstream.streams.runner import install_stop_signals
+        from embedstream.workers.stage import run_stage
+        from embedstream.workers.stages import stage_named
 
         stop = asyncio.Event()
         install_stop_signals(stop)
-        module = importlib.import_module(f"embedstream.workers.{kind.value}")
-        await module.run(settings, stop, burst=burst)
+        await run_stage(stage_named(kind), settings, stop, burst=burst)
 
     asyncio.run(main())
 
@@ -127,7 +134,7 @@ def init() -> None:
 def _init_streams(settings: Settings) -> None:
     from embedstream.streams.init import init_streams
 
-    names = settings.redis.names
+    names = _names(settings)
     for item in _with_redis(settings, lambda client: init_streams(client, names)):
         what = f"{item.stream} group {item.group}" if item.group else item.stream
         console.print(f"{'created' if item.created else 'exists '} {what}")
@@ -143,7 +150,7 @@ def status(
 
     settings = _settings()
     while True:
-        report = _with_redis(settings, lambda c: collect_status(c, settings.redis.names))
+        report = _with_redis(settings, lambda c: collect_status(c, _names(settings)))
         if as_json:
             print(json.dumps(report.as_dict(), indent=2))
         else:
@@ -199,7 +206,7 @@ def dlq_list(
     from embedstream.streams.dlq import list_dead_letters
 
     settings = _settings()
-    views = _with_redis(settings, lambda c: list_dead_letters(c, settings.redis.names, count=count))
+    views = _with_redis(settings, lambda c: list_dead_letters(c, _names(settings), count=count))
     if as_json:
         print(json.dumps([asdict(v) for v in views], indent=2))
         return
@@ -230,7 +237,7 @@ def dlq_replay(
     async def replay_all(client: Any) -> int:
         failures = 0
         for entry_id in ids:
-            moved = await replay_dead_letter(client, settings.redis.names, entry_id)
+            moved = await replay_dead_letter(client, _names(settings), entry_id)
             if moved is None:
                 console.print(f"[red]{entry_id}: no such dead letter[/red]")
                 failures += 1
@@ -270,7 +277,7 @@ def dev(
 ) -> None:
     """Run the API and one replica of each worker as child processes (Ctrl-C stops all)."""
     settings = _settings()
-    workers = [["worker", kind.value] for kind in WorkerKind for _ in range(replicas)]
+    workers = [["worker", stage.name] for stage in PIPELINE for _ in range(replicas)]
     env = dict(os.environ)
     procs: list[subprocess.Popen[bytes]] = []
     chroma: subprocess.Popen[bytes] | None = None

@@ -64,6 +64,8 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
 
 
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    """A logger named ``name``: what ``configure_logging`` set up, a filtering bound
+    logger (``structlog.make_filtering_bound_logger``)."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return logger

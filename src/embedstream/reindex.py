@@ -22,20 +22,17 @@ async def reindex(
     """Drop and rebuild the Chroma collection from PostgreSQL; returns chunks written.
     The index workers' version register is reset to what was rebuilt; every chunk keeps
     its tenant (id, metadata and register key)."""
-    from embedstream.adapters.chroma import (
-        ChromaIndex,
-        ChunkRecord,
-        chunk_metadata,
-        document_key,
-        upsert_chunks,
-    )
+    from embedstream.adapters.chroma.chunks import ChunkRecord, chunk_metadata, upsert_chunks
+    from embedstream.adapters.chroma.index import ChromaIndex
     from embedstream.adapters.postgres import DocumentStore, create_pool
     from embedstream.adapters.redis_client import create_redis
+    from embedstream.schemas.tenancy import document_key
+    from embedstream.streams.names import StreamNames
 
     pool = await create_pool(settings.postgres)
     index = ChromaIndex(settings.chroma)
     redis = create_redis(settings.redis)
-    register = settings.redis.names.key("index", "versions")
+    register = StreamNames(settings.redis.stream_prefix).key("index", "versions")
     written = 0
     try:
         store = DocumentStore(pool)

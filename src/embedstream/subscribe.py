@@ -58,8 +58,9 @@ from embedstream.contracts.catalog import MessageType, message_for_model, messag
 from embedstream.errors import PoisonMessage
 from embedstream.logging import get_logger
 from embedstream.schemas.envelope import Envelope, Fields
+from embedstream.streams.decoding import payload_of
 from embedstream.streams.messages import Ack, DeadLetter, Message, Outcome, outcome_for
-from embedstream.streams.names import StreamNames
+from embedstream.streams.names import PIPELINE, StreamNames
 from embedstream.streams.runner import RunStats, StreamWorker, install_stop_signals
 
 __all__ = ["Delivery", "EventHandler", "Subscriber", "UnknownPolicy"]
@@ -106,7 +107,7 @@ class Subscriber:
         start_id: str = "0",
         trim: bool = False,
     ) -> None:
-        if not group or group in {"embedder", "indexer", "persister"}:
+        if not group or group in {stage.group for stage in PIPELINE}:
             raise ValueError(f"group {group!r}: use a consumer group of your own")
         if unknown not in ("ignore", "dead_letter"):
             raise ValueError(f"unknown={unknown!r}: expected 'ignore' or 'dead_letter'")
@@ -177,18 +178,18 @@ class Subscriber:
     # -- decoding and handling ----------------------------------------------------------
 
     def decode(self, fields: Fields) -> Delivery:
-        """The runtime's decoder: anything raised here dead-letters the entry."""
+        """The runtime's decoder (``embedstream.streams.decoding``, as for the pipeline's
+        stages): anything raised here dead-letters the entry."""
         envelope = Envelope.from_fields(fields)
-        handlers = self._handlers.get(envelope.type)
-        if handlers is None:
+        payload = payload_of(envelope, self._models)
+        if payload is None:
             if self.unknown == "dead_letter":
                 raise PoisonMessage(
                     f"no handler for type {envelope.type!r} in group {self.group!r} "
                     f"(handled: {', '.join(self._handlers) or 'none'})"
                 )
             return Delivery(envelope, None)
-        payload = envelope.payload(self._models[envelope.type])
-        return Delivery(envelope, payload, tuple(handlers))
+        return Delivery(envelope, payload, tuple(self._handlers[envelope.type]))
 
     async def handle(self, messages: Sequence[Message[Delivery]]) -> list[Outcome]:
         """The runtime's handler: each message's handlers in order, one outcome each."""

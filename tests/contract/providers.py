@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -26,24 +25,24 @@ from typing import Any
 import redis.asyncio as redis
 from pact import Verifier
 
-from embedstream.adapters.chroma import ChromaIndex
+from embedstream.adapters.chroma.index import ChromaIndex
 from embedstream.adapters.embedder import Embedder
-from embedstream.adapters.jobs import JobTracker, Submission
 from embedstream.api.commands import build_delete, build_upsert
 from embedstream.config import ChromaSettings, ConsumerSettings
 from embedstream.contracts.codec import fields_to_body
 from embedstream.errors import PoisonMessage
+from embedstream.jobs.tracker import JobTracker, Submission
 from embedstream.schemas.api import DocumentIn
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import DOCUMENT_EMBEDDED_V2, DocumentEmbeddedV2, EmbeddedChunk
 from embedstream.schemas.vectors import encode_vector
 from embedstream.schemas.versions import version_text
-from embedstream.streams.messages import TransactionOp
 from embedstream.streams.names import StreamNames, stream_id_to_version
 from embedstream.workers.embed import build_embed_worker
 from embedstream.workers.index import build_index_worker
 from tests.contract.interactions import Interaction
 from tests.contract.support import drop_prefix, pact_message, run_with_redis
+from tests.support.builders import apply_ops
 
 Entry = dict[bytes, bytes]
 Scenario = Callable[[redis.Redis, StreamNames], Awaitable[None]]
@@ -102,17 +101,6 @@ class Provider:
             .set_coloured_output(enabled=False)
             .add_source(source)
         )
-
-
-async def apply(client: redis.Redis, ops: Sequence[TransactionOp]) -> None:
-    """Run ops in one MULTI/EXEC, as a worker's ack does."""
-    pipe: Any
-    async with client.pipeline(transaction=True) as pipe:
-        for op in ops:
-            queued = op(pipe)
-            if inspect.isawaitable(queued):
-                await queued
-        await pipe.execute()
 
 
 # -- the ingress ------------------------------------------------------------------------
@@ -278,26 +266,26 @@ async def all_succeeded(client: redis.Redis, names: StreamNames) -> None:
     job_id = await submit_upserts(client, names, "handbook/a.md", "handbook/b.md")
     for document in ("handbook/a.md", "handbook/b.md"):
         for stage in ("index", "persist"):
-            await apply(client, [tracker.stage_done(job_id, document, stage)])
+            await apply_ops(client, [tracker.stage_done(job_id, document, stage)])
 
 
 async def one_failed(client: redis.Redis, names: StreamNames) -> None:
     tracker = JobTracker(client, names)
     job_id = await submit_upserts(client, names, "handbook/a.md", "handbook/broken.md")
     for stage in ("index", "persist"):
-        await apply(client, [tracker.stage_done(job_id, "handbook/a.md", stage)])
-    await apply(client, [tracker.stage_done(job_id, "handbook/broken.md", "index")])
+        await apply_ops(client, [tracker.stage_done(job_id, "handbook/a.md", stage)])
+    await apply_ops(client, [tracker.stage_done(job_id, "handbook/broken.md", "index")])
     _, fields = (await ingest_entries(client, names))["handbook/broken.md"]
     error = PoisonMessage("text contains a NUL character")
-    await apply(client, tracker.dead_letter_ops("persist")(fields, error))
+    await apply_ops(client, tracker.dead_letter_ops("persist")(fields, error))
 
 
 async def deleted(client: redis.Redis, names: StreamNames) -> None:
     tracker = JobTracker(client, names)
     job_id = await submit_delete(client, names, DOC)
     version, _ = (await ingest_entries(client, names))[DOC]
-    await apply(client, [tracker.stage_done(job_id, DOC, "index", deleted_version=version)])
-    await apply(client, [tracker.stage_done(job_id, DOC, "persist", deleted_version=version)])
+    await apply_ops(client, [tracker.stage_done(job_id, DOC, "index", deleted_version=version)])
+    await apply_ops(client, [tracker.stage_done(job_id, DOC, "persist", deleted_version=version)])
 
 
 def results_provider(name: str) -> Provider:

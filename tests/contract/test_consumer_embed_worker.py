@@ -2,7 +2,7 @@
 ingress's commands and the stores' re-embed requests.
 
 Each command of the pact is turned into stream fields (``codec.body_to_fields``), decoded
-by the runtime's decoder and handled by the real ``EmbedHandler`` (real chunker, the
+by the stage's decoder and handled by the real ``EmbedHandler`` (real chunker, the
 ``Embedder`` over a fake model, the real Redis for its hash register)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 import redis.asyncio as redis
 
 from embedstream.adapters.embedder import Embedder
-from embedstream.adapters.jobs import JobTracker
 from embedstream.contracts.catalog import EMBED_WORKER, INGRESS, REEMBED
 from embedstream.contracts.codec import STREAM_METADATA, body_to_fields
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.commands import DOCUMENT_REEMBED, DOCUMENT_UPSERT, DocumentReembed
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import (
@@ -30,9 +30,9 @@ from embedstream.schemas.events import (
 )
 from embedstream.schemas.vectors import decode_vector
 from embedstream.schemas.versions import version_text
-from embedstream.streams.messages import Ack, Message, decode_envelope
+from embedstream.streams.messages import Ack, Message
 from embedstream.streams.names import StreamNames, stream_id_to_version
-from embedstream.workers.embed import EmbedHandler
+from embedstream.workers.embed import EMBED_STAGE, EmbedHandler
 from tests.contract.interactions import INGEST, REEMBED_REQUESTS, build_pact
 from tests.contract.support import drop_prefix, run_with_redis, write_pact
 
@@ -56,10 +56,10 @@ def published(outcome: Any) -> dict[str, Envelope]:
 async def embed(
     client: redis.Redis, names: StreamNames, embedder: Embedder, fields: dict[bytes, bytes]
 ) -> tuple[Envelope, dict[str, Envelope]]:
-    command = decode_envelope(fields)
+    command = EMBED_STAGE.decoder()(fields)
     handler = EmbedHandler(client, names, embedder, embedder.chunker(), JobTracker(client, names))
     [outcome] = await handler([Message(ENTRY_ID, names.ingest, fields, command, 1)])
-    return command, published(outcome)
+    return command.envelope, published(outcome)
 
 
 def test_embed_worker_handles_every_ingest_command(embedder: Embedder, names: StreamNames) -> None:

@@ -1,74 +1,68 @@
 """Consumer pacts of the index (group ``indexer``) and persist (group ``persister``)
 workers for ``{prefix}:embedded``.
 
-Each event of the pact is turned into stream fields, decoded by the runtime's decoder and
-then by the worker's own decoding: the index handler's ``_decode`` (payload validation,
-vector decoding and checks, model guard) and the persist worker's ``to_write``."""
+Each event of the pact is turned into stream fields and decoded by the stage's decoder
+(the runtime's, with the stage's payload types: the events check their own chunks and
+vectors), then turned into what the stage writes: the index stage's Chroma write
+(``index_plan.plan_write``) and the persist stage's row (``persist.to_write``)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import cast
 
-from embedstream.adapters.chroma import ChromaIndex
-from embedstream.adapters.jobs import JobTracker
+from embedstream.adapters.chroma.writes import RefreshDocument, ReplaceDocument
 from embedstream.contracts.catalog import EMBED_WORKER, INDEX_WORKER, PERSIST_WORKER
 from embedstream.contracts.codec import STREAM_METADATA, body_to_fields
 from embedstream.schemas.envelope import Envelope
-from embedstream.schemas.events import DocumentEmbeddedV2, DocumentRemovedV2
-from embedstream.streams.messages import decode_envelope
-from embedstream.workers.index import IndexHandler
-from embedstream.workers.index_order import DocumentOrder
-from embedstream.workers.persist import to_write
+from embedstream.schemas.events import (
+    DocumentEmbeddedV2,
+    DocumentEvent,
+    DocumentRemovedV2,
+    as_v2,
+)
+from embedstream.workers.index import INDEX_STAGE
+from embedstream.workers.index_plan import Change, DocumentChanges, plan_write
+from embedstream.workers.persist import PERSIST_STAGE, to_write
 from tests.contract.interactions import EMBEDDED_STREAM, build_pact
 from tests.contract.support import write_pact
 
 KINDS = ("embedded", "removed", "reused")
 
 
-class ModelGuard:
-    """Stands in for ``ChromaIndex``: records the model/dim the handler requires."""
-
-    def __init__(self) -> None:
-        self.required: list[tuple[str, int]] = []
-
-    async def require_model(self, model: str, dim: int) -> None:
-        self.required.append((model, dim))
-
-
-def decoded(body: str | bytes | None, metadata: dict[str, object]) -> Envelope:
+def decoded(
+    body: str | bytes | None, metadata: dict[str, object], reader: str
+) -> tuple[Envelope, DocumentEvent]:
+    """The envelope and the event in its v2 form, as the stage's handler gets them."""
     assert body is not None
     assert metadata[STREAM_METADATA] == "{prefix}:embedded"
-    return decode_envelope(body_to_fields(json.loads(body)))
+    stage = INDEX_STAGE if reader == "index" else PERSIST_STAGE
+    message = stage.decoder()(body_to_fields(json.loads(body)))
+    return message.envelope, as_v2(message.payload)
 
 
 def test_index_worker_decodes_every_embedded_event() -> None:
     pact = build_pact(INDEX_WORKER, EMBED_WORKER, EMBEDDED_STREAM)
-    guard = ModelGuard()
-    handler = IndexHandler(
-        cast(ChromaIndex, guard), cast(DocumentOrder, None), cast(JobTracker, None)
-    )
     kinds: list[str] = []
 
     def consume(body: str | bytes | None, metadata: dict[str, object]) -> None:
-        envelope = decoded(body, metadata)
-        change = asyncio.run(handler._decode(0, envelope))
+        envelope, event = decoded(body, metadata, "index")
+        change = Change(0, envelope.tenant, event)
         assert change.document_id == envelope.subject
         assert change.version > 2**53  # exact, from the integer or the version text
+        write = plan_write(DocumentChanges(change.key, change.tenant, change.document_id, [change]))
         suffix = envelope.type.rsplit(".", 1)[-1]
-        if isinstance(change.event, DocumentEmbeddedV2):
-            event = change.event
-            if event.reused:
-                assert change.vectors == ()
+        if isinstance(event, DocumentEmbeddedV2):
+            if event.reused:  # re-labels the chunks Chroma holds
+                assert isinstance(write, RefreshDocument)
+                assert len(write.metadatas) == event.chunk_count
                 kinds.append(f"reused.{suffix}")
             else:
-                assert len(change.vectors) == event.chunk_count
-                assert all(v.shape == (event.dim,) for v in change.vectors)
+                assert isinstance(write, ReplaceDocument)
+                assert len(write.chunks) == event.chunk_count
+                assert all(c.embedding.shape == (event.dim,) for c in write.chunks)
                 kinds.append(f"embedded.{suffix}")
-            assert guard.required[-1] == (event.model, event.dim)
         else:
-            assert isinstance(change.event, DocumentRemovedV2)
+            assert isinstance(event, DocumentRemovedV2)
             kinds.append(f"removed.{suffix}")
 
     pact.verify(consume, "Async")
@@ -81,8 +75,8 @@ def test_persist_worker_maps_every_embedded_event_to_a_write() -> None:
     kinds: list[str] = []
 
     def consume(body: str | bytes | None, metadata: dict[str, object]) -> None:
-        envelope = decoded(body, metadata)
-        write = to_write(envelope)
+        envelope, event = decoded(body, metadata, "persist")
+        write = to_write(envelope.tenant, event)
         assert write.document_id == envelope.subject
         assert write.version > 2**53
         suffix = envelope.type.rsplit(".", 1)[-1]

@@ -20,15 +20,15 @@ import redis.asyncio as redis
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
-from embedstream.adapters.chroma import ChromaIndex
+from embedstream.adapters.chroma.index import ChromaIndex
 from embedstream.adapters.embedder import Embedder
-from embedstream.adapters.jobs import JobTracker
 from embedstream.api.commands import build_delete, build_upsert
 from embedstream.config import ConsumerSettings
 from embedstream.contracts.catalog import message_type
 from embedstream.contracts.codec import body_to_fields, fields_to_body
 from embedstream.contracts.json_schemas import schema_file
 from embedstream.errors import PoisonMessage
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.api import DocumentIn
 from embedstream.schemas.commands import DOCUMENT_UPSERT
 from embedstream.schemas.envelope import Envelope, attributes_of
@@ -43,8 +43,9 @@ from embedstream.subscribe import Subscriber
 from embedstream.workers.embed import build_embed_worker
 from embedstream.workers.index import build_index_worker
 from embedstream.workers.persist import build_persist_worker
-from tests.contract.providers import apply, ingest_entries, submit_delete, submit_upserts
+from tests.contract.providers import ingest_entries, submit_delete, submit_upserts
 from tests.contract.support import SCHEMAS
+from tests.support.builders import apply_ops
 
 # -- publishers --------------------------------------------------------------------------
 
@@ -75,15 +76,17 @@ async def test_every_job_event_the_lua_writes_fits_its_model_and_schema(
     for doc in ("a", "b", "c", "d"):
         job = ok if doc != "d" else failing
         for stage in ("index", "persist"):
-            await apply(redis_client, [tracker.stage_done(job, doc, stage)])
+            await apply_ops(redis_client, [tracker.stage_done(job, doc, stage)])
     # "e": a failure text with quotes, a newline and non-ASCII must survive the Lua's
     # JSON; "f": a dead letter, whose failure clients read as a stable code
-    await apply(redis_client, [tracker.stage_failed(failing, "e", "index", 'bad "e"\n\u00e9\\')])
+    await apply_ops(
+        redis_client, [tracker.stage_failed(failing, "e", "index", 'bad "e"\n\u00e9\\')]
+    )
     error = PoisonMessage("bad f: the database said no")
-    await apply(redis_client, tracker.dead_letter_ops("persist")(entries["f"][1], error))
+    await apply_ops(redis_client, tracker.dead_letter_ops("persist")(entries["f"][1], error))
     for stage in ("index", "persist"):
         op = tracker.stage_done(removing, "g", stage, deleted_version=entries["g"][0])
-        await apply(redis_client, [op])
+        await apply_ops(redis_client, [op])
 
     seen: list[str] = []
     for _, fields in await redis_client.xrange(names.results):

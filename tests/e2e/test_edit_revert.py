@@ -11,15 +11,19 @@ import hashlib
 import json
 import shutil
 
-import httpx
 import pytest
 import redis.asyncio as redis
 from bench.corpus import generate
 
 from embedstream.schemas.envelope import Envelope
-from embedstream.streams.names import stream_id_to_version
 from tests.e2e.conftest import PG_DSN, Stack
-from tests.e2e.stores import chroma_records, expected_chunk_ids, pg_documents, wait_for_results
+from tests.e2e.stores import (
+    chroma_records,
+    expected_chunk_ids,
+    job_version,
+    pg_documents,
+    wait_for_results,
+)
 from tests.e2e.test_pipeline import assert_clean_exit, delete, post
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -32,12 +36,6 @@ def texts(n: int) -> tuple[str, str]:
     a = f"Document {n} says what it said at first: the river runs north in spring. " * 3
     b = f"Document {n} was edited: the river runs south in autumn, and floods. " * 3
     return a, b
-
-
-def job_version(stack: Stack, job_id: str, document_id: str) -> int:
-    status = httpx.get(f"{stack.url}/v1/jobs/{job_id}", headers=stack.headers).json()
-    [item] = [i for i in status["documents"] if i["id"] == document_id]
-    return stream_id_to_version(item["version"])
 
 
 async def test_edit_and_revert_with_two_embed_replicas(

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -15,8 +14,10 @@ import redis.asyncio as redis
 from bench.corpus import generate
 
 from embedstream.schemas.tenancy import split_document_key
+from embedstream.streams.names import EMBED
 from tests.e2e.conftest import PG_DSN, Stack
 from tests.e2e.stores import chroma_records, expected_chunk_ids, pg_documents, wait_for_results
+from tests.support.streams import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -179,18 +180,16 @@ async def test_worker_killed_mid_run_loses_nothing(
     }
     start_pipeline(stack)
     job = post(stack, [{"id": k, "text": v} for k, v in texts.items()])
+
     # Wait until the embed worker has work in hand, then kill it and the persister.
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    async def embedding() -> bool:
         try:
-            pending = await results_reader.xpending(stack.names.ingest, "embedder")
+            pending = await results_reader.xpending(stack.names.ingest, EMBED.group)
         except redis.ResponseError:  # the group appears once the model has loaded
-            pending = {"pending": 0}
-        if pending["pending"]:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the embed worker never took the job's entries")
+            return False
+        return bool(pending["pending"])
+
+    await wait_until(embedding, within=120, what="the embed worker to take the job's entries")
     stack.kill("embed-0")
     stack.kill("persist-0")
     stack.start_worker("embed", "embed-1")

@@ -6,19 +6,23 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio as redis
+from fastapi import FastAPI
 
 from embedstream.adapters.postgres import create_pool
 from embedstream.adapters.postgres.migrate import migrate
 from embedstream.adapters.postgres.pool import quote_ident
-from embedstream.api.apikeys import ApiKeyRecord, ApiKeyStore
 from embedstream.api.app import create_app
+from embedstream.api.security.apikeys import ApiKeyRecord, ApiKeyStore
 from embedstream.config import PostgresSettings, Settings
+from embedstream.jobs.tracker import JobTracker
+from embedstream.streams.names import StreamNames
 
 PG_DSN = os.environ.get(
     "EMBEDSTREAM_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -114,9 +118,13 @@ def with_key_store(settings: Settings, schema: str) -> Settings:
 
 
 async def open_client(
-    settings: Settings, headers: dict[str, str] | None = None
+    settings: Settings,
+    headers: dict[str, str] | None = None,
+    *,
+    started: Callable[[FastAPI], None] | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client on ``create_app(settings)`` with its lifespan running."""
+    """An HTTP client on ``create_app(settings)`` with its lifespan running; ``started``
+    sees the app once its lifespan has started (to reach what it built)."""
     app = create_app(settings)
     async with (
         app.router.lifespan_context(app),
@@ -126,4 +134,12 @@ async def open_client(
             headers=headers,
         ) as client,
     ):
+        if started is not None:
+            started(app)
         yield client
+
+
+@pytest.fixture
+def tracker(redis_client: redis.Redis, names: StreamNames) -> JobTracker:
+    """The job bookkeeping of the test's prefix."""
+    return JobTracker(redis_client, names)

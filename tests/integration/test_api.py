@@ -6,7 +6,6 @@ real lifespan."""
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,15 +15,15 @@ import pytest
 import redis.asyncio as redis
 from structlog.testing import capture_logs
 
-from embedstream.adapters.jobs import JobTracker
-from embedstream.api.app import create_app
 from embedstream.api.commands import SOURCE
 from embedstream.config import ApiSettings, RedisSettings, Settings
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.commands import DocumentDelete, DocumentUpsert
 from embedstream.schemas.envelope import Envelope
 from embedstream.streams.names import StreamNames
 from tests.conftest import REDIS_URL
-from tests.integration.conftest import ApiKeys, with_key_store
+from tests.integration.conftest import ApiKeys, open_client, with_key_store
+from tests.support.builders import apply_ops
 
 pytestmark = pytest.mark.integration
 
@@ -45,33 +44,13 @@ def make_settings(prefix: str, keys: ApiKeys, redis_url: str = REDIS_URL) -> Set
     return settings
 
 
-async def open_client(settings: Settings, key: str) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://testserver",
-            headers={"X-API-Key": key},  # documents:write and jobs:read
-        ) as client,
-    ):
-        yield client
-
-
 @pytest.fixture
 async def client(
     prefix: str, redis_client: redis.Redis, api_keys: ApiKeys
 ) -> AsyncIterator[httpx.AsyncClient]:
     # redis_client first: its teardown removes this test's keys after the app stops
-    async for c in open_client(make_settings(prefix, api_keys), api_keys.full):
+    async for c in open_client(make_settings(prefix, api_keys), {"X-API-Key": api_keys.full}):
         yield c
-
-
-@pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def ingest(redis_client: redis.Redis, names: StreamNames) -> list[Envelope]:
@@ -139,6 +118,17 @@ async def test_upsert_puts_the_command_on_the_ingest_stream(
     )
     assert type(payload.metadata["b"]) is bool
     assert type(payload.metadata["n"]) is int
+    # the job keeps the request's trace context for its result (job.completed/job.failed)
+    assert await redis_client.hget(names.key("job", job_id), "traceparent") == TRACEPARENT.encode()
+
+
+async def test_a_job_without_a_valid_traceparent_keeps_none(
+    client: httpx.AsyncClient, redis_client: redis.Redis, names: StreamNames
+) -> None:
+    for headers in ({}, {"traceparent": "00-bad"}):
+        response = await client.delete("/v1/documents/d", headers=headers)
+        job_id = response.json()["job_id"]
+        assert await redis_client.hexists(names.key("job", job_id), "traceparent") is False
 
 
 async def test_a_single_document_without_the_wrapper_gets_a_generated_id(
@@ -539,10 +529,7 @@ async def test_job_status_follows_the_stage_marks(
     tracker = JobTracker(redis_client, names)
 
     async def mark(*ops: Any) -> None:
-        async with redis_client.pipeline(transaction=True) as pipe:
-            for op in ops:
-                await op(pipe)
-            await pipe.execute()
+        await apply_ops(redis_client, ops)
 
     queued = (await client.get(f"/v1/jobs/{job_id}")).json()
     assert queued["state"] == "queued"
@@ -590,7 +577,7 @@ async def test_redis_down_is_503_with_retry_after(
     closed_port: int, prefix: str, api_keys: ApiKeys
 ) -> None:
     settings = make_settings(prefix, api_keys, redis_url=f"redis://127.0.0.1:{closed_port}/0")
-    async for client in open_client(settings, api_keys.full):
+    async for client in open_client(settings, {"X-API-Key": api_keys.full}):
         healthz = await client.get("/healthz")
         readyz = await client.get("/readyz")
         post = await client.post("/v1/documents", json={"text": "x"})

@@ -4,7 +4,6 @@ that a store would refuse (item 9). Real Redis and PostgreSQL."""
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,13 +12,14 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
-from embedstream.adapters.jobs import JobTracker
 from embedstream.errors import PermanentError, PoisonMessage
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import JobFailed
 from embedstream.streams.names import StreamNames
-from tests.integration.conftest import ApiKeys, create_key
-from tests.integration.test_api import make_settings, open_client, validation_errors
+from tests.integration.conftest import ApiKeys, create_key, open_client
+from tests.integration.test_api import make_settings, validation_errors
+from tests.support.builders import apply_ops
 
 pytestmark = pytest.mark.integration
 
@@ -28,17 +28,12 @@ pytestmark = pytest.mark.integration
 async def client(
     prefix: str, redis_client: redis.Redis, api_keys: ApiKeys
 ) -> AsyncIterator[httpx.AsyncClient]:
-    async for c in open_client(make_settings(prefix, api_keys), api_keys.full):
+    async for c in open_client(make_settings(prefix, api_keys), {"X-API-Key": api_keys.full}):
         yield c
 
 
 async def mark(redis_client: redis.Redis, *ops: Any) -> None:
-    async with redis_client.pipeline(transaction=True) as pipe:
-        for op in ops:
-            queued = op(pipe)
-            if inspect.isawaitable(queued):
-                await queued
-        await pipe.execute()
+    await apply_ops(redis_client, ops)
 
 
 # -- item 5: job ids ----------------------------------------------------------------------
@@ -53,7 +48,7 @@ async def test_a_job_key_suffix_is_not_a_job(
     _, key = await create_key(pg_schema, "done", "documents:write", "jobs:read")
     settings = make_settings(prefix, ApiKeys(pg_schema, key, key, key, key, key))
     tracker = JobTracker(redis_client, names)
-    async for client in open_client(settings, key):
+    async for client in open_client(settings, {"X-API-Key": key}):
         job_id = (await client.post("/v1/documents", json={"id": "tenant", "text": "x"})).json()[
             "job_id"
         ]

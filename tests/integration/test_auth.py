@@ -20,9 +20,9 @@ import structlog
 from structlog.testing import LogCapture
 from typer.testing import CliRunner
 
-from embedstream.api.apikeys import ApiKeyStore
-from embedstream.api.auth import PrincipalDep
-from embedstream.api.tokens import issue_token
+from embedstream.api.security.apikeys import ApiKeyStore
+from embedstream.api.security.guards import PrincipalDep
+from embedstream.api.security.tokens import issue_token
 from embedstream.cli import app as cli_app
 from embedstream.config import AuthSettings, PostgresSettings, RedisSettings, Settings
 from embedstream.logging import configure_logging
@@ -36,6 +36,7 @@ from tests.integration.conftest import (
     open_client,
     with_key_store,
 )
+from tests.support.streams import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -270,11 +271,16 @@ async def test_a_revoked_key_stops_working_within_the_cache_ttl(
             await ApiKeyStore(pool).revoke(record.id)
         finally:
             await pool.close()
-        deadline = time.monotonic() + 5
-        while (response := await client.get("/v1/jobs/x")).status_code != 401:
-            assert time.monotonic() < deadline, "the revoked key is still accepted"
-            time.sleep(0.05)
-        assert_401(response, f"API key {record.id} was revoked at")
+        answers: list[httpx.Response] = []
+
+        async def refused(
+            client: httpx.AsyncClient = client, answers: list[httpx.Response] = answers
+        ) -> bool:
+            answers.append(await client.get("/v1/jobs/x"))
+            return answers[-1].status_code == 401
+
+        await wait_until(refused, within=5, what="the revoked key to be refused")
+        assert_401(answers[-1], f"API key {record.id} was revoked at")
 
 
 async def test_a_verified_key_is_cached_and_its_use_recorded(
@@ -313,15 +319,6 @@ async def test_postgres_down_is_503_for_keys_while_jwts_still_work(
     assert by_key.headers["retry-after"] == "5"
     assert "credential store (PostgreSQL) is unavailable" in by_key.json()["error"]
     assert by_jwt.status_code == 404
-
-
-@pytest.fixture
-def closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_routes_get_the_principal(
@@ -375,7 +372,7 @@ def test_keys_cli_creates_lists_and_revokes(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("EMBEDSTREAM_DATABASE_URL", PG_DSN)
     monkeypatch.setenv("EMBEDSTREAM_DATABASE_SCHEMA", schema)
     # structlog would keep writing to the first invocation's (then closed) stderr
-    monkeypatch.setattr("embedstream.api.keys_cli.configure_logging", lambda *a, **k: None)
+    monkeypatch.setattr("embedstream.api.security.cli.configure_logging", lambda *a, **k: None)
     runner = CliRunner()
     try:
         created = runner.invoke(
@@ -423,7 +420,7 @@ def test_keys_cli_creates_lists_and_revokes(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_token_cli_issues_a_verifiable_jwt(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMBEDSTREAM_JWT_SECRET", JWT_SECRET)
-    monkeypatch.setattr("embedstream.api.keys_cli.configure_logging", lambda *a, **k: None)
+    monkeypatch.setattr("embedstream.api.security.cli.configure_logging", lambda *a, **k: None)
     result = CliRunner().invoke(
         cli_app,
         ["token", "issue", "--tenant", "acme", "--scope", "jobs:read", "--ttl", "900"],

@@ -13,8 +13,8 @@ import pytest
 import redis.asyncio as redis
 from fastapi import FastAPI
 
-from embedstream.api import credentials
 from embedstream.api.app import create_app
+from embedstream.api.security import credentials
 from embedstream.config import AuthSettings, Settings
 from tests.integration.conftest import JWT_SECRET, ApiKeys
 from tests.integration.test_auth import raw_token, settings_for

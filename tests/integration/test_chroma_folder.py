@@ -16,12 +16,13 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from embedstream.adapters.chroma import ChromaIndex
-from embedstream.adapters.chroma_folder import WriterLock
+from embedstream.adapters.chroma.folder import WriterLock
+from embedstream.adapters.chroma.index import ChromaIndex
 from embedstream.config import ChromaSettings, PostgresSettings, Settings
 from embedstream.reindex import reindex
 from embedstream.streams.names import StreamNames
-from embedstream.workers import index as index_worker
+from embedstream.workers.index import INDEX_STAGE
+from embedstream.workers.stage import run_stage
 from tests.conftest import REDIS_URL
 from tests.integration.conftest import PG_DSN
 from tests.support.chroma_openers import open_together
@@ -34,7 +35,7 @@ HOLD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from embedstream.adapters.chroma_folder import WriterLock
+    from embedstream.adapters.chroma.folder import WriterLock
     lock = WriterLock(Path(sys.argv[1]))
     assert lock.try_acquire()
     print("held", flush=True)
@@ -84,15 +85,29 @@ def test_one_writer_per_folder_and_a_killed_holder_frees_it(tmp_path: Path) -> N
     assert not mine.held
 
 
-async def test_a_standby_waits_until_stopped(tmp_path: Path) -> None:
+async def test_a_standby_waits_until_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "chroma"
     holder = hold_writer_lock(folder)
     index = ChromaIndex(ChromaSettings(chroma_path=folder, chroma_url=None))
     stop = asyncio.Event()
+    tries: list[bool] = []
+    try_acquire = WriterLock.try_acquire
+
+    def counted(lock: WriterLock) -> bool:
+        tries.append(try_acquire(lock))
+        return tries[-1]
+
+    monkeypatch.setattr(WriterLock, "try_acquire", counted)
     try:
         waiting = asyncio.create_task(index.acquire_writer(stop, check_every_s=0.05))
-        await asyncio.sleep(0.3)
-        assert not waiting.done()  # a standby, not a crash
+
+        async def asked_again() -> bool:
+            return len(tries) >= 3
+
+        await wait_until(asked_again, within=10, what="the standby to ask for the lock again")
+        assert not waiting.done() and not any(tries)  # a standby, not a crash
         stop.set()
         assert await asyncio.wait_for(waiting, 5) is False
     finally:
@@ -128,7 +143,7 @@ async def test_an_index_worker_waits_for_a_chroma_server_that_is_not_up_yet(
         monkeypatch.setenv(key, value)
     stop = asyncio.Event()
     with capture_logs() as logs:
-        running = asyncio.create_task(index_worker.run(Settings(), stop))
+        running = asyncio.create_task(run_stage(INDEX_STAGE, Settings(), stop))
 
         def waiting() -> int:
             return sum(e["event"] == "chroma unavailable, retrying" for e in logs)

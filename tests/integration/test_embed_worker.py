@@ -13,9 +13,10 @@ import pytest
 import redis.asyncio as redis
 
 from embedstream.adapters.embedder import PACKAGED_MODEL_NAME, Embedder
-from embedstream.adapters.jobs import JobStatus, JobTracker, Submission
 from embedstream.config import ConsumerSettings, EmbedSettings, Settings
 from embedstream.errors import PoisonMessage
+from embedstream.jobs.status import JobStatus
+from embedstream.jobs.tracker import JobTracker, Submission
 from embedstream.schemas.commands import (
     DOCUMENT_DELETE,
     DOCUMENT_REEMBED,
@@ -36,11 +37,14 @@ from embedstream.schemas.events import (
 )
 from embedstream.schemas.vectors import decode_vector
 from embedstream.schemas.versions import version_text
+from embedstream.streams.decoding import Decoded
 from embedstream.streams.messages import Ack, DeadLetter, Message
 from embedstream.streams.names import StreamNames, as_text, stream_id_to_version
 from embedstream.streams.runner import RunStats
 from embedstream.workers import embed as embed_worker
-from embedstream.workers.embed import build_embed_worker
+from embedstream.workers.embed import EMBED_STAGE, build_embed_worker
+from embedstream.workers.reuse import EmbeddingRegister, StoredEmbedding
+from embedstream.workers.stage import run_stage
 from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.integration
@@ -58,11 +62,6 @@ def embedder() -> Iterator[Embedder]:
     loaded = Embedder.load(EmbedSettings())
     yield loaded
     loaded.close()
-
-
-@pytest.fixture
-def tracker(redis_client: redis.Redis, names: StreamNames) -> JobTracker:
-    return JobTracker(redis_client, names)
 
 
 TENANT = "acme"
@@ -350,7 +349,7 @@ async def test_poison_and_blank_documents_are_dead_lettered_alone(
     assert b"whitespace" in by_subject["blank"][b"dlq_error"]
     assert by_subject["blank"][b"dlq_stage"] == b"embed"
     assert dead[unknown.id][b"dlq_error_type"] == b"PoisonMessage"
-    assert b"unknown command type" in dead[unknown.id][b"dlq_error"]
+    assert b"unknown type 'document.frobnicate.v1'" in dead[unknown.id][b"dlq_error"]
 
     status = await job(tracker, job_id)
     states = {item.document_id: (item.state, item.stages) for item in status.items}
@@ -366,13 +365,13 @@ async def test_poison_and_blank_documents_are_dead_lettered_alone(
 async def test_stored_hash_never_moves_backwards(
     redis_client: redis.Redis, names: StreamNames, embedder: Embedder, tracker: JobTracker
 ) -> None:
-    handler = embed_worker.EmbedHandler(redis_client, names, embedder, embedder.chunker(), tracker)
+    register = EmbeddingRegister(redis_client, names)
     key = names.key("embed", "hashes")
     big = stream_id_to_version("1767225600000-5")  # beyond a Lua double's exact range
     for version, digest in [(big, "new"), (big - 1, "older"), (big, "same"), (big + 1, "newer")]:
-        stored = embed_worker.StoredEmbedding(digest, version, 3, "p")
+        stored = StoredEmbedding(digest, version, 3, "p")
         async with redis_client.pipeline(transaction=True) as pipe:
-            await handler._store_op("acme/doc", stored)(pipe)
+            await register.advance("acme/doc", stored)(pipe)
             await pipe.execute()
     assert await redis_client.hget(key, "acme/doc") == f"newer|{big + 1}|3|p".encode()
 
@@ -405,7 +404,9 @@ async def test_run_loads_the_model_and_closes_what_it_opened(
 
     monkeypatch.setattr(embed_worker, "load_embedder", load)
     await submit(tracker, [upsert("one", "Run me once.")])
-    stats = await asyncio.wait_for(embed_worker.run(settings, asyncio.Event(), burst=True), 120)
+    stats = await asyncio.wait_for(
+        run_stage(EMBED_STAGE, settings, asyncio.Event(), burst=True), 120
+    )
     assert stats.acked == 1
     assert set(await embedded(redis_client, names)) == {"one"}
     assert opened[0]._executor._shutdown  # closed in finally
@@ -491,7 +492,8 @@ async def test_an_entry_id_beyond_storable_versions_is_dead_lettered(
     handler = embed_worker.EmbedHandler(redis_client, names, embedder, embedder.chunker(), tracker)
     command = upsert("doc", "Some text.")
     envelope = Envelope.wrap(DOCUMENT_UPSERT, command, source="test", tenant=TENANT, subject="doc")
-    [outcome] = await handler([Message("9999999999999-0", names.ingest, {}, envelope, 1)])
+    body = Decoded(envelope, command)
+    [outcome] = await handler([Message("9999999999999-0", names.ingest, {}, body, 1)])
     assert isinstance(outcome, DeadLetter)
     assert isinstance(outcome.error, PoisonMessage)
 

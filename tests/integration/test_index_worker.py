@@ -9,73 +9,69 @@ Events are produced here directly on ``{prefix}:embedded``; jobs are submitted w
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import chromadb
-import httpx
 import numpy as np
 import pytest
 import redis.asyncio as redis
 from chromadb.config import Settings as ChromaClientSettings
+from pydantic import BaseModel
 from redis.exceptions import ResponseError
 from structlog.testing import capture_logs
 
-from embedstream.adapters import chroma as chroma_adapter
-from embedstream.adapters.chroma import ChromaIndex, DocumentWrite
-from embedstream.adapters.jobs import JobTracker, Submission
+from embedstream.adapters.chroma import chunks as chroma_chunks
+from embedstream.adapters.chroma import collection as chroma_collection
+from embedstream.adapters.chroma.index import ChromaIndex
+from embedstream.adapters.chroma.writes import IndexWrite
 from embedstream.config import ChromaSettings, ConsumerSettings, Settings
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.commands import (
-    DOCUMENT_DELETE,
     DOCUMENT_REEMBED,
-    DOCUMENT_UPSERT,
-    DocumentDelete,
     DocumentReembed,
-    DocumentUpsert,
     MetadataValue,
 )
 from embedstream.schemas.envelope import Envelope, attributes_of
 from embedstream.schemas.events import (
     DOCUMENT_EMBEDDED,
-    DOCUMENT_EMBEDDED_V2,
     DOCUMENT_REMOVED,
     DocumentEmbedded,
     DocumentEmbeddedV2,
     DocumentRemoved,
     EmbeddedChunk,
 )
+from embedstream.schemas.tenancy import chunk_id
 from embedstream.schemas.vectors import decode_vector, encode_vector
 from embedstream.schemas.versions import version_text
-from embedstream.streams.names import INDEXER_GROUP, StreamNames
+from embedstream.streams.names import INDEX, StreamNames
 from embedstream.streams.runner import RunStats
 from embedstream.workers import index as index_worker
-from embedstream.workers.index import build_index_worker
+from embedstream.workers.index import INDEX_STAGE, build_index_worker
+from embedstream.workers.stage import run_stage
 from tests.conftest import REDIS_URL
+from tests.support.builders import (
+    DIM,
+    MODEL,
+    TENANT,
+    Kind,
+    embedded_event,
+    removed_event,
+    submit_job,
+    unit_vector,
+)
+from tests.support.builders import publish as publish_events
+from tests.support.chroma_server import chroma_server as start_chroma_server
 from tests.support.redis_server import PrivateRedis
 from tests.support.streams import wait_until
 
 pytestmark = pytest.mark.integration
 
-DIM = 8
-MODEL = "test-model"
 COLLECTION = "test-index"
-rng = np.random.default_rng(7)
 
 
 # -- helpers -----------------------------------------------------------------------
-
-
-def unit(vector: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
-    array = np.asarray(vector, dtype=np.float32)
-    return (array / np.linalg.norm(array)).astype(np.float32)
 
 
 def embedded(
@@ -83,32 +79,9 @@ def embedded(
     document_id: str,
     version: int,
     texts: Sequence[str] = ("alpha", "beta"),
-    *,
-    metadata: dict[str, MetadataValue] | None = None,
-    model: str = MODEL,
-    dim: int = DIM,
-    vectors: Sequence[Any] | None = None,
-    reused: bool = False,
-    content_hash: str | None = None,
+    **options: Any,
 ) -> DocumentEmbedded:
-    vectors = vectors or [unit(rng.standard_normal(dim)) for _ in texts]
-    chunks = [
-        EmbeddedChunk(id=f"{document_id}:{n}", index=n, text=text, vector=encode_vector(vec))
-        for n, (text, vec) in enumerate(zip(texts, vectors, strict=True))
-    ]
-    return DocumentEmbedded(
-        job_id=job_id,
-        document_id=document_id,
-        version=version,
-        content_hash=content_hash or f"h-{'|'.join(texts)}",
-        model=model,
-        dim=dim,
-        text=" ".join(texts),
-        metadata=metadata or {},
-        chunk_count=len(texts),
-        reused=reused,
-        chunks=[] if reused else chunks,
-    )
+    return embedded_event(job_id, document_id, version, texts, **options)
 
 
 def reused(
@@ -121,33 +94,10 @@ def reused(
     return embedded(job_id, document_id, version, texts, metadata=metadata, reused=True)
 
 
-def removed(job_id: str, document_id: str, version: int) -> DocumentRemoved:
-    return DocumentRemoved(job_id=job_id, document_id=document_id, version=version)
-
-
-TENANT = "acme"
-
-
 async def publish(
-    client: redis.Redis,
-    names: StreamNames,
-    *events: DocumentEmbedded | DocumentRemoved,
-    tenant: str = TENANT,
+    client: redis.Redis, names: StreamNames, *events: BaseModel, tenant: str = TENANT
 ) -> None:
-    for event in events:
-        kind = DOCUMENT_REMOVED if isinstance(event, DocumentRemoved) else DOCUMENT_EMBEDDED
-        env = Envelope.wrap(kind, event, source="tests", tenant=tenant, subject=event.document_id)
-        await client.xadd(names.embedded, env.to_fields())  # type: ignore[arg-type]
-
-
-async def publish_v2(
-    client: redis.Redis, names: StreamNames, *events: DocumentEmbeddedV2, tenant: str = TENANT
-) -> None:
-    for event in events:
-        env = Envelope.wrap(
-            DOCUMENT_EMBEDDED_V2, event, source="tests", tenant=tenant, subject=event.document_id
-        )
-        await client.xadd(names.embedded, env.to_fields())  # type: ignore[arg-type]
+    await publish_events(client, names.embedded, *events, tenant=tenant)
 
 
 async def ingest_commands(client: redis.Redis, names: StreamNames) -> list[Envelope]:
@@ -157,22 +107,10 @@ async def ingest_commands(client: redis.Redis, names: StreamNames) -> list[Envel
 
 
 async def submit(
-    tracker: JobTracker, job_id: str, docs: dict[str, str], tenant: str = TENANT
+    tracker: JobTracker, job_id: str, docs: dict[str, Kind], tenant: str = TENANT
 ) -> None:
     """A job with ``docs``: document id -> "upsert" | "delete"."""
-    subs = []
-    for doc, kind in docs.items():
-        payload: DocumentUpsert | DocumentDelete
-        if kind == "upsert":
-            payload, type_ = (
-                DocumentUpsert(job_id=job_id, document_id=doc, text="x"),
-                DOCUMENT_UPSERT,
-            )
-        else:
-            payload, type_ = DocumentDelete(job_id=job_id, document_id=doc), DOCUMENT_DELETE
-        env = Envelope.wrap(type_, payload, source="tests", tenant=tenant, subject=doc)
-        subs.append(Submission(doc, kind, env))
-    await tracker.submit(job_id, subs, tenant=tenant)
+    await submit_job(tracker, docs, job_id=job_id, tenant=tenant, text="x")
 
 
 async def dead_letters(client: redis.Redis, names: StreamNames) -> list[dict[bytes, bytes]]:
@@ -222,11 +160,6 @@ async def run_worker(
 ) -> RunStats:
     worker = build_index_worker(client, names, cfg, index, **kwargs)
     return await asyncio.wait_for(worker.run(burst=True), 60)
-
-
-@pytest.fixture
-def tracker(redis_client: redis.Redis, names: StreamNames) -> JobTracker:
-    return JobTracker(redis_client, names)
 
 
 @pytest.fixture
@@ -321,7 +254,7 @@ async def test_removal_deletes_every_chunk_and_only_that_document(
     )
     await run_worker(redis_client, names, fast_settings, index)
     await submit(tracker, "j2", {"gone": "delete"})
-    await publish(redis_client, names, removed("j2", "gone", 3))
+    await publish(redis_client, names, removed_event("j2", "gone", 3))
 
     stats = await run_worker(redis_client, names, fast_settings, index)
 
@@ -346,7 +279,7 @@ async def test_older_versions_are_refused_after_newer_ones(
         redis_client,
         names,
         embedded("j2", "d", 20, ("new",)),
-        removed("j3", "e", 30),
+        removed_event("j3", "e", 30),
     )
     await run_worker(redis_client, names, fast_settings, index)
 
@@ -377,10 +310,10 @@ async def test_one_batch_applies_only_the_newest_version(
     tracker: JobTracker,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    writes: list[list[DocumentWrite]] = []
+    writes: list[list[IndexWrite]] = []
     original = ChromaIndex.apply
 
-    async def spy(self: ChromaIndex, batch: Sequence[DocumentWrite]) -> dict[str, Exception]:
+    async def spy(self: ChromaIndex, batch: Sequence[IndexWrite]) -> dict[str, Exception]:
         writes.append(list(batch))
         return await original(self, batch)
 
@@ -390,7 +323,7 @@ async def test_one_batch_applies_only_the_newest_version(
         names,
         embedded("j1", "d", 3, ("three",)),
         embedded("j1", "d", 1, ("one", "one")),
-        removed("j1", "x", 5),
+        removed_event("j1", "x", 5),
         embedded("j1", "d", 2, ("two", "two", "two")),
         embedded("j1", "x", 4, ("x",)),
     )
@@ -414,7 +347,7 @@ async def test_replicas_apply_each_document_in_version_order(
     applied: list[tuple[str, int]] = []
     original = ChromaIndex.apply
 
-    async def slow_apply(self: ChromaIndex, batch: Sequence[DocumentWrite]) -> dict[str, Exception]:
+    async def slow_apply(self: ChromaIndex, batch: Sequence[IndexWrite]) -> dict[str, Exception]:
         await asyncio.sleep(0.01)
         result = await original(self, batch)
         for write in batch:
@@ -424,22 +357,22 @@ async def test_replicas_apply_each_document_in_version_order(
 
     # remember each write's version via the plans the handler builds
     versions_of: dict[int, int] = {}
-    original_plan = index_worker.IndexHandler._plan_write
+    original_plan = index_worker.plan_write
 
-    def plan_write(self: Any, plan: Any) -> DocumentWrite:
-        write = original_plan(self, plan)
-        versions_of[id(write)] = plan.latest.version
+    def plan_write(document: Any, **options: Any) -> IndexWrite:
+        write = original_plan(document, **options)
+        versions_of[id(write)] = document.latest.version
         return write
 
     monkeypatch.setattr(ChromaIndex, "apply", slow_apply)
-    monkeypatch.setattr(index_worker.IndexHandler, "_plan_write", plan_write)
+    monkeypatch.setattr(index_worker, "plan_write", plan_write)
 
     docs = ["p", "q", "r"]
     events: list[DocumentEmbedded | DocumentRemoved] = []
     for version in range(1, 61):
         doc = docs[version % 3]
         if version % 7 == 0:
-            events.append(removed("j", doc, version))
+            events.append(removed_event("j", doc, version))
         else:
             events.append(embedded("j", doc, version, [f"{doc}{version}"] * (1 + version % 4)))
     await publish(redis_client, names, *events)
@@ -573,7 +506,7 @@ async def test_reused_embedding_waits_for_its_base(
 
     async def retried() -> bool:
         try:
-            rows = await redis_client.xpending_range(names.embedded, INDEXER_GROUP, "-", "+", 1)
+            rows = await redis_client.xpending_range(names.embedded, INDEX.group, "-", "+", 1)
         except ResponseError:  # the group is not there yet
             return False
         return bool(rows) and int(rows[0]["times_delivered"]) >= 2
@@ -647,9 +580,7 @@ async def test_reuse_whose_base_was_indexed_with_other_content_reembeds_at_once(
     await run_worker(redis_client, names, fast_settings, index)
     index.collection.delete(ids=[f"{TENANT}/d:0"])  # the chunks are gone
     reuse = DocumentEmbeddedV2.from_v1(reused("j2", "d", 2, ("A",)))
-    await publish_v2(
-        redis_client, names, reuse.model_copy(update={"base_version": version_text(1)})
-    )
+    await publish(redis_client, names, reuse.model_copy(update={"base_version": version_text(1)}))
 
     stats = await run_worker(redis_client, names, fast_settings, index)
 
@@ -713,7 +644,7 @@ async def test_query_by_embedding_finds_the_document_by_cosine(
     metadatas = reply["metadatas"]
     assert metadatas is not None
     assert [m["document_id"] for m in metadatas[0]] == ["doc-5", "doc-2"]
-    assert chroma_adapter.SPACE == "cosine"
+    assert chroma_collection.SPACE == "cosine"
     config: Any = index.collection.configuration
     assert config["hnsw"]["space"] == "cosine"
 
@@ -721,51 +652,10 @@ async def test_query_by_embedding_finds_the_document_by_cosine(
 # -- server mode -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def chroma_server(tmp_path: Path) -> Iterator[str]:
-    binary = Path(sys.executable).parent / "chroma"
-    if not binary.exists():
-        found = shutil.which("chroma")
-        if found is None:
-            pytest.fail("the `chroma` command (from the chromadb wheel) is not installed")
-        binary = Path(found)
-    port = _free_port()
-    log = (tmp_path / "chroma-server.log").open("wb")
-    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
-    proc = subprocess.Popen(
-        [str(binary), "run", "--path", str(tmp_path / "server"), "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"chroma server did not start: {(tmp_path / 'chroma-server.log').read_text()}"
-                )
-            time.sleep(0.2)
+    with start_chroma_server(tmp_path / "server") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 async def test_run_against_a_chroma_server(
@@ -790,10 +680,12 @@ async def test_run_against_a_chroma_server(
         names,
         embedded("j0", "b", 1, ("to", "delete")),
         embedded("j1", "a", 2, ("hello", "server"), metadata={"k": "v"}),
-        removed("j1", "b", 3),
+        removed_event("j1", "b", 3),
     )
 
-    stats = await asyncio.wait_for(index_worker.run(Settings(), asyncio.Event(), burst=True), 60)
+    stats = await asyncio.wait_for(
+        run_stage(INDEX_STAGE, Settings(), asyncio.Event(), burst=True), 60
+    )
 
     assert (stats.acked, stats.dead_lettered) == (3, 0)
     host, port = chroma_server.removeprefix("http://").split(":")
@@ -807,22 +699,22 @@ async def test_run_against_a_chroma_server(
     assert {m["k"] for m in got["metadatas"]} == {"v"}
     assert collection.metadata == {"embedding_model": MODEL, "embedding_dim": DIM}
     assert await index_stage(tracker, "j1") == {"a": "done", "b": "done"}
-    pending = await redis_client.xpending(names.embedded, INDEXER_GROUP)
+    pending = await redis_client.xpending(names.embedded, INDEX.group)
     assert pending["pending"] == 0
 
 
 def test_adapter_functions_rebuild_a_collection(tmp_path: Path) -> None:
     """What `embedstream reindex` uses: upsert_chunks and delete_documents, synchronously."""
-    client = chroma_adapter.create_client(
+    client = chroma_collection.create_client(
         ChromaSettings(chroma_path=tmp_path / "c", chroma_url=None)
     )
-    collection = chroma_adapter.open_collection(client, "rebuild")
-    chroma_adapter.bind_model(client, "rebuild", MODEL, DIM)
+    collection = chroma_collection.open_collection(client, "rebuild")
+    chroma_collection.bind_model(client, "rebuild", MODEL, DIM)
     chunks = [
-        chroma_adapter.ChunkRecord(
-            id=chroma_adapter.chunk_id(tenant, doc, n),
-            embedding=unit(rng.standard_normal(DIM)),
-            metadata=chroma_adapter.chunk_metadata(
+        chroma_chunks.ChunkRecord(
+            id=chunk_id(tenant, doc, n),
+            embedding=unit_vector(DIM),
+            metadata=chroma_chunks.chunk_metadata(
                 {},
                 tenant=tenant,
                 document_id=doc,
@@ -836,16 +728,16 @@ def test_adapter_functions_rebuild_a_collection(tmp_path: Path) -> None:
         for doc in ("a", "b")
         for n in range(3)
     ]
-    assert chroma_adapter.upsert_chunks(collection, chunks, batch_size=4) == 12
-    assert chroma_adapter.delete_documents(collection, "t1", ["a", "missing"]) == 3
+    assert chroma_chunks.upsert_chunks(collection, chunks, batch_size=4) == 12
+    assert chroma_chunks.delete_documents(collection, "t1", ["a", "missing"]) == 3
     assert sorted(collection.get()["ids"]) == [
         "t1/b:0",
         "t1/b:1",
         "t1/b:2",
         *(f"t2/{doc}:{n}" for doc in "ab" for n in range(3)),
     ]
-    with pytest.raises(chroma_adapter.ModelMismatch, match="other"):
-        chroma_adapter.bind_model(client, "rebuild", "other", DIM)
+    with pytest.raises(chroma_collection.ModelMismatch, match="other"):
+        chroma_collection.bind_model(client, "rebuild", "other", DIM)
 
 
 async def test_tenants_index_the_same_document_id_apart(
@@ -868,7 +760,7 @@ async def test_tenants_index_the_same_document_id_apart(
     assert records(index, "d", tenant="t-b")["d:0"]["metadata"]["version"] == 20
 
     await submit(tracker, "jb2", {"d": "delete"}, tenant="t-b")
-    await publish(redis_client, names, removed("jb2", "d", 30), tenant="t-b")
+    await publish(redis_client, names, removed_event("jb2", "d", 30), tenant="t-b")
     await submit(tracker, "ja2", {"d": "upsert"}, tenant="t-a")
     await publish(redis_client, names, embedded("ja2", "d", 15, ("a-new",)), tenant="t-a")
     stats = await run_worker(redis_client, names, fast_settings, index)

@@ -24,9 +24,9 @@ import asyncpg
 import pytest
 import redis.asyncio as redis
 
-from embedstream.adapters.chroma import ChromaIndex
-from embedstream.adapters.jobs import JobTracker
+from embedstream.adapters.chroma.index import ChromaIndex
 from embedstream.config import ChromaSettings, ConsumerSettings
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.versions import parse_version
 from embedstream.streams.names import StreamNames, as_text
 from embedstream.workers.embed import build_embed_worker

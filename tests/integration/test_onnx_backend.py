@@ -18,11 +18,12 @@ from bench.corpus import generate
 from structlog.testing import capture_logs
 
 from embedstream.adapters import model_cache
-from embedstream.adapters.chroma import ChromaIndex, ModelMismatch
+from embedstream.adapters.chroma.collection import ModelMismatch
+from embedstream.adapters.chroma.index import ChromaIndex
 from embedstream.adapters.embedder import PACKAGED_MODEL_NAME, Embedder
-from embedstream.adapters.jobs import JobTracker
 from embedstream.adapters.model_cache import GRAPH_FILES, ExportUnavailable
 from embedstream.config import ChromaSettings, EmbedSettings
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import DOCUMENT_EMBEDDED, DocumentEmbedded
 from embedstream.schemas.vectors import decode_vector

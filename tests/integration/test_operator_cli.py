@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 import redis.asyncio as redis
@@ -47,12 +48,12 @@ async def dead_letter_all(
 async def test_status_reports_length_lag_pending_consumers_and_dead_letters(
     redis_client: redis.Redis, names: StreamNames, fast_settings: ConsumerSettings
 ) -> None:
-    await produce(redis_client, names.ingest, 2)
+    a_minute_ago = int(time.time() * 1000) - 60_000  # entries of the past: ages without waiting
+    await produce(redis_client, names.ingest, 2, at_ms=a_minute_ago)
     await dead_letter_all(redis_client, names, fast_settings)  # 2 dead letters, group made
-    await produce(redis_client, names.ingest, 5)
+    await produce(redis_client, names.ingest, 5, start=2, at_ms=a_minute_ago)
     # a consumer takes 3 and sits on them; 2 stay unread (lag)
     await redis_client.xreadgroup("embedder", "slowpoke", {names.ingest: ">"}, count=3)
-    await asyncio.sleep(0.05)
 
     result = run_cli(names.prefix, "status", "--json")
     assert result.returncode == 0, result.stderr
@@ -62,7 +63,7 @@ async def test_status_reports_length_lag_pending_consumers_and_dead_letters(
     assert group["name"] == "embedder"
     assert group["pending"] == 3
     assert group["lag"] == 2
-    assert group["oldest_pending_age_ms"] >= 50
+    assert group["oldest_pending_age_ms"] >= 60_000
     assert group["dead_letters"] == 2
     consumers = {c["name"]: c for c in group["consumers"]}
     assert consumers["slowpoke"]["pending"] == 3

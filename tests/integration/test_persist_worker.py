@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,40 +14,37 @@ import msgspec
 import numpy as np
 import pytest
 import redis.asyncio as redis
+from pydantic import BaseModel
 from structlog.testing import capture_logs
 
-from embedstream.adapters.jobs import JobTracker, Submission
 from embedstream.adapters.postgres import DocumentStore, DocumentWrite, WriteResult
 from embedstream.adapters.postgres import create_pool as create_pg_pool
 from embedstream.config import ConsumerSettings, PostgresSettings, RedisSettings, Settings
-from embedstream.schemas.commands import DocumentDelete, DocumentReembed, DocumentUpsert
+from embedstream.jobs.tracker import JobTracker
+from embedstream.schemas.commands import DocumentReembed
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import (
     DOCUMENT_EMBEDDED,
-    DOCUMENT_EMBEDDED_V2,
-    DOCUMENT_REMOVED,
     DocumentEmbedded,
     DocumentEmbeddedV2,
     DocumentRemoved,
     EmbeddedChunk,
+    EmbeddedStreamEvent,
 )
 from embedstream.schemas.vectors import encode_vector
 from embedstream.schemas.versions import version_text
+from embedstream.streams.decoding import Decoded
 from embedstream.streams.messages import Ack, DeadLetter, Message, Retry
-from embedstream.streams.names import PERSISTER_GROUP, StreamNames
+from embedstream.streams.names import PERSIST, StreamNames
 from embedstream.streams.runner import RunStats
-from embedstream.workers import persist
-from embedstream.workers.persist import PersistHandler, build_persist_worker
+from embedstream.workers.persist import PERSIST_STAGE, PersistHandler, build_persist_worker
+from embedstream.workers.stage import run_stage
 from tests.integration.conftest import PG_DSN
+from tests.support.builders import Kind, publish, submit_job
 
 pytestmark = pytest.mark.integration
 
 DIM = 384
-
-
-@pytest.fixture
-def tracker(redis_client: redis.Redis, names: StreamNames) -> JobTracker:
-    return JobTracker(redis_client, names)
 
 
 T = "acme"
@@ -70,22 +66,9 @@ class Pipeline:
         self.store = DocumentStore(pool)
         self.vectors: dict[tuple[str, int, int], np.ndarray] = {}
 
-    async def job(self, *docs: tuple[str, str], tenant: str = T) -> str:
+    async def job(self, *docs: tuple[str, Kind], tenant: str = T) -> str:
         """A job with (document_id, kind) commands, so stage marks have a job to count."""
-        job_id = uuid.uuid4().hex
-        subs = []
-        for doc, kind in docs:
-            command: DocumentUpsert | DocumentDelete = (
-                DocumentUpsert(job_id=job_id, document_id=doc, text="t")
-                if kind == "upsert"
-                else DocumentDelete(job_id=job_id, document_id=doc)
-            )
-            envelope = Envelope.wrap(
-                f"document.{kind}.v1", command, source="test", tenant=tenant, subject=doc
-            )
-            subs.append(Submission(doc, kind, envelope))
-        await self.tracker.submit(job_id, subs, tenant=tenant)
-        return job_id
+        return await submit_job(self.tracker, docs, tenant=tenant, text="t")
 
     def embedded(
         self,
@@ -122,20 +105,9 @@ class Pipeline:
             chunks=items,
         )
 
-    async def send(self, *events: DocumentEmbedded | DocumentRemoved, tenant: str = T) -> None:
-        for event in events:
-            kind = DOCUMENT_EMBEDDED if isinstance(event, DocumentEmbedded) else DOCUMENT_REMOVED
-            envelope = Envelope.wrap(
-                kind, event, source="test", tenant=tenant, subject=event.document_id
-            )
-            await self.add(envelope.to_fields())
-
-    async def send_v2(self, *events: DocumentEmbeddedV2, tenant: str = T) -> None:
-        for event in events:
-            envelope = Envelope.wrap(
-                DOCUMENT_EMBEDDED_V2, event, source="test", tenant=tenant, subject=event.document_id
-            )
-            await self.add(envelope.to_fields())
+    async def send(self, *events: BaseModel, tenant: str = T) -> None:
+        """The events on the embedded stream, each in an envelope of its type."""
+        await publish(self.client, self.names.embedded, *events, tenant=tenant)
 
     async def run(self) -> RunStats:
         worker = build_persist_worker(
@@ -196,7 +168,7 @@ async def test_embedded_document_is_persisted_with_vectors(pipe: Pipeline) -> No
         7,
         True,
     )
-    info = await pipe.client.xpending(pipe.names.embedded, PERSISTER_GROUP)
+    info = await pipe.client.xpending(pipe.names.embedded, PERSIST.group)
     assert info["pending"] == 0
 
 
@@ -336,7 +308,7 @@ async def test_reused_embedding_on_other_stored_content_asks_for_a_reembed_at_on
     await pipe.send(pipe.embedded(job, "a", 1, chunks=1, text="B"))
     await pipe.run()
     reuse = DocumentEmbeddedV2.from_v1(pipe.embedded(job, "a", 3, chunks=2, text="A", reused=True))
-    await pipe.send_v2(reuse.model_copy(update={"base_version": version_text(1)}))
+    await pipe.send(reuse.model_copy(update={"base_version": version_text(1)}))
     stats = await pipe.run()
     assert (stats.acked, stats.retried, stats.dead_lettered) == (1, 0, 0)
     requests = [f for _, f in await pipe.entries(pipe.names.ingest) if b"reembed" in f[b"ce"]]
@@ -422,9 +394,12 @@ async def test_poison_goes_to_the_dead_letter_stream_alone(pipe: Pipeline) -> No
     assert await pipe.persist_mark(job, "badidx") == "failed"
 
 
-def message(entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> Message[Envelope]:
+def message(
+    entries: Sequence[tuple[bytes, dict[bytes, bytes]]],
+) -> Message[Decoded[EmbeddedStreamEvent]]:
+    """The last entry as the persist stage's decoder hands it to the handler."""
     entry_id, fields = entries[-1]
-    return Message(entry_id.decode(), "s", fields, Envelope.from_fields(fields), 1)
+    return Message(entry_id.decode(), "s", fields, PERSIST_STAGE.decoder()(fields), 1)
 
 
 async def test_database_unavailable_means_retry(pipe: Pipeline, schema: str) -> None:
@@ -474,7 +449,9 @@ async def test_run_connects_migrates_consumes_and_closes(
     settings.postgres = PostgresSettings(database_url=PG_DSN, database_schema=fresh_schema)
     settings.consumer = pipe.settings
     try:
-        stats = await asyncio.wait_for(persist.run(settings, asyncio.Event(), burst=True), 30)
+        stats = await asyncio.wait_for(
+            run_stage(PERSIST_STAGE, settings, asyncio.Event(), burst=True), 30
+        )
         assert stats.acked == 1
         conn = await asyncpg.connect(PG_DSN)
         try:

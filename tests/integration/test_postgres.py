@@ -15,11 +15,9 @@ import asyncpg
 import numpy as np
 import pytest
 
-from embedstream.adapters import chroma as chroma_adapter
+from embedstream.adapters.chroma import collection as chroma_collection
 from embedstream.adapters.postgres import (
-    ChunkRow,
     DocumentStore,
-    DocumentWrite,
     Migration,
     MigrationError,
     WriteResult,
@@ -27,13 +25,14 @@ from embedstream.adapters.postgres import (
     create_pool,
     migrate,
 )
-from embedstream.adapters.postgres.model import StoredState, plan_document
 from embedstream.config import PostgresSettings
 from tests.integration.conftest import PG_DSN
+from tests.support.builders import ROW_DIM as DIM
+from tests.support.builders import row_delete as delete
+from tests.support.builders import row_upsert as upsert
+from tests.support.builders import row_vector as vector
 
 pytestmark = pytest.mark.integration
-
-DIM = 4
 
 
 @pytest.fixture
@@ -42,46 +41,6 @@ def store(pool: asyncpg.Pool) -> DocumentStore:
 
 
 T = "acme"
-
-
-def vector(seed: int) -> bytes:
-    return np.random.default_rng(seed).standard_normal(DIM).astype("<f4").tobytes()
-
-
-def upsert(
-    doc: str,
-    version: int,
-    chunks: int = 2,
-    *,
-    text: str = "hello",
-    job: str = "j",
-    reused: bool = False,
-    meta: str = "{}",
-    tenant: str = T,
-) -> DocumentWrite:
-    return DocumentWrite(
-        job_id=job,
-        document_id=doc,
-        version=version,
-        tenant=tenant,
-        reused=reused,
-        content_hash=f"h:{text}",
-        text=text,
-        metadata_json=meta,
-        model="m",
-        dim=DIM,
-        chunk_count=chunks,
-        chunks=()
-        if reused
-        else tuple(
-            ChunkRow(i, f"{tenant}/{doc}:{i}", f"{text} {i}", vector(version * 100 + i))
-            for i in range(chunks)
-        ),
-    )
-
-
-def delete(doc: str, version: int, *, job: str = "j", tenant: str = T) -> DocumentWrite:
-    return DocumentWrite(job_id=job, document_id=doc, version=version, tenant=tenant, deleted=True)
 
 
 # -- migrations ------------------------------------------------------------------------
@@ -181,34 +140,6 @@ async def test_schema_names_are_quoted() -> None:
         conn = await asyncpg.connect(PG_DSN)
         await conn.execute('DROP SCHEMA IF EXISTS "{}" CASCADE'.format(odd.replace('"', '""')))
         await conn.close()
-
-
-# -- planning (pure) -------------------------------------------------------------------
-
-
-def test_plan_resolves_a_batch_like_one_message_at_a_time() -> None:
-    full, reused = upsert("d", 2, text="a"), upsert("d", 3, text="a", reused=True, meta='{"x":1}')
-    plan = plan_document(None, [(0, reused), (1, full)])
-    assert plan.results == {0: WriteResult.APPLIED, 1: WriteResult.APPLIED}
-    assert plan.write is not None
-    assert not plan.write.reused
-    assert (plan.write.version, plan.write.metadata_json, plan.write.chunks) == (
-        3,
-        '{"x":1}',
-        full.chunks,
-    )
-    stored = StoredState(5, False, "h:a")
-    plan = plan_document(stored, [(0, full), (1, delete("d", 4)), (2, delete("d", 6))])
-    assert plan.results == {0: WriteResult.STALE, 1: WriteResult.STALE, 2: WriteResult.APPLIED}
-    # a reuse that cannot apply: a conflict when its base (or newer) is stored with other
-    # content or deleted, waiting while its base is not stored (or not named)
-    reuse = upsert("d", 3, reused=True)
-    deleted_at_1 = StoredState(1, True, None)
-    for base, expected in ((1, WriteResult.CONFLICT), (2, WriteResult.WAITING)):
-        plan = plan_document(deleted_at_1, [(0, dataclasses.replace(reuse, base_version=base))])
-        assert plan == type(plan)(None, {0: expected})
-    assert plan_document(deleted_at_1, [(0, reuse)]).results == {0: WriteResult.WAITING}
-    assert plan_document(None, [(0, reuse)]).results == {0: WriteResult.WAITING}
 
 
 # -- the store -------------------------------------------------------------------------
@@ -403,7 +334,7 @@ async def test_reindex_refuses_mixed_models_before_dropping_anything(
     """int8 vectors next to fp32 ones in PostgreSQL (an operator switched backends
     midway): rebuilding one collection from them would mix models, so reindex refuses
     and leaves the existing collection alone."""
-    from embedstream.adapters.chroma import ChromaIndex
+    from embedstream.adapters.chroma.index import ChromaIndex
     from embedstream.config import ChromaSettings, RedisSettings, Settings
     from embedstream.reindex import MixedModels, reindex
     from tests.conftest import REDIS_URL
@@ -427,6 +358,6 @@ async def test_reindex_refuses_mixed_models_before_dropping_anything(
     index = ChromaIndex(settings.chroma)
     try:
         await index.open()
-        assert chroma_adapter.recorded_model(index.collection) == ("m", DIM)  # not dropped
+        assert chroma_collection.recorded_model(index.collection) == ("m", DIM)  # not dropped
     finally:
         index.close()

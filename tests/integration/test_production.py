@@ -12,7 +12,7 @@ import redis.asyncio as redis
 from pydantic import ValidationError
 
 from embedstream.api.app import create_app
-from embedstream.api.security_setup import ProductionConfigError
+from embedstream.api.security.setup import ProductionConfigError
 from embedstream.config import ApiSettings, AppSettings, AuthSettings, RedisSettings, Settings
 from tests.conftest import REDIS_URL
 from tests.integration.conftest import JWT_SECRET, ApiKeys, open_client, with_key_store

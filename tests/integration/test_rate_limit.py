@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as redis
 from pydantic import ValidationError
 
-from embedstream.api.tokens import issue_token
+from embedstream.api.security.tokens import issue_token
 from embedstream.config import ApiSettings, AuthSettings, RedisSettings, Settings
 from tests.conftest import REDIS_URL
 from tests.integration.conftest import JWT_SECRET, ApiKeys, open_client, with_key_store

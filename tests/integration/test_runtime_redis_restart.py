@@ -4,8 +4,6 @@ never the shared one): it backs off, reconnects, and every message ends up acked
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
@@ -27,16 +25,6 @@ from tests.support.streams import (
 pytestmark = pytest.mark.integration
 
 GROUP = "g"
-
-
-@pytest.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 async def test_consumer_survives_a_redis_restart_and_loses_nothing(

@@ -26,13 +26,13 @@ import pytest_asyncio
 from bench.search_data import Doc, load_chroma, load_postgres, unit
 from structlog.testing import capture_logs
 
-from embedstream.adapters.chroma import create_client
+from embedstream.adapters.chroma.collection import create_client
 from embedstream.adapters.embedder import PACKAGED_MODEL_NAME
 from embedstream.adapters.postgres import DocumentStore, DocumentWrite, create_pool
 from embedstream.adapters.postgres.migrate import migrate
 from embedstream.api.app import create_app
 from embedstream.api.routes.read import encode_cursor
-from embedstream.api.tokens import issue_token
+from embedstream.api.security.tokens import issue_token
 from embedstream.config import (
     ApiSettings,
     AuthSettings,

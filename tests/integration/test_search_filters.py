@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from bench.search_data import Doc, load_chroma, load_postgres, unit
 
-from embedstream.adapters.chroma import create_client
+from embedstream.adapters.chroma.collection import create_client
 from embedstream.adapters.postgres import DocumentStore
 from embedstream.config import ChromaSettings
 from embedstream.search.chunks import ChunkReader

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from bench.search_data import Doc, load_chroma, load_postgres, unit
 
-from embedstream.adapters.chroma import create_client
+from embedstream.adapters.chroma.collection import create_client
 from embedstream.adapters.embedder import PACKAGED_MODEL_NAME
 from embedstream.adapters.postgres import DocumentStore
 from embedstream.config import ChromaSettings, PostgresSettings, Settings

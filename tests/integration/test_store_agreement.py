@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import redis.asyncio as redis
 
-from embedstream.adapters.chroma import ChromaIndex
-from embedstream.adapters.jobs import JobTracker, Submission
+from embedstream.adapters.chroma.index import ChromaIndex
 from embedstream.config import ChromaSettings, ConsumerSettings
+from embedstream.jobs.tracker import JobTracker, Submission
 from embedstream.schemas.commands import DOCUMENT_UPSERT, DocumentUpsert
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import DOCUMENT_EMBEDDED, DocumentEmbedded, EmbeddedChunk
 from embedstream.schemas.vectors import encode_vector
-from embedstream.streams.names import INDEXER_GROUP, PERSISTER_GROUP, StreamNames
+from embedstream.streams.names import INDEX, PERSIST, StreamNames
 from embedstream.workers.index import build_index_worker
 from embedstream.workers.persist import build_persist_worker
 
@@ -105,7 +105,7 @@ async def test_a_document_either_store_refuses_reaches_neither(
         await redis_client.xadd(names.embedded, event(doc, **change))  # type: ignore[arg-type]
 
     # both groups exist before either runs: a stage trims what every group has read
-    for group in (INDEXER_GROUP, PERSISTER_GROUP):
+    for group in (INDEX.group, PERSIST.group):
         await redis_client.xgroup_create(names.embedded, group, id="0")
     indexed = await asyncio.wait_for(
         build_index_worker(redis_client, names, fast_settings, index).run(burst=True), 60

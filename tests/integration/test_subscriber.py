@@ -17,15 +17,16 @@ import redis.asyncio as redis
 from examples.downstream.service import build_subscriber
 from structlog.testing import capture_logs
 
-from embedstream.adapters.jobs import JobTracker
 from embedstream.config import ConsumerSettings
 from embedstream.errors import PermanentError, PoisonMessage
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.envelope import Envelope, attributes_of
 from embedstream.schemas.events import DocumentDeletedV2, DocumentEmbedded, JobCompleted, JobFailed
 from embedstream.streams.names import StreamNames
 from embedstream.subscribe import Subscriber
 from tests.conftest import REDIS_URL
-from tests.contract.providers import apply, ingest_entries, submit_delete, submit_upserts
+from tests.contract.providers import ingest_entries, submit_delete, submit_upserts
+from tests.support.builders import apply_ops
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,7 @@ async def finish(client: redis.Redis, names: StreamNames, job_id: str, *docs: st
     tracker = JobTracker(client, names)
     for doc in docs:
         for stage in ("index", "persist"):
-            await apply(client, [tracker.stage_done(job_id, doc, stage)])
+            await apply_ops(client, [tracker.stage_done(job_id, doc, stage)])
 
 
 async def produce_jobs(client: redis.Redis, names: StreamNames) -> None:
@@ -47,11 +48,11 @@ async def produce_jobs(client: redis.Redis, names: StreamNames) -> None:
     failing = await submit_upserts(client, names, "c", "d")
     await finish(client, names, failing, "c")
     fields = (await ingest_entries(client, names))["d"][1]
-    await apply(client, tracker.dead_letter_ops("index")(fields, PoisonMessage("bad vector")))
+    await apply_ops(client, tracker.dead_letter_ops("index")(fields, PoisonMessage("bad vector")))
     removing = await submit_delete(client, names, "a")
     version = (await ingest_entries(client, names))["a"][0]
     for stage in ("index", "persist"):
-        await apply(client, [tracker.stage_done(removing, "a", stage, deleted_version=version)])
+        await apply_ops(client, [tracker.stage_done(removing, "a", stage, deleted_version=version)])
 
 
 async def test_example_service_counts_jobs_and_records_failures(
@@ -93,7 +94,7 @@ async def test_handler_errors_retry_then_dead_letter(
     await submit_upserts(redis_client, names, "b")
     tracker = JobTracker(redis_client, names)
     fields = (await ingest_entries(redis_client, names))["b"][1]
-    await apply(redis_client, tracker.dead_letter_ops("persist")(fields, PoisonMessage("x")))
+    await apply_ops(redis_client, tracker.dead_letter_ops("persist")(fields, PoisonMessage("x")))
 
     attempts: list[str] = []
     sub = Subscriber(redis_client, names.prefix, "svc", settings=fast_settings)
@@ -151,7 +152,9 @@ async def test_events_without_a_handler_are_skipped_or_dead_lettered(
     version = (await ingest_entries(redis_client, names))["a"][0]
     tracker = JobTracker(redis_client, names)
     for stage in ("index", "persist"):
-        await apply(redis_client, [tracker.stage_done(job, "a", stage, deleted_version=version)])
+        await apply_ops(
+            redis_client, [tracker.stage_done(job, "a", stage, deleted_version=version)]
+        )
     seen: list[str] = []
     sub = Subscriber(
         redis_client,

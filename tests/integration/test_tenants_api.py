@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio as redis
 
 from embedstream.streams.names import StreamNames
-from tests.integration.conftest import ApiKeys
-from tests.integration.test_api import make_settings, open_client
+from tests.integration.conftest import ApiKeys, open_client
+from tests.integration.test_api import make_settings
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ async def clients(
     prefix: str, redis_client: redis.Redis, api_keys: ApiKeys
 ) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     """(acme, globex) on one app."""
-    async for acme in open_client(make_settings(prefix, api_keys), api_keys.full):
+    async for acme in open_client(make_settings(prefix, api_keys), {"X-API-Key": api_keys.full}):
         globex = httpx.AsyncClient(
             transport=acme._transport, base_url=acme.base_url, headers={"X-API-Key": api_keys.other}
         )

@@ -22,7 +22,7 @@ import pytest
 import redis.asyncio as redis
 from bench.stack import free_port
 
-from embedstream.adapters.chroma import ChromaIndex
+from embedstream.adapters.chroma.index import ChromaIndex
 from embedstream.config import ChromaSettings, ConsumerSettings, HealthSettings
 from embedstream.errors import RetryableError
 from embedstream.schemas.envelope import Envelope

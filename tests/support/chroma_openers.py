@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from embedstream.adapters.chroma import ChromaIndex
+from embedstream.adapters.chroma.index import ChromaIndex
 from embedstream.config import ChromaSettings
 
 

@@ -11,13 +11,14 @@ import json
 import sys
 
 from embedstream.config import Settings
-from embedstream.workers import embed
+from embedstream.workers.embed import EMBED_STAGE
+from embedstream.workers.stage import run_stage
 
 WATCHED = ("torch", "transformers", "sentence_transformers", "optimum", "onnxruntime")
 
 
 def main() -> None:
-    stats = asyncio.run(embed.run(Settings(), asyncio.Event(), burst=True))
+    stats = asyncio.run(run_stage(EMBED_STAGE, Settings(), asyncio.Event(), burst=True))
     imported = sorted({m.split(".")[0] for m in sys.modules} & set(WATCHED))
     print(json.dumps({"acked": stats.acked, "imported": imported}))
 

@@ -22,14 +22,22 @@ class Item(BaseModel):
     n: int
 
 
-async def produce(client: redis.Redis, stream: str, count: int, start: int = 0) -> list[str]:
-    """Add ``count`` envelopes carrying ``Item(n)``; returns their entry ids in order."""
+async def produce(
+    client: redis.Redis, stream: str, count: int, start: int = 0, *, at_ms: int | None = None
+) -> list[str]:
+    """Add ``count`` envelopes carrying ``Item(n)``; returns their entry ids in order.
+    With ``at_ms``, the entries get ids of that time (``{at_ms}-{n}``): entries of the
+    past without waiting for time to pass."""
     ids: list[str] = []
     for n in range(start, start + count):
         env = Envelope.wrap(
             "test.item.v1", Item(n=n), source="tests", tenant="t1", subject=f"doc-{n}"
         )
-        entry_id = await client.xadd(stream, env.to_fields())  # type: ignore[arg-type]
+        entry_id = await client.xadd(
+            stream,
+            env.to_fields(),  # type: ignore[arg-type]
+            id="*" if at_ms is None else f"{at_ms}-{n}",
+        )
         ids.append(entry_id.decode())
     return ids
 

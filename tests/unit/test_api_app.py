@@ -13,12 +13,12 @@ from fastapi.routing import APIRoute
 
 import embedstream
 from embedstream.api.app import create_app
-from embedstream.api.auth import PrincipalDep, authorize
-from embedstream.api.authentication import AuthenticatedRoute, needs_credential
 from embedstream.api.deps import get_tracker
 from embedstream.api.middleware import choose_request_id
-from embedstream.api.principal import Principal
 from embedstream.api.routes import documents, health, jobs
+from embedstream.api.security.guards import PrincipalDep, authorize
+from embedstream.api.security.principal import Principal
+from embedstream.api.security.route import AuthenticatedRoute, needs_credential
 from embedstream.config import AuthSettings, RedisSettings, Settings
 
 

@@ -9,14 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from embedstream.cli import dev_worker_env
 from embedstream.streams.heartbeat import Heartbeat, report_progress
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock as Clock
 
 
 def test_not_running_is_never_stalled() -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from embedstream.adapters.chroma import create_client
+from embedstream.adapters.chroma.collection import create_client
 from embedstream.adapters.postgres.migrate import MIGRATION_FILE
-from embedstream.api.apikeys import key_id_of, new_key
 from embedstream.api.commands import valid_traceparent
-from embedstream.api.principal import InvalidScope, check_scopes, parse_scope_claim
+from embedstream.api.security.apikeys import key_id_of, new_key
+from embedstream.api.security.principal import InvalidScope, check_scopes, parse_scope_claim
 from embedstream.config import ChromaSettings
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"

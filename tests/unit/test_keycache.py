@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from embedstream.api import keycache
-from embedstream.api.apikeys import ApiKeyRecord, hash_key, new_key
-from embedstream.api.credentials import InvalidCredential
-from embedstream.api.keycache import ApiKeyVerifier
+from embedstream.api.security import keycache
+from embedstream.api.security.apikeys import ApiKeyRecord, hash_key, new_key
+from embedstream.api.security.credentials import InvalidCredential
+from embedstream.api.security.keycache import ApiKeyVerifier
 
 
 class MemoryStore:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from embedstream.adapters.chroma import ModelMismatch
+from embedstream.adapters.chroma.collection import ModelMismatch
 from embedstream.adapters.embedder import INT8_SUFFIX, model_name
 from embedstream.adapters.model_folder import ModelFolder, pooling_modes
 from embedstream.adapters.onnx_encoder import normalize, pool

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from embedstream.adapters.chroma import TENANT as CHROMA_TENANT
-from embedstream.adapters.chroma import chunk_metadata
+from embedstream.adapters.chroma.chunks import TENANT as CHROMA_TENANT
+from embedstream.adapters.chroma.chunks import chunk_metadata
 from embedstream.search.filters import (
     MAX_CONDITIONS,
     MAX_DEPTH,

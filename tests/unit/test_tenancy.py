@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from embedstream.api.principal import Principal
-from embedstream.api.tokens import issue_token
+from embedstream.api.security.principal import Principal
+from embedstream.api.security.tokens import issue_token
 from embedstream.config import AuthSettings
 from embedstream.errors import PoisonMessage
 from embedstream.schemas.envelope import Envelope, EnvelopeSchema

@@ -1,1 +1,1 @@
-"""Adapters to the outside world: Redis scripts, the embedder, Chroma, PostgreSQL."""
+"""Adapters to the outside world: the Redis client, the embedder, Chroma, PostgreSQL."""

@@ -40,7 +40,7 @@ from embedstream.streams.heartbeat import report_progress
 
 PACKAGED_MODEL_NAME = "all-MiniLM-L6-v2"
 #: What an int8 model's name carries: its vectors are not those of the fp32 model (the
-#: collection guard in adapters/chroma.py spells it too).
+#: collection guard in adapters/chroma/collection.py spells it too).
 INT8_SUFFIX = "+int8"
 
 Vectors = npt.NDArray[np.float32]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
 from embedstream.config import RedisSettings
+from embedstream.errors.redis import CLIENT_RETRIES
 
 
 def create_redis(
@@ -25,7 +25,7 @@ def create_redis(
     return redis.Redis.from_url(
         settings.redis_url,
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
-        retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
+        retry_on_error=list(CLIENT_RETRIES),
         health_check_interval=30,
         socket_connect_timeout=5,
         socket_timeout=socket_timeout,

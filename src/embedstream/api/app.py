@@ -10,17 +10,17 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import embedstream
-from embedstream.adapters.jobs import JobTracker
 from embedstream.adapters.redis_client import create_redis
-from embedstream.api.authentication import AuthenticatedRoute
-from embedstream.api.commands import SOURCE
 from embedstream.api.errors import install_error_handlers
 from embedstream.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from embedstream.api.routes import documents, health, jobs, read, search
-from embedstream.api.security_setup import build_guards, check_production, create_key_pool
+from embedstream.api.security.route import AuthenticatedRoute
+from embedstream.api.security.setup import build_guards, check_production, create_key_pool
 from embedstream.api.stores import open_read_side
 from embedstream.config import Settings
+from embedstream.jobs.tracker import JobTracker
 from embedstream.logging import get_logger
+from embedstream.streams.names import StreamNames
 
 log = get_logger(__name__)
 
@@ -74,7 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     client = create_redis(settings.redis, socket_timeout=5.0)
     pool = await create_key_pool(settings)
     app.state.redis = client
-    app.state.tracker = JobTracker(client, settings.redis.names, source=SOURCE)
+    app.state.tracker = JobTracker(client, StreamNames(settings.redis.stream_prefix))
     app.state.guards = build_guards(settings, client, pool)
     await app.state.guards.keys.warm()
     read_side = await open_read_side(app, settings)

@@ -17,7 +17,7 @@ import redis.asyncio as redis
 from redis.exceptions import ResponseError
 from starlette.exceptions import HTTPException
 
-from embedstream.streams.names import EMBEDDER_GROUP, StreamNames, as_text
+from embedstream.streams.names import EMBED, StreamNames, as_text
 
 RETRY_AFTER_S = 5
 
@@ -46,7 +46,7 @@ class IngestLagGauge:
         names: StreamNames,
         *,
         ttl_s: float = 1.0,
-        group: str = EMBEDDER_GROUP,
+        group: str = EMBED.group,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client

@@ -10,10 +10,10 @@ from typing import Annotated
 import redis.asyncio as redis
 from fastapi import Depends, Header, Request
 
-from embedstream.adapters.jobs import JobTracker
 from embedstream.api.commands import valid_traceparent
 from embedstream.api.errors import UnsupportedMediaType
 from embedstream.config import ApiSettings, Settings
+from embedstream.jobs.tracker import JobTracker
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 

@@ -15,29 +15,19 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
-from redis.exceptions import ReadOnlyError as RedisReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 
-from embedstream.adapters.jobs import IdempotencyConflict
-from embedstream.api.credentials import CredentialStoreUnavailable
 from embedstream.api.middleware import request_id_of
+from embedstream.api.security.credentials import CredentialStoreUnavailable
+from embedstream.errors import redis as redis_errors
+from embedstream.jobs.tracker import IdempotencyConflict
 from embedstream.logging import get_logger
 from embedstream.schemas.api import ErrorResponse, FieldError, ValidationErrorResponse
 
 log = get_logger(__name__)
 
 RETRY_AFTER_S = 5
-#: Redis failures that mean "not now" rather than "this request is wrong".
-REDIS_UNAVAILABLE = (
-    RedisConnectionError,  # includes BusyLoadingError (server still loading its data)
-    RedisTimeoutError,
-    RedisReadOnlyError,  # a replica after a failover
-    RedisOutOfMemoryError,  # maxmemory reached
-)
 
 _BODY_SHAPE = (
     "the request body must be a JSON object with a 'documents' array, a single document "
@@ -199,7 +189,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_exception)
     app.add_exception_handler(IdempotencyConflict, _on_idempotency_conflict)
-    for error_type in REDIS_UNAVAILABLE:
+    for error_type in redis_errors.UNAVAILABLE:
         app.add_exception_handler(error_type, _on_redis_unavailable)
 
 
@@ -221,6 +211,12 @@ _DESCRIPTIONS = {
     "backlogged; retry after the Retry-After seconds",
 }
 
+_RETRY_AFTER: dict[str, dict[str, Any]] = {
+    "Retry-After": {
+        "description": "seconds to wait before retrying",
+        "schema": {"type": "integer"},
+    }
+}
 _HEADERS: dict[int, dict[str, dict[str, Any]]] = {
     401: {
         "WWW-Authenticate": {
@@ -234,18 +230,8 @@ _HEADERS: dict[int, dict[str, dict[str, Any]]] = {
             "schema": {"type": "string"},
         }
     },
-    429: {
-        "Retry-After": {
-            "description": "seconds to wait before retrying",
-            "schema": {"type": "integer"},
-        }
-    },
-    503: {
-        "Retry-After": {
-            "description": "seconds to wait before retrying",
-            "schema": {"type": "integer"},
-        }
-    },
+    429: _RETRY_AFTER,
+    503: _RETRY_AFTER,
 }
 
 

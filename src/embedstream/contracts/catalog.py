@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from embedstream.schemas import commands, events
-from embedstream.streams.names import EMBEDDER_GROUP, INDEXER_GROUP, PERSISTER_GROUP
+from embedstream.streams.names import EMBED, INDEX, PERSIST
 
 PREFIX_PLACEHOLDER = "{prefix}"
 
@@ -87,7 +87,7 @@ CHANNELS: tuple[Channel, ...] = (
         producer=INGRESS,
         producer_summary="the HTTP ingress (one Lua call: job record + XADD per command)",
         consumers=(
-            Consumer(EMBED_WORKER, EMBEDDER_GROUP, "chunks and embeds documents", EMBED_WORKER),
+            Consumer(EMBED_WORKER, EMBED.group, "chunks and embeds documents", EMBED_WORKER),
         ),
     ),
     Channel(
@@ -97,9 +97,9 @@ CHANNELS: tuple[Channel, ...] = (
         producer=EMBED_WORKER,
         producer_summary="the embed worker (XADD in the MULTI/EXEC of its ack)",
         consumers=(
-            Consumer(INDEX_WORKER, INDEXER_GROUP, "writes vectors to Chroma", INDEX_WORKER),
+            Consumer(INDEX_WORKER, INDEX.group, "writes vectors to Chroma", INDEX_WORKER),
             Consumer(
-                PERSIST_WORKER, PERSISTER_GROUP, "writes documents to PostgreSQL", PERSIST_WORKER
+                PERSIST_WORKER, PERSIST.group, "writes documents to PostgreSQL", PERSIST_WORKER
             ),
             Consumer(
                 "downstream",

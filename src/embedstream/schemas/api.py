@@ -191,7 +191,9 @@ class StageStates(BaseModel):
     persist: StageState = "pending"
 
 
-class DocumentFailure(BaseModel):
+class DocumentError(BaseModel):
+    """Where a failed document stopped and why (a stable code and a short message)."""
+
     stage: str
     error: str
 
@@ -202,7 +204,7 @@ class JobDocument(BaseModel):
     version: str = Field(description="the ingest stream entry id of the command")
     state: DocumentState
     stages: StageStates
-    error: DocumentFailure | None = None
+    error: DocumentError | None = None
 
 
 class JobOut(BaseModel):

@@ -77,24 +77,48 @@ class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ) -> Envelope:
         """Build an envelope around a payload model with a fresh id and the current time;
         invalid attributes (an empty type, a malformed tenant) raise ``ValueError``."""
+        return cls.new(
+            type,
+            data=payload.model_dump_json().encode(),
+            source=source,
+            tenant=tenant,
+            subject=subject,
+            traceparent=traceparent,
+        )
+
+    @classmethod
+    def new(
+        cls,
+        type: str,
+        *,
+        data: bytes,
+        source: str,
+        tenant: str,
+        subject: str | None = None,
+        traceparent: str | None = None,
+        time: datetime | None = None,
+    ) -> Envelope:
+        """``wrap`` for a payload that is JSON text already (``data``), or that is not known
+        yet (empty: the job events, whose payload the job bookkeeping writes when the job
+        ends; see ``embedstream.jobs.results``); ``time`` defaults to now."""
         attrs: dict[str, object] = {
             "id": str(uuid.uuid4()),
             "source": source,
             "type": type,
-            "time": datetime.now(UTC),
+            "time": time or datetime.now(UTC),
             "subject": subject,
             "tenant": tenant,
             "traceparent": traceparent,
-            "data": payload.model_dump_json().encode(),
+            "data": data,
         }
         try:
             return msgspec.convert(attrs, Envelope)
         except msgspec.ValidationError as exc:
             raise ValueError(f"invalid envelope: {exc}") from exc
 
-    def to_fields(self) -> dict[str, str | bytes]:
-        """The stream fields: ``ce`` (the attributes as one JSON object; absent optional
-        attributes are left out) and ``data`` (the payload's JSON text)."""
+    def attributes(self) -> str:
+        """The ``ce`` stream field: the attributes as one JSON object (absent optional
+        attributes are left out)."""
         attrs: dict[str, str | int] = {
             "id": self.id,
             "source": self.source,
@@ -109,7 +133,12 @@ class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             attrs["subject"] = self.subject
         if self.traceparent is not None:
             attrs["traceparent"] = self.traceparent
-        return {ATTRIBUTES_FIELD: json.dumps(attrs, separators=(",", ":")), DATA_FIELD: self.data}
+        return json.dumps(attrs, separators=(",", ":"))
+
+    def to_fields(self) -> dict[str, str | bytes]:
+        """The stream fields: ``ce`` (``attributes``) and ``data`` (the payload's JSON
+        text)."""
+        return {ATTRIBUTES_FIELD: self.attributes(), DATA_FIELD: self.data}
 
     @classmethod
     def from_fields(cls, fields: Fields) -> Envelope:

@@ -12,14 +12,13 @@ builds on (``base_version``)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, Self
+from typing import Annotated, Literal, Self, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from embedstream.errors import PoisonMessage
 from embedstream.schemas.commands import MetadataValue
-from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.storable import check_metadata, check_texts
+from embedstream.schemas.vectors import Vector, vector_array, vector_bytes
 from embedstream.schemas.versions import VersionText, parse_version, version_text
 
 DOCUMENT_EMBEDDED = "document.embedded.v1"
@@ -38,11 +37,60 @@ class _Event(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# the fields both type versions of document.embedded declare alike
+Dim = Annotated[int, Field(gt=0, le=INTEGER_MAX)]
+ChunkCount = Annotated[int, Field(ge=0, le=INTEGER_MAX)]
+Reused = Annotated[
+    bool,
+    Field(
+        description="the text is unchanged since this document was last embedded: `chunks` "
+        "is empty and stores keep their chunks, updating metadata and version only",
+    ),
+]
+
+
 class EmbeddedChunk(_Event):
     id: str = Field(description="deterministic: {tenant}/{document_id}:{index}")
     index: int = Field(ge=0, le=INTEGER_MAX)
     text: str
     vector: str = Field(description="base64 of little-endian float32, `dim` values")
+
+    @property
+    def vector_bytes(self) -> bytes:
+        """The vector's little-endian float32 bytes (what the event checked against its
+        ``dim`` when it was validated)."""
+        return vector_bytes(self.vector)
+
+    @property
+    def vector_array(self) -> Vector:
+        return vector_array(self.vector_bytes)
+
+
+def _check_embedded(event: DocumentEmbedded | DocumentEmbeddedV2) -> None:
+    """The rules of a ``document.embedded`` event (both type versions): everything either
+    store would refuse is refused (``embedstream.schemas.storable``), so that neither
+    stores it without the other; a full embedding carries chunks ``0..chunk_count-1``;
+    every vector is base64 of ``dim`` float32 values."""
+    check_texts(
+        job_id=event.job_id,
+        document_id=event.document_id,
+        content_hash=event.content_hash,
+        model=event.model,
+        text=event.text,
+    )
+    check_metadata(event.metadata)
+    if not event.reused:
+        indexes = sorted(chunk.index for chunk in event.chunks)
+        if indexes != list(range(event.chunk_count)):
+            raise ValueError(
+                f"chunk indexes {indexes[:10]} do not match chunk_count={event.chunk_count}"
+            )
+    for chunk in event.chunks:
+        check_texts(chunk_id=chunk.id, chunk_text=chunk.text)
+        try:
+            vector_bytes(chunk.vector, event.dim)
+        except ValueError as exc:
+            raise ValueError(f"chunk {chunk.index}: {exc}") from None
 
 
 class DocumentEmbedded(_Event):
@@ -55,31 +103,17 @@ class DocumentEmbedded(_Event):
     )
     content_hash: str
     model: str
-    dim: int = Field(gt=0, le=INTEGER_MAX)
+    dim: Dim
     text: str
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
-    chunk_count: int = Field(ge=0, le=INTEGER_MAX)
-    reused: bool = Field(
-        default=False,
-        description="the text is unchanged since this document was last embedded: `chunks` "
-        "is empty and stores keep their chunks, updating metadata and version only",
-    )
+    chunk_count: ChunkCount
+    reused: Reused = False
     chunks: list[EmbeddedChunk]
 
     @model_validator(mode="after")
-    def _storable(self) -> Self:
-        """Refused alike by the index and the persist stage when either store would refuse
-        it (``embedstream.schemas.storable``), so neither stores it without the other."""
-        check_texts(
-            job_id=self.job_id,
-            document_id=self.document_id,
-            content_hash=self.content_hash,
-            model=self.model,
-            text=self.text,
-        )
-        check_metadata(self.metadata)
-        for chunk in self.chunks:
-            check_texts(chunk_id=chunk.id, chunk_text=chunk.text)
+    def _valid(self) -> Self:
+        """Refused alike by every stage that reads it (``_check_embedded``)."""
+        _check_embedded(self)
         return self
 
 
@@ -142,15 +176,11 @@ class DocumentEmbeddedV2(_Event):
     version: VersionText
     content_hash: str
     model: str
-    dim: int = Field(gt=0, le=INTEGER_MAX)
+    dim: Dim
     text: str
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
-    chunk_count: int = Field(ge=0, le=INTEGER_MAX)
-    reused: bool = Field(
-        default=False,
-        description="the text is unchanged since this document was last embedded: `chunks` "
-        "is empty and stores keep their chunks, updating metadata and version only",
-    )
+    chunk_count: ChunkCount
+    reused: Reused = False
     base_version: VersionText | None = Field(
         default=None,
         description="with reused=true, the version whose chunks are reused (the document's "
@@ -160,19 +190,10 @@ class DocumentEmbeddedV2(_Event):
     chunks: list[EmbeddedChunk]
 
     @model_validator(mode="after")
-    def _storable(self) -> Self:
+    def _valid(self) -> Self:
         """What ``DocumentEmbedded`` refuses, refused here too."""
         _check_versions(self.version, self.base_version)
-        check_texts(
-            job_id=self.job_id,
-            document_id=self.document_id,
-            content_hash=self.content_hash,
-            model=self.model,
-            text=self.text,
-        )
-        check_metadata(self.metadata)
-        for chunk in self.chunks:
-            check_texts(chunk_id=chunk.id, chunk_text=chunk.text)
+        _check_embedded(self)
         return self
 
     @property
@@ -185,11 +206,14 @@ class DocumentEmbeddedV2(_Event):
 
     @classmethod
     def from_v1(cls, event: DocumentEmbedded) -> DocumentEmbeddedV2:
-        return cls(**{**event.model_dump(), "version": version_text(event.version)})
+        """The same event as v2 (built from a valid v1 event, which meets every rule of v2:
+        not validated again)."""
+        return cls.model_construct(**{**dict(event), "version": version_text(event.version)})
 
     def to_v1(self) -> DocumentEmbedded:
-        fields = self.model_dump(exclude={"base_version"})
-        return DocumentEmbedded(**{**fields, "version": self.version_number})
+        """The same event as v1 (``base_version`` has no v1 field; not validated again)."""
+        fields = {name: value for name, value in self if name != "base_version"}
+        return DocumentEmbedded.model_construct(**{**fields, "version": self.version_number})
 
 
 class DocumentRemovedV2(_Event):
@@ -211,12 +235,12 @@ class DocumentRemovedV2(_Event):
 
     @classmethod
     def from_v1(cls, event: DocumentRemoved) -> DocumentRemovedV2:
-        return cls(
+        return cls.model_construct(
             job_id=event.job_id, document_id=event.document_id, version=version_text(event.version)
         )
 
     def to_v1(self) -> DocumentRemoved:
-        return DocumentRemoved(
+        return DocumentRemoved.model_construct(
             job_id=self.job_id, document_id=self.document_id, version=self.version_number
         )
 
@@ -232,20 +256,25 @@ class DocumentDeletedV2(_Event):
 EMBEDDED_EVENT_TYPES = (DOCUMENT_EMBEDDED, DOCUMENT_EMBEDDED_V2)
 REMOVED_EVENT_TYPES = (DOCUMENT_REMOVED, DOCUMENT_REMOVED_V2)
 
+EmbeddedStreamEvent: TypeAlias = (
+    DocumentEmbedded | DocumentEmbeddedV2 | DocumentRemoved | DocumentRemovedV2
+)
+DocumentEvent: TypeAlias = DocumentEmbeddedV2 | DocumentRemovedV2
+"""An ``{prefix}:embedded`` event in its v2 form, whichever type version it came in."""
 
-def document_event(envelope: Envelope) -> DocumentEmbeddedV2 | DocumentRemovedV2 | None:
-    """The ``{prefix}:embedded`` event an envelope carries, in its v2 form whichever type
-    version it came in (None for other types); an invalid payload raises
-    ``PoisonMessage``."""
-    if envelope.type == DOCUMENT_EMBEDDED_V2:
-        return envelope.payload(DocumentEmbeddedV2)
-    if envelope.type == DOCUMENT_REMOVED_V2:
-        return envelope.payload(DocumentRemovedV2)
-    try:
-        if envelope.type == DOCUMENT_EMBEDDED:
-            return DocumentEmbeddedV2.from_v1(envelope.payload(DocumentEmbedded))
-        if envelope.type == DOCUMENT_REMOVED:
-            return DocumentRemovedV2.from_v1(envelope.payload(DocumentRemoved))
-    except ValueError as exc:  # a version too large for version text
-        raise PoisonMessage(f"invalid {envelope.type} payload: {exc}") from exc
-    return None
+EMBEDDED_STREAM_EVENTS: dict[str, type[EmbeddedStreamEvent]] = {
+    DOCUMENT_EMBEDDED: DocumentEmbedded,
+    DOCUMENT_EMBEDDED_V2: DocumentEmbeddedV2,
+    DOCUMENT_REMOVED: DocumentRemoved,
+    DOCUMENT_REMOVED_V2: DocumentRemovedV2,
+}
+"""The events on ``{prefix}:embedded`` by type: what the index and persist stages read."""
+
+
+def as_v2(event: EmbeddedStreamEvent) -> DocumentEvent:
+    """``event`` in its v2 form (the same event; v1 carries the version as a number)."""
+    if isinstance(event, DocumentEmbedded):
+        return DocumentEmbeddedV2.from_v1(event)
+    if isinstance(event, DocumentRemoved):
+        return DocumentRemovedV2.from_v1(event)
+    return event

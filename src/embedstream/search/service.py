@@ -32,8 +32,8 @@ import asyncpg
 import numpy as np
 import numpy.typing as npt
 
-from embedstream.adapters.postgres.pool import is_transient
 from embedstream.config import Settings
+from embedstream.errors.postgres import is_transient
 from embedstream.logging import get_logger
 from embedstream.search.chunks import ChunkDetails, ChunkKey, ChunkReader
 from embedstream.search.filters import Where, WhereDocument

@@ -87,8 +87,8 @@ class VectorIndex:
         # chromadb is imported by the first search, not with the API
         from chromadb.errors import NotFoundError
 
-        from embedstream.adapters.chroma import create_client, recorded_model
-        from embedstream.adapters.chroma_folder import open_with_retries
+        from embedstream.adapters.chroma.collection import create_client, recorded_model
+        from embedstream.adapters.chroma.folder import open_with_retries
 
         if self._client is None:
             if self.settings.chroma_url:

@@ -1,1 +1,2 @@
-"""The Redis Streams consumer runtime: names, messages, consumer operations, run loop."""
+"""The Redis Streams consumer runtime every stage and subscriber runs on: names, messages,
+decoding, outcomes, consumer operations, one batch, the run loop."""

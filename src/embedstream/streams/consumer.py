@@ -17,6 +17,7 @@ import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
 from embedstream.errors import GroupMissingError
+from embedstream.errors.redis import is_busygroup
 from embedstream.schemas.envelope import Fields
 from embedstream.streams import scripts
 from embedstream.streams.messages import (
@@ -97,15 +98,10 @@ class StreamConsumer:
         try:
             await self.client.xgroup_create(self.stream, self.group, self.start_id, mkstream=True)
         except ResponseError as exc:
-            if "BUSYGROUP" in str(exc):
+            if is_busygroup(exc):
                 return False
             raise
         return True
-
-    def is_nogroup(self, exc: ResponseError) -> bool:
-        """NOGROUP, or "no such key" (what XINFO answers when the stream is missing)."""
-        text = str(exc)
-        return text.startswith("NOGROUP") or text.startswith("no such key")
 
     def group_missing(self) -> GroupMissingError:
         return GroupMissingError(self.stream, self.group)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
+from embedstream.errors.redis import is_busygroup
 from embedstream.streams.names import StreamNames
 
 # Creates an empty stream (XADD then trim to nothing) only where the key is missing, in
@@ -42,7 +43,7 @@ async def init_streams(client: redis.Redis, names: StreamNames) -> list[Created]
             await client.xgroup_create(stream, group, id="0", mkstream=True)
             report.append(Created(stream, group, True))
         except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
+            if not is_busygroup(exc):
                 raise
             report.append(Created(stream, group, False))
     create_empty = client.register_script(_CREATE_EMPTY_STREAM)

@@ -1,12 +1,10 @@
-"""Stream, group and key names under one configurable prefix."""
+"""Stream, group and key names under one configurable prefix, and the pipeline's stages:
+the one place their names, streams and consumer groups are defined."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-EMBEDDER_GROUP = "embedder"
-INDEXER_GROUP = "indexer"
-PERSISTER_GROUP = "persister"
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -45,11 +43,28 @@ class StreamNames:
 
     def stage_groups(self) -> tuple[tuple[str, str], ...]:
         """(stream, group) of every pipeline stage: embed, index, persist."""
-        return (
-            (self.ingest, EMBEDDER_GROUP),
-            (self.embedded, INDEXER_GROUP),
-            (self.embedded, PERSISTER_GROUP),
-        )
+        return tuple((stage.stream_of(self), stage.group) for stage in PIPELINE)
+
+
+@dataclass(frozen=True)
+class StageNames:
+    """A pipeline stage's names: its own (in job records, dead letters, logs), the stream
+    it reads and its consumer group there."""
+
+    name: str
+    stream: Literal["ingest", "embedded"]
+    group: str
+
+    def stream_of(self, names: StreamNames) -> str:
+        """The stage's stream under ``names``' prefix."""
+        return names.ingest if self.stream == "ingest" else names.embedded
+
+
+EMBED = StageNames("embed", "ingest", "embedder")
+INDEX = StageNames("index", "embedded", "indexer")
+PERSIST = StageNames("persist", "embedded", "persister")
+PIPELINE = (EMBED, INDEX, PERSIST)
+"""Every stage, in the order a document passes them."""
 
 
 def as_text(value: object) -> str:

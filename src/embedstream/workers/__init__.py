@@ -1,1 +1,2 @@
-"""Stage workers: embed, index, persist. Each is a batch handler run by the stream runtime."""
+"""The pipeline's stages (embed, index, persist): each one ``Stage`` declaration, run by
+``run_stage`` on the stream runtime (``embedstream.workers.stage``)."""

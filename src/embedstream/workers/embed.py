@@ -4,48 +4,31 @@
 -> ``document.removed``, each with the command's version (its ingest entry id), and
 ``document.reembed.v1`` -> ``document.embedded`` at the version it names. Events go out in
 the type versions ``EMBEDSTREAM_EMBEDDED_EVENT_VERSIONS`` names (``v1`` and ``v2`` by
-default: the same event twice, see ``embedstream.schemas.events``). All chunks of all
-upserts in a batch go through one embedder call.
-
-Events carry the command's tenant. Content-hash reuse: ``{prefix}:embed:hashes`` maps a
-document key ``{tenant}/{document_id}`` to
-``<sha256>|<version>|<chunk_count>|<profile>`` after its last embedding (or
-``deleted|<version>|0|`` after a delete); the ack transaction updates it with a Lua
-script that never moves a document's entry backwards. An upsert is answered with
-``reused=True``, no chunks and ``base_version`` = the stored version, without encoding,
-only when all of these hold, read in one atomic snapshot:
-
-- its text, model and chunking are those of the stored embedding, not deleted since;
-- the stored embedding is older than the upsert;
-- the upsert is the only command of its document in flight on ``{prefix}:ingest``
-  (``embedstream.adapters.inflight``): no other replica, and no other batch of this one,
-  holds a newer or older command for it, so the stored embedding is the previous
-  command's, and that command's event is already on ``{prefix}:embedded``.
-
-A re-embed request is never answered with a reuse. A store that still cannot apply a
-reuse asks for a re-embed (``embedstream.workers.reembed``) instead of failing the job.
+default: the same event twice, see ``embedstream.schemas.events``). Events carry the
+command's tenant and trace context. All chunks of all upserts in a batch go through one
+embedder call; an upsert whose text is unchanged since its document's last embedding may
+be answered without encoding (``embedstream.workers.reuse``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeAlias
 
 import redis.asyncio as redis
 from pydantic import BaseModel
-from redis.asyncio.client import Pipeline
 
 from embedstream.adapters.chunking import Chunk, Chunker
 from embedstream.adapters.embedder import Embedder, load_embedder
-from embedstream.adapters.inflight import InFlight, InFlightState
-from embedstream.adapters.jobs import JobTracker
-from embedstream.adapters.redis_client import create_redis
 from embedstream.config import ConsumerSettings, EmbedSettings, EventSettings, Settings
 from embedstream.errors import PermanentError, PoisonMessage
+from embedstream.jobs.inflight import InFlight
+from embedstream.jobs.results import JobContext
+from embedstream.jobs.tracker import JobTracker
 from embedstream.logging import get_logger
 from embedstream.schemas.commands import (
     DOCUMENT_DELETE,
@@ -69,77 +52,42 @@ from embedstream.schemas.events import (
 from embedstream.schemas.tenancy import chunk_id, document_key
 from embedstream.schemas.vectors import encode_vector
 from embedstream.schemas.versions import parse_version, version_text
-from embedstream.streams.messages import (
-    Ack,
-    DeadLetter,
-    Message,
-    Outcome,
-    Publish,
-    TransactionOp,
-)
-from embedstream.streams.names import EMBEDDER_GROUP, StreamNames, as_text, stream_id_to_version
-from embedstream.streams.runner import RunStats, StreamWorker
-from embedstream.workers.health import worker_health
+from embedstream.streams.batch import RuntimeHooks
+from embedstream.streams.decoding import Decoded
+from embedstream.streams.messages import Ack, Message, Outcome, Publish
+from embedstream.streams.names import EMBED, StreamNames, stream_id_to_version
+from embedstream.streams.outcomes import Outcomes
+from embedstream.streams.runner import StreamWorker
 from embedstream.workers.reembed import reembed_aware_dead_letter_ops
+from embedstream.workers.reuse import (
+    EmbeddingRegister,
+    ReuseCandidate,
+    StoredEmbedding,
+    content_hash,
+)
+from embedstream.workers.stage import Stage, StageContext
 
-STAGE = "embed"
 SOURCE = "embedstream.embed"
-TOMBSTONE = "deleted"
+
+Command: TypeAlias = DocumentUpsert | DocumentDelete | DocumentReembed
+COMMANDS: dict[str, type[Command]] = {
+    DOCUMENT_UPSERT: DocumentUpsert,
+    DOCUMENT_DELETE: DocumentDelete,
+    DOCUMENT_REEMBED: DocumentReembed,
+}
+EMBEDDED_TYPES = {1: DOCUMENT_EMBEDDED, 2: DOCUMENT_EMBEDDED_V2}
+REMOVED_TYPES = {1: DOCUMENT_REMOVED, 2: DOCUMENT_REMOVED_V2}
 
 log = get_logger("embedstream.embed")
 
-# Set a document's entry in the hashes key unless the stored version is the same or newer.
-# Versions are compared as decimal strings (they exceed a Lua double's exact range).
-# KEYS: hashes key. ARGV: document id, version, new value. Returns 1 when written.
-SET_IF_NEWER = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur then
-  local v = string.match(cur, '^[^|]*|(%d+)')
-  if v and (#v > #ARGV[2] or (#v == #ARGV[2] and v >= ARGV[2])) then return 0 end
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return 1
-"""
 
-
-def content_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True)
-class StoredEmbedding:
-    """A document's entry in the hashes key."""
-
-    content_hash: str
-    version: int
-    chunk_count: int
-    profile: str
-
-    @property
-    def deleted(self) -> bool:
-        return self.content_hash == TOMBSTONE
-
-    def value(self) -> str:
-        return f"{self.content_hash}|{self.version}|{self.chunk_count}|{self.profile}"
-
-    @classmethod
-    def parse(cls, raw: bytes | str | None) -> StoredEmbedding | None:
-        if raw is None:
-            return None
-        parts = as_text(raw).split("|", 3)
-        if len(parts) != 4:
-            return None
-        digest, version, count, profile = parts
-        try:
-            return cls(digest, int(version), int(count), profile)
-        except ValueError:
-            return None
-
-
-def _version_of(entry_id: str) -> int:
-    """The command's version (its ingest entry id as one integer); an entry id beyond what
-    the stores' versions hold (PostgreSQL's bigint) is poison, refused before either
-    store could disagree about it."""
+def command_version(entry_id: str, command: Command) -> int:
+    """The command's version: its ingest entry id as one integer, or, for a re-embed
+    request, the version it names (the model bounds it). An entry id beyond what the
+    stores' versions hold (PostgreSQL's bigint) is poison, refused before either store
+    could disagree about it."""
+    if isinstance(command, DocumentReembed):
+        return parse_version(command.version)
     version = stream_id_to_version(entry_id)
     if version > BIGINT_MAX:
         raise PoisonMessage(f"ingest entry id {entry_id} is beyond the versions stores hold")
@@ -151,18 +99,18 @@ class _Command:
     """A command of this batch, with its position and version."""
 
     index: int
-    message: Message[Envelope]
-    command: DocumentUpsert | DocumentDelete | DocumentReembed
+    message: Message[Decoded[Command]]
+    command: Command
     version: int
 
     @property
-    def tenant(self) -> str:
-        return self.message.body.tenant
+    def envelope(self) -> Envelope:
+        return self.message.body.envelope
 
     @property
     def key(self) -> str:
         """The document key ``{tenant}/{document_id}``."""
-        return document_key(self.tenant, self.command.document_id)
+        return document_key(self.envelope.tenant, self.command.document_id)
 
 
 @dataclass(frozen=True)
@@ -176,14 +124,21 @@ class _Upsert(_Command):
     def may_reuse(self) -> bool:
         return isinstance(self.command, DocumentUpsert)
 
+    def candidate(self) -> ReuseCandidate:
+        return ReuseCandidate(self.message.id, self.key, self.content_hash, self.version)
+
 
 @dataclass(frozen=True)
 class _Delete(_Command):
     command: DocumentDelete
 
 
-EMBEDDED_TYPES = {1: DOCUMENT_EMBEDDED, 2: DOCUMENT_EMBEDDED_V2}
-REMOVED_TYPES = {1: DOCUMENT_REMOVED, 2: DOCUMENT_REMOVED_V2}
+@dataclass(frozen=True)
+class EmbedModel:
+    """What the embed stage opens: the model, and a chunker whose windows fit it."""
+
+    embedder: Embedder
+    chunker: Chunker
 
 
 class EmbedHandler:
@@ -200,32 +155,26 @@ class EmbedHandler:
         source: str = SOURCE,
         event_versions: Sequence[int] = (1, 2),
     ) -> None:
-        self.client = client
         self.names = names
         self.embedder = embedder
         self.chunker = chunker
         self.tracker = tracker
         self.source = source
         self.event_versions = tuple(event_versions)
-        self.hashes_key = names.key("embed", "hashes")
         self.profile = f"{embedder.name}:{embedder.dim}:{chunker.chunk_tokens}:{chunker.overlap}"
-        self.in_flight = InFlight(client, names)
-        self._set_if_newer = client.register_script(SET_IF_NEWER)
+        self.register = EmbeddingRegister(client, names)
 
-    async def __call__(self, messages: Sequence[Message[Envelope]]) -> list[Outcome]:
+    async def __call__(self, messages: Sequence[Message[Decoded[Command]]]) -> list[Outcome]:
         started = time.perf_counter()
-        outcomes: list[Outcome | None] = [None] * len(messages)
+        outcomes = Outcomes(messages, stage=EMBED.name)
         upserts: list[_Upsert] = []
         deletes: list[_Delete] = []
         for i, message in enumerate(messages):
+            command = message.body.payload
             try:
-                command = self._parse(message.body)
-                if isinstance(command, DocumentReembed):
-                    version = parse_version(command.version)  # the model bounds it
-                else:
-                    version = _version_of(message.id)
+                version = command_version(message.id, command)
             except PoisonMessage as exc:
-                outcomes[i] = DeadLetter(exc)
+                outcomes.fail(i, exc)
                 continue
             if isinstance(command, DocumentDelete):
                 deletes.append(_Delete(i, message, command, version))
@@ -234,23 +183,27 @@ class EmbedHandler:
 
         for d in deletes:
             outcomes[d.index] = self._removed(d)
-        reusable = await self._reusable(upserts)
+        candidates = [u.candidate() for u in upserts if u.may_reuse]
+        reusable = await self.register.reusable(candidates, self.profile)
+        fresh: list[_Upsert] = []
         for u in upserts:
-            stored = reusable.get(u.index)
-            if stored is not None:
+            stored = reusable.get(u.message.id)
+            if stored is None:
+                fresh.append(u)
+            else:
                 outcomes[u.index] = self._embedded(u, None, stored.chunk_count, stored.version)
-        fresh = [u for u in upserts if u.index not in reusable]
         chunks, encode_s = await self._embed(fresh)
         for u in fresh:
             doc_chunks = chunks[u.content_hash]
             if doc_chunks:
                 outcomes[u.index] = self._embedded(u, doc_chunks, len(doc_chunks), None)
             else:
-                outcomes[u.index] = DeadLetter(
+                outcomes.fail(
+                    u.index,
                     PermanentError(
                         f"document {u.command.document_id!r} has no text to embed "
                         "(empty or whitespace only)"
-                    )
+                    ),
                 )
 
         log.info(
@@ -266,53 +219,9 @@ class EmbedHandler:
             encode_s=round(encode_s, 3),
             batch_s=round(time.perf_counter() - started, 3),
         )
-        answered = [o for o in outcomes if o is not None]
-        if len(answered) != len(messages):  # pragma: no cover - a bug: retry the batch
-            raise RuntimeError("embed handler left messages without an outcome")
-        return answered
+        return outcomes.result()
 
     # -- steps -----------------------------------------------------------------------
-
-    def _parse(self, envelope: Envelope) -> DocumentUpsert | DocumentDelete | DocumentReembed:
-        if envelope.type == DOCUMENT_UPSERT:
-            return envelope.payload(DocumentUpsert)
-        if envelope.type == DOCUMENT_DELETE:
-            return envelope.payload(DocumentDelete)
-        if envelope.type == DOCUMENT_REEMBED:
-            return envelope.payload(DocumentReembed)
-        raise PoisonMessage(
-            f"unknown command type {envelope.type!r} on the ingest stream "
-            f"(expected {DOCUMENT_UPSERT}, {DOCUMENT_DELETE} or {DOCUMENT_REEMBED})"
-        )
-
-    async def _reusable(self, upserts: list[_Upsert]) -> dict[int, StoredEmbedding]:
-        """Upserts (by message index) whose stored embedding can be reused (see the module
-        doc). The stored embeddings and the in-flight counts are read in one MULTI, so
-        the answer holds for one moment of the whole deployment."""
-        candidates = [u for u in upserts if u.may_reuse]
-        if not candidates:
-            return {}
-        entries = {u.message.id: u.key for u in candidates}
-        pipe: Any
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hmget(self.hashes_key, [u.key for u in candidates])
-            self.in_flight.queue_read(pipe, entries)
-            raw, counts, owners = await pipe.execute()
-        states: dict[str, InFlightState] = InFlight.parse(entries, counts, owners)
-        found: dict[int, StoredEmbedding] = {}
-        for u, value in zip(candidates, raw, strict=True):
-            stored = StoredEmbedding.parse(value)
-            if (
-                stored is not None
-                and not stored.deleted
-                and stored.content_hash == u.content_hash
-                and stored.profile == self.profile
-                and stored.chunk_count > 0
-                and stored.version < u.version
-                and states[u.message.id].alone
-            ):
-                found[u.index] = stored
-        return found
 
     async def _embed(
         self, upserts: list[_Upsert]
@@ -345,7 +254,7 @@ class EmbedHandler:
         chunk_count: int,
         base_version: int | None,
     ) -> Ack:
-        doc = u.command.document_id
+        doc, tenant = u.command.document_id, u.envelope.tenant
         event = DocumentEmbeddedV2(
             job_id=u.command.job_id,
             document_id=doc,
@@ -360,71 +269,105 @@ class EmbedHandler:
             base_version=None if base_version is None else version_text(base_version),
             chunks=[
                 EmbeddedChunk(
-                    id=chunk_id(u.tenant, doc, c.index), index=c.index, text=c.text, vector=v
+                    id=chunk_id(tenant, doc, c.index), index=c.index, text=c.text, vector=v
                 )
                 for c, v in chunks or ()
             ],
         )
         publish = [
-            self._publish(u.message, EMBEDDED_TYPES[v], event.to_v1() if v == 1 else event, doc)
+            self._publish(u, EMBEDDED_TYPES[v], event.to_v1() if v == 1 else event)
             for v in self.event_versions
         ]
         stored = StoredEmbedding(u.content_hash, u.version, chunk_count, self.profile)
-        return self._ack(publish, event.job_id, doc, u.key, stored)
+        return self._ack(u, publish, stored)
 
     def _removed(self, d: _Delete) -> Ack:
-        doc = d.command.document_id
         event = DocumentRemovedV2(
-            job_id=d.command.job_id, document_id=doc, version=version_text(d.version)
+            job_id=d.command.job_id,
+            document_id=d.command.document_id,
+            version=version_text(d.version),
         )
         publish = [
-            self._publish(d.message, REMOVED_TYPES[v], event.to_v1() if v == 1 else event, doc)
+            self._publish(d, REMOVED_TYPES[v], event.to_v1() if v == 1 else event)
             for v in self.event_versions
         ]
-        stored = StoredEmbedding(TOMBSTONE, d.version, 0, "")
-        return self._ack(publish, event.job_id, doc, d.key, stored)
+        return self._ack(d, publish, StoredEmbedding.tombstone(d.version))
 
-    def _publish(
-        self, message: Message[Envelope], event_type: str, payload: BaseModel, document_id: str
-    ) -> Publish:
+    def _publish(self, c: _Command, event_type: str, payload: BaseModel) -> Publish:
         envelope = Envelope.wrap(
             event_type,
             payload,
             source=self.source,
-            tenant=message.body.tenant,
-            subject=document_id,
-            traceparent=message.body.traceparent,
+            tenant=c.envelope.tenant,
+            subject=c.command.document_id,
+            traceparent=c.envelope.traceparent,
         )
         return Publish.event(self.names.embedded, envelope)
 
-    def _ack(
-        self,
-        publish: list[Publish],
-        job_id: str,
-        document_id: str,
-        key: str,
-        stored: StoredEmbedding,
-    ) -> Ack:
+    def _ack(self, c: _Command, publish: list[Publish], stored: StoredEmbedding) -> Ack:
+        job = JobContext(c.envelope.tenant, c.envelope.traceparent)
         return Ack(
             publish=publish,
             ops=[
-                self._store_op(key, stored),
-                self.tracker.stage_done(job_id, document_id, STAGE),
+                self.register.advance(c.key, stored),
+                self.tracker.stage_done(
+                    c.command.job_id, c.command.document_id, EMBED.name, job=job
+                ),
             ],
         )
 
-    def _store_op(self, key: str, stored: StoredEmbedding) -> TransactionOp:
-        """Advance the document key's entry in the hashes key (never backwards)."""
-        keys = [self.hashes_key]
-        args = [key, str(stored.version), stored.value()]
 
-        def op(pipe: Pipeline) -> Any:
-            return self._set_if_newer(keys=keys, args=args, client=pipe)
-
-        return op
+# -- the stage ------------------------------------------------------------------------
 
 
-# -- assembly ------------------------------------------------------------------------
+@asynccontextmanager
+async def open_model(settings: Settings, stop: asyncio.Event) -> AsyncIterator[EmbedModel]:
+    """Load the model (off the event loop); on the way out, log what it did and close it."""
+    embedder = await load_embedder(settings.embed)
+    try:
+        yield EmbedModel(
+            embedder, embedder.chunker(settings.embed.chunk_tokens, settings.embed.chunk_overlap)
+        )
+    finally:
+        log.info(
+            "embed worker stopped",
+            model=embedder.name,
+            encode_calls=embedder.stats.calls,
+            chunks=embedder.stats.chunks,
+            padded_tokens=embedder.stats.padded_tokens,
+            encode_s=round(embedder.stats.seconds, 2),
+        )
+        await asyncio.to_thread(embedder.close)
+
+
+def embed_handler(model: EmbedModel, context: StageContext) -> EmbedHandler:
+    return EmbedHandler(
+        context.client,
+        context.names,
+        model.embedder,
+        model.chunker,
+        context.jobs,
+        event_versions=context.events.embedded_event_versions,
+    )
+
+
+def embed_hooks(context: StageContext) -> RuntimeHooks:
+    """A dead-lettered command fails its document (at the stage that asked, for a
+    re-embed request); every entry is settled in the in-flight count."""
+    return RuntimeHooks(
+        dead_letter_ops=reembed_aware_dead_letter_ops(context.jobs, EMBED.name),
+        settle_ops=InFlight(context.client, context.names).settle_ops,
+    )
+
+
+EMBED_STAGE: Stage[EmbedModel, Command] = Stage(
+    names=EMBED,
+    payloads=COMMANDS,
+    clients=open_model,
+    handler=embed_handler,
+    checks=lambda model: {},
+    hooks=embed_hooks,
+)
 
 
 def build_embed_worker(
@@ -436,62 +379,10 @@ def build_embed_worker(
     *,
     tracker: JobTracker | None = None,
     events: EventSettings | None = None,
-) -> StreamWorker[Envelope]:
-    """The embed worker on ``names.ingest`` in group ``embedder``."""
+) -> StreamWorker[Decoded[Command]]:
+    """The embed stage's worker over an open client and a loaded model (what
+    ``run_stage`` builds; for tests and benchmarks)."""
     embed = embed or EmbedSettings()
-    events = events or EventSettings()
-    tracker = tracker or JobTracker(
-        client, names, source=SOURCE, results_versions=events.results_event_versions
-    )
-    chunker = embedder.chunker(embed.chunk_tokens, embed.chunk_overlap)
-    handler = EmbedHandler(
-        client,
-        names,
-        embedder,
-        chunker,
-        tracker,
-        event_versions=events.embedded_event_versions,
-    )
-    return StreamWorker(
-        client,
-        names,
-        names.ingest,
-        EMBEDDER_GROUP,
-        handler,
-        consumer,
-        stage=STAGE,
-        dead_letter_ops=reembed_aware_dead_letter_ops(tracker, STAGE),
-        settle_ops=handler.in_flight.settle_ops,
-    )
-
-
-async def run(settings: Settings, stop: asyncio.Event, *, burst: bool = False) -> RunStats:
-    """Run the embed worker until ``stop`` is set (or, in burst mode, until idle)."""
-    client = create_redis(settings.redis)
-    embedder: Embedder | None = None
-    try:
-        async with worker_health(settings.health, STAGE, stop) as health:
-            embedder = await load_embedder(settings.embed)
-            worker = build_embed_worker(
-                client,
-                settings.redis.names,
-                embedder,
-                settings.consumer,
-                settings.embed,
-                events=settings.events,
-            )
-            health.watch(worker.heartbeat, {"redis": client.ping})
-            stats = await worker.run(stop, burst=burst)
-        log.info(
-            "embed worker stopped",
-            model=embedder.name,
-            encode_calls=embedder.stats.calls,
-            chunks=embedder.stats.chunks,
-            padded_tokens=embedder.stats.padded_tokens,
-            encode_s=round(embedder.stats.seconds, 2),
-        )
-        return stats
-    finally:
-        if embedder is not None:
-            await asyncio.to_thread(embedder.close)
-        await client.aclose()
+    context = StageContext(client, names, consumer, events or EventSettings(), tracker)
+    model = EmbedModel(embedder, embedder.chunker(embed.chunk_tokens, embed.chunk_overlap))
+    return EMBED_STAGE.build(model, context)

@@ -90,8 +90,9 @@ return held
 
 
 @dataclass
-class Lease:
-    """Locks taken for one batch: ``held`` documents with their registered versions."""
+class DocumentLocks:
+    """The document locks taken for one batch: ``held`` documents with their registered
+    versions, ``busy`` ones another replica holds."""
 
     token: str
     registered: dict[str, int | None] = field(default_factory=dict)
@@ -103,7 +104,7 @@ class Lease:
         return list(self.registered)
 
     def advance(self, document_id: str, version: int) -> None:
-        """Record ``version`` as applied; the register moves when the lease is released."""
+        """Record ``version`` as applied; the register moves when the locks are released."""
         self.applied[document_id] = version
 
 
@@ -131,20 +132,20 @@ class DocumentOrder:
         return {doc: _version(v) for doc, v in zip(ids, values, strict=True)}
 
     @contextlib.asynccontextmanager
-    async def hold(self, document_ids: Iterable[str]) -> AsyncIterator[Lease]:
-        """Lock what can be locked right now (the rest is ``lease.busy``) and read the
-        registered versions of what was locked. On exit, advance the register for what the lease
-        marks applied and release. If the holder is cancelled the locks are left to
+    async def hold(self, document_ids: Iterable[str]) -> AsyncIterator[DocumentLocks]:
+        """Lock what can be locked right now (the rest is ``locks.busy``) and read the
+        registered versions of what was locked. On exit, advance the register for what was
+        marked applied and release. If the holder is cancelled the locks are left to
         expire: a Chroma call may still be running on its thread."""
-        lease = Lease(token=uuid.uuid4().hex)
-        await self._take(lease, list(dict.fromkeys(document_ids)))
+        locks = DocumentLocks(token=uuid.uuid4().hex)
+        await self._take(locks, list(dict.fromkeys(document_ids)))
         # stopped by an event, not by cancel(): redis-py may swallow a cancellation that
         # lands mid-command, and a renewer that missed it would never end
         done = asyncio.Event()
-        renewer = asyncio.create_task(self._keep(lease, done)) if lease.registered else None
+        renewer = asyncio.create_task(self._keep(locks, done)) if locks.registered else None
         cancelled = False
         try:
-            yield lease
+            yield locks
         except asyncio.CancelledError:
             cancelled = True
             raise
@@ -152,31 +153,31 @@ class DocumentOrder:
             done.set()
             if renewer is not None:
                 await asyncio.shield(renewer)
-            if lease.registered and not cancelled:
-                await asyncio.shield(self._finish(lease))
+            if locks.registered and not cancelled:
+                await asyncio.shield(self._finish(locks))
 
-    async def _take(self, lease: Lease, document_ids: list[str]) -> None:
+    async def _take(self, locks: DocumentLocks, document_ids: list[str]) -> None:
         if not document_ids:
             return
         rows: list[list[Any]] = await self._acquire(
             keys=[self.register_key, *(self.lock_key(d) for d in document_ids)],
-            args=[lease.token, self.lock_ttl_ms, *document_ids],
+            args=[locks.token, self.lock_ttl_ms, *document_ids],
         )
         for doc, (held, version) in zip(document_ids, rows, strict=True):
             if held:
-                lease.registered[doc] = _version(version)
+                locks.registered[doc] = _version(version)
             else:
-                lease.busy.add(doc)
+                locks.busy.add(doc)
 
-    async def _keep(self, lease: Lease, done: asyncio.Event) -> None:
-        keys = [self.lock_key(d) for d in lease.held]
+    async def _keep(self, locks: DocumentLocks, done: asyncio.Event) -> None:
+        keys = [self.lock_key(d) for d in locks.held]
         while not done.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), self.lock_ttl_ms / 3000)
             if done.is_set():
                 return
             try:
-                held = await self._renew(keys=keys, args=[lease.token, self.lock_ttl_ms])
+                held = await self._renew(keys=keys, args=[locks.token, self.lock_ttl_ms])
             except Exception as exc:
                 log.warning("document lock renewal failed", error=str(exc))
                 continue
@@ -187,11 +188,11 @@ class DocumentOrder:
                     lost=len(keys) - held,
                 )
 
-    async def _finish(self, lease: Lease) -> None:
-        docs = lease.held
-        args: list[str] = [lease.token]
+    async def _finish(self, locks: DocumentLocks) -> None:
+        docs = locks.held
+        args: list[str] = [locks.token]
         for doc in docs:
-            version = lease.applied.get(doc)
+            version = locks.applied.get(doc)
             args.extend((doc, "" if version is None else str(version)))
         lost: int = await self._release(
             keys=[self.register_key, *(self.lock_key(d) for d in docs)], args=args
@@ -204,7 +205,3 @@ def _version(value: bytes | str | None) -> int | None:
     if value is None:
         return None
     return int(value)
-
-
-def newer(version: int, registered: int | None) -> bool:
-    return registered is None or version > registered

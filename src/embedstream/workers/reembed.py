@@ -4,7 +4,7 @@ A ``document.embedded`` with ``reused=true`` carries no chunks: a store keeps th
 it holds and updates metadata and version. That only works where the store holds the
 reused content. The embed stage reuses only when the stored embedding comes from the
 document's previous command and no other command for the document is in flight on any
-replica (``embedstream.adapters.inflight``); the previous command's event is then
+replica (``embedstream.jobs.inflight``); the previous command's event is then
 earlier on ``{prefix}:embedded``, so a store normally holds the content already, or soon.
 When it does not, the index and persist stages decide alike (``decide``):
 
@@ -31,21 +31,21 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
-from embedstream.adapters.inflight import COUNT_LUA, InFlight
-from embedstream.adapters.jobs import JobTracker
+from embedstream.jobs.inflight import COUNT_LUA, InFlight
+from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.commands import DOCUMENT_REEMBED, DocumentReembed
 from embedstream.schemas.envelope import Envelope, Fields, attributes_of
 from embedstream.schemas.events import DocumentEmbeddedV2
 from embedstream.schemas.tenancy import document_key
 from embedstream.streams.messages import DeadLetterOps, TransactionOp
-from embedstream.streams.names import StreamNames
+from embedstream.streams.names import INDEX, PERSIST, StageNames, StreamNames
 
-Stage = Literal["index", "persist"]
+RequestingStage = Literal["index", "persist"]
 MARKER_TTL_S = 24 * 3600
 
 # Add a re-embed command unless one was added for this (document, version) already.
@@ -90,13 +90,16 @@ class ReembedRequests:
         self,
         client: redis.Redis,
         names: StreamNames,
-        stage: Stage,
+        stage: StageNames,
         *,
         marker_ttl_s: int = MARKER_TTL_S,
     ) -> None:
+        """``stage``: the index or the persist stage (the stores)."""
+        if stage not in (INDEX, PERSIST):
+            raise ValueError(f"only the stores ask for re-embeds, not the {stage.name} stage")
         self.names = names
-        self.stage: Stage = stage
-        self.source = f"embedstream.{stage}"
+        self.stage = cast(RequestingStage, stage.name)
+        self.source = f"embedstream.{stage.name}"
         self.marker_ttl_s = marker_ttl_s
         self._in_flight = InFlight(client, names)
         self._request = client.register_script(REQUEST)
@@ -106,14 +109,9 @@ class ReembedRequests:
 
     def op(self, tenant: str, event: DocumentEmbeddedV2, traceparent: str | None) -> TransactionOp:
         """The op adding ``document.reembed.v1`` for ``event`` (a reused embedding)."""
-        command = DocumentReembed(
-            job_id=event.job_id,
-            document_id=event.document_id,
-            version=event.version,
-            text=event.text,
-            metadata=event.metadata,
-            requested_by=self.stage,
-        )
+        # the event's document at the event's version, asked for by this stage
+        asked = event.model_dump(include={"job_id", "document_id", "version", "text", "metadata"})
+        command = DocumentReembed(**asked, requested_by=self.stage)
         envelope = Envelope.wrap(
             DOCUMENT_REEMBED,
             command,
@@ -138,7 +136,7 @@ def reembed_aware_dead_letter_ops(tracker: JobTracker, stage: str) -> DeadLetter
     """For the embed worker: a dead-lettered command marks its document failed at
     ``stage``; a dead-lettered re-embed request marks it at the stage that asked for it
     (that stage left its mark to the re-embedded event, which now never comes)."""
-    by_stage = {name: tracker.dead_letter_ops(name) for name in (stage, "index", "persist")}
+    by_stage = {name: tracker.dead_letter_ops(name) for name in (stage, INDEX.name, PERSIST.name)}
 
     def ops(fields: Fields, error: BaseException) -> Sequence[TransactionOp]:
         target = stage

@@ -10,7 +10,6 @@ from embedstream.adapters.postgres.model import ChunkRow, DocumentWrite, WriteRe
 from embedstream.adapters.postgres.pool import (
     connect_pool,
     create_pool,
-    is_transient,
     quote_ident,
 )
 from embedstream.adapters.postgres.repository import DocumentStore, StoredChunk, StoredDocument
@@ -27,7 +26,6 @@ __all__ = [
     "available_migrations",
     "connect_pool",
     "create_pool",
-    "is_transient",
     "migrate",
     "quote_ident",
 ]

@@ -9,6 +9,7 @@ import random
 import asyncpg
 
 from embedstream.config import PostgresSettings
+from embedstream.errors.postgres import is_transient
 from embedstream.logging import get_logger
 
 log = get_logger("embedstream.postgres")
@@ -16,32 +17,12 @@ log = get_logger("embedstream.postgres")
 APPLICATION_NAME = "embedstream"
 COMMAND_TIMEOUT_S = 60.0
 
-TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")
-"""connection exception, transaction rollback (deadlock, serialization), insufficient
-resources, operator intervention (shutdown, cannot connect now), system error."""
-
 
 def quote_ident(name: str) -> str:
     """``name`` as a quoted SQL identifier."""
     if not name or "\x00" in name:
         raise ValueError(f"invalid SQL identifier: {name!r}")
     return '"' + name.replace('"', '""') + '"'
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for failures that retrying later can fix: the server is away, restarting,
-    overloaded, terminated the connection, or chose this transaction as a deadlock or
-    serialization victim."""
-    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
-        return True  # refused, reset, timed out, "connection is closed"
-    if isinstance(exc, asyncpg.InternalClientError):
-        # the client's protocol state after a connection died under it ("cannot switch
-        # to state 15" once the server terminated it): a fresh connection works
-        return True
-    if isinstance(exc, asyncpg.PostgresError):
-        sqlstate = str(getattr(exc, "sqlstate", "") or "")
-        return sqlstate.startswith(TRANSIENT_SQLSTATE_CLASSES) or sqlstate == "55P03"
-    return False
 
 
 async def create_pool(settings: PostgresSettings) -> asyncpg.Pool:

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import numpy as np
 
 from embedstream.adapters.postgres.model import (
     DocumentWrite,
@@ -31,7 +30,7 @@ from embedstream.adapters.postgres.model import (
     plan_document,
 )
 from embedstream.logging import get_logger
-from embedstream.schemas.vectors import Vector
+from embedstream.schemas.vectors import Vector, vector_array
 
 log = get_logger("embedstream.postgres")
 
@@ -154,7 +153,7 @@ class StoredChunk:
 
     @property
     def vector(self) -> Vector:
-        return np.frombuffer(self.embedding, dtype="<f4").astype(np.float32)
+        return vector_array(self.embedding)
 
 
 class DocumentStore:

@@ -13,9 +13,6 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator
 from starlette.convertors import PathConvertor, register_url_convertor
 
-from embedstream.adapters.jobs import JobTracker, Submission
-from embedstream.api.auth import check_backpressure, require
-from embedstream.api.authentication import AuthenticatedRoute
 from embedstream.api.commands import build_delete, build_upsert
 from embedstream.api.deps import (
     ApiSettingsDep,
@@ -25,9 +22,12 @@ from embedstream.api.deps import (
     require_json,
 )
 from embedstream.api.errors import AUTH_ERRORS, error_responses
-from embedstream.api.principal import DOCUMENTS_WRITE, Principal
 from embedstream.api.routes.jobs import in_submission_order
+from embedstream.api.security.guards import check_backpressure, require
+from embedstream.api.security.principal import DOCUMENTS_WRITE, Principal
+from embedstream.api.security.route import AuthenticatedRoute
 from embedstream.config import ApiSettings
+from embedstream.jobs.tracker import JobTracker, Submission
 from embedstream.logging import get_logger
 from embedstream.schemas.api import (
     DOCUMENT_ID_MAX_CHARS,
@@ -156,15 +156,17 @@ async def submit_job(
     tenant: str,
     idempotency_key: str | None,
     fingerprint: str,
+    traceparent: str | None,
 ) -> JobAccepted:
     """One atomic submit; a replayed Idempotency-Key (of the same tenant) answers with
-    the existing job."""
+    the existing job. The job keeps the request's ``traceparent``."""
     submitted = await tracker.submit(
         job_id,
         submissions,
         tenant=tenant,
         idempotency_key=idempotency_key,
         body_hash=fingerprint,
+        traceparent=traceparent,
     )
     documents = [{"id": s.document_id, "kind": s.kind} for s in submissions]
     state = "queued"
@@ -237,6 +239,7 @@ async def upsert_documents(
         tenant=principal.tenant,
         idempotency_key=idempotency_key,
         fingerprint=request_fingerprint("POST /v1/documents", body.model_dump(mode="json")),
+        traceparent=traceparent,
     )
 
 
@@ -272,4 +275,5 @@ async def delete_document(
         tenant=principal.tenant,
         idempotency_key=idempotency_key,
         fingerprint=request_fingerprint("DELETE /v1/documents", {"id": document_id}),
+        traceparent=traceparent,
     )

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from embedstream.api.authentication import AuthenticatedRoute
 from embedstream.api.deps import RedisDep
 from embedstream.api.errors import RETRY_AFTER_S, error_response, error_responses
+from embedstream.api.security.route import AuthenticatedRoute
 from embedstream.logging import get_logger
 from embedstream.schemas.api import Health, Readiness
 

@@ -7,12 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException
 
-from embedstream.adapters.jobs import DocumentStatus, JobStatus
-from embedstream.api.auth import require
-from embedstream.api.authentication import AuthenticatedRoute
 from embedstream.api.deps import TrackerDep
 from embedstream.api.errors import AUTH_ERRORS, error_responses
-from embedstream.api.principal import JOBS_READ, Principal
+from embedstream.api.security.guards import require
+from embedstream.api.security.principal import JOBS_READ, Principal
+from embedstream.api.security.route import AuthenticatedRoute
+from embedstream.jobs.status import DocumentStatus, JobStatus
 from embedstream.schemas.api import JobOut, is_job_id
 from embedstream.streams.names import stream_id_to_version
 

@@ -19,12 +19,12 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from embedstream.adapters.postgres.document_reads import DocumentInfo, DocumentReader
-from embedstream.adapters.postgres.pool import is_transient
-from embedstream.api.auth import require
-from embedstream.api.authentication import AuthenticatedRoute
 from embedstream.api.errors import AUTH_ERRORS, RETRY_AFTER_S, error_responses, with_description
-from embedstream.api.principal import DOCUMENTS_READ, Principal
 from embedstream.api.routes.documents import PathDocumentId
+from embedstream.api.security.guards import require
+from embedstream.api.security.principal import DOCUMENTS_READ, Principal
+from embedstream.api.security.route import AuthenticatedRoute
+from embedstream.errors.postgres import is_transient
 from embedstream.logging import get_logger
 from embedstream.schemas.api import DOCUMENT_ID_MAX_CHARS
 from embedstream.schemas.search_api import MAX_PAGE_LIMIT, DocumentOut, DocumentPage

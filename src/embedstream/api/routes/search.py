@@ -14,11 +14,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from embedstream.api.auth import require
-from embedstream.api.authentication import AuthenticatedRoute
 from embedstream.api.deps import require_json
 from embedstream.api.errors import AUTH_ERRORS, error_responses, with_description
-from embedstream.api.principal import SEARCH_READ, Principal
+from embedstream.api.security.guards import require
+from embedstream.api.security.principal import SEARCH_READ, Principal
+from embedstream.api.security.route import AuthenticatedRoute
 from embedstream.logging import get_logger
 from embedstream.schemas.search_api import SearchRequest, SearchResponse, SearchResult
 from embedstream.search.filters import FilterError, parse_where, parse_where_document

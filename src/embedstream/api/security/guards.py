@@ -1,7 +1,7 @@
 """Authentication and authorization dependencies.
 
 - ``authenticate_headers``: the caller from the headers alone; ``AuthenticatedRoute``
-  (``embedstream.api.authentication``) runs it before a route reads the request body.
+  (``embedstream.api.security.route``) runs it before a route reads the request body.
 - ``PrincipalDep``: the authenticated caller (tenant, scopes, credential id); 401 when
   there is no valid credential, 429 after too many failed checks.
 - ``require(scope)``: a route dependency that also checks the scope (403) and the
@@ -22,17 +22,17 @@ from fastapi.security import APIKeyHeader, HTTPBearer, SecurityScopes
 from starlette.datastructures import Headers
 from starlette.types import Scope
 
-from embedstream.api.apikeys import KEY_PREFIX, key_id_of
 from embedstream.api.backpressure import Backpressure
-from embedstream.api.credentials import Forbidden, InvalidCredential, Unauthorized
-from embedstream.api.keycache import ApiKeyVerifier
-from embedstream.api.principal import SCOPES, CredentialKind, Principal
-from embedstream.api.ratelimit import CredentialRateLimiter, FailedAuthLimiter
-from embedstream.api.tokens import verify_token
+from embedstream.api.security.apikeys import KEY_PREFIX, key_id_of
+from embedstream.api.security.credentials import Forbidden, InvalidCredential, Unauthorized
+from embedstream.api.security.keycache import ApiKeyVerifier
+from embedstream.api.security.principal import SCOPES, CredentialKind, Principal
+from embedstream.api.security.ratelimit import CredentialRateLimiter, FailedAuthLimiter
+from embedstream.api.security.tokens import verify_token
 from embedstream.config import AuthSettings
 from embedstream.logging import get_logger
 
-log = get_logger("embedstream.api.auth")
+log = get_logger("embedstream.api.security.guards")
 
 _SCOPES_DOC = "; ".join(f"`{name}`: {what}" for name, what in SCOPES.items())
 bearer_scheme = HTTPBearer(

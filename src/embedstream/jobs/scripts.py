@@ -1,16 +1,22 @@
 """Lua for job bookkeeping. Every script is atomic, so an ack and the bookkeeping it
-implies land together (the worker runs them in the MULTI/EXEC of its ack)."""
+implies land together (the worker runs them in the MULTI/EXEC of its ack).
+
+The scripts write no envelope of their own: every entry they add to a stream is an
+envelope Python built (``Envelope.to_fields`` / ``Envelope.attributes``) and passed in.
+The one thing only the Lua knows is when a job ends, so it writes the ``data`` of
+``job.completed`` / ``job.failed`` (counts and failures) into the ``ce`` Python prepared.
+"""
 
 from __future__ import annotations
 
-from embedstream.adapters.inflight import COUNT_LUA
+from embedstream.jobs.inflight import COUNT_LUA
 
 # Accept a request: idempotency key + job record + one XADD per command, each counted
-# in flight for its document (embedstream.adapters.inflight).
+# in flight for its document (embedstream.jobs.inflight).
 # KEYS: idempotency key, job key, job documents key, ingest stream, in-flight counts,
 #       in-flight entries
-# ARGV: job_id, request_hash, created_at, ttl_s, tenant, n_docs,
-#       then per document: document_id, kind, n_fields, field, value, ...
+# ARGV: job_id, request_hash, created_at, ttl_s, tenant, traceparent ('' when none),
+#       n_docs, then per document: document_id, kind, n_fields, field, value, ...
 # Returns {job_id, "new"|"existing"|"conflict"}
 SUBMIT = (
     COUNT_LUA
@@ -24,10 +30,11 @@ if KEYS[1] ~= '' then
   redis.call('HSET', KEYS[1], 'job_id', ARGV[1], 'request_hash', ARGV[2])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
-local n = tonumber(ARGV[6])
+local n = tonumber(ARGV[7])
 redis.call('HSET', KEYS[2], 'id', ARGV[1], 'tenant', ARGV[5], 'state', 'queued',
            'documents', n, 'done', 0, 'failed', 0, 'created_at', ARGV[3])
-local i = 7
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'traceparent', ARGV[6]) end
+local i = 8
 for _ = 1, n do
   local doc, kind, nfields = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local fields = {}
@@ -46,27 +53,22 @@ return {ARGV[1], 'new'}
 # Record that a stage is done (or failed) for one document of a job, once. When the
 # document has every required stage (or any failure) it is finished; when every
 # document is finished, exactly one job.completed or job.failed goes to the results
-# stream. A finished delete also emits its prepared document.deleted events (one per
-# produced type version). Every event carries the tenant the job record stored at SUBMIT.
+# stream. A finished delete also adds its document.deleted events (one per produced
+# type version). A mark for another tenant than the job's is not counted.
 # KEYS: job key, job documents key, stage key (this stage), document state key,
 #       failures key, results stream, then the stage keys of every required stage
-# ARGV: document_id, status ("done"|"failed"), error, stage, now,
-#       job event id, job event source, ttl_s,
-#       then per document.deleted event (none for an upsert): event id, type, data
+# ARGV: document_id, status ("done"|"failed"), error, stage, now, ttl_s, tenant,
+#       `ce` of job.completed, `ce` of job.failed,
+#       then per document.deleted event (none for an upsert): `ce`, `data`
 # Returns 1 when this call counted, 0 when it was already counted or the job is unknown.
 MARK_STAGE = """
--- the envelope's `ce` field (see embedstream.schemas.envelope)
-local function attributes(id, etype, subject, tenant)
-  return cjson.encode({id = id, source = ARGV[7], type = etype, specversion = '1.0',
-                       time = ARGV[5], subject = subject, tenant = tenant,
-                       datacontenttype = 'application/json', schemaversion = 1})
-end
 local doc, status = ARGV[1], ARGV[2]
 if redis.call('HEXISTS', KEYS[2], doc) == 0 then return 0 end
+local job = redis.call('HMGET', KEYS[1], 'id', 'tenant')
+local job_id = job[1]
+if job[2] and job[2] ~= ARGV[7] then return 0 end
 if redis.call('HSETNX', KEYS[3], doc, status) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[4], doc) == 1 then return 1 end
-local job = redis.call('HMGET', KEYS[1], 'id', 'tenant')
-local job_id, tenant = job[1], job[2]
 if status == 'failed' then
   redis.call('HSET', KEYS[4], doc, 'failed')
   redis.call('HSET', KEYS[5], doc, cjson.encode({stage = ARGV[4], error = ARGV[3]}))
@@ -77,23 +79,22 @@ else
   end
   redis.call('HSET', KEYS[4], doc, 'done')
   redis.call('HINCRBY', KEYS[1], 'done', 1)
-  for e = 9, #ARGV, 3 do
-    local ce = attributes(ARGV[e], ARGV[e + 1], doc, tenant)
-    redis.call('XADD', KEYS[6], '*', 'ce', ce, 'data', ARGV[e + 2])
+  for e = 10, #ARGV, 2 do
+    redis.call('XADD', KEYS[6], '*', 'ce', ARGV[e], 'data', ARGV[e + 1])
   end
 end
 local counts = redis.call('HMGET', KEYS[1], 'documents', 'done', 'failed')
 local total, done, failed = tonumber(counts[1]), tonumber(counts[2]), tonumber(counts[3])
 if done + failed < total then return 1 end
-local etype, data
+local ce, data
 if failed == 0 then
   redis.call('HSET', KEYS[1], 'state', 'completed', 'finished_at', ARGV[5])
-  etype = 'job.completed.v1'
+  ce = ARGV[8]
   data = cjson.encode({job_id = job_id, status = 'completed', documents = total,
                        completed_at = ARGV[5]})
 else
   redis.call('HSET', KEYS[1], 'state', 'failed', 'finished_at', ARGV[5])
-  etype = 'job.failed.v1'
+  ce = ARGV[9]
   local failures = {}
   local flat = redis.call('HGETALL', KEYS[5])
   for f = 1, #flat, 2 do
@@ -103,9 +104,9 @@ else
   data = cjson.encode({job_id = job_id, status = 'failed', documents = total,
                        failures = failures, failed_at = ARGV[5]})
 end
-redis.call('XADD', KEYS[6], '*', 'ce', attributes(ARGV[6], etype, job_id, tenant), 'data', data)
+redis.call('XADD', KEYS[6], '*', 'ce', ce, 'data', data)
 for k = 1, #KEYS do
-  if k ~= 6 then redis.call('EXPIRE', KEYS[k], ARGV[8]) end
+  if k ~= 6 then redis.call('EXPIRE', KEYS[k], ARGV[6]) end
 end
 return 1
 """

@@ -21,7 +21,7 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from starlette.exceptions import HTTPException
 
-from embedstream.api.principal import Principal
+from embedstream.api.security.principal import Principal
 from embedstream.streams.names import StreamNames
 
 

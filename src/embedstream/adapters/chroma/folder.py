@@ -33,6 +33,7 @@ from typing import TypeVar
 
 from filelock import FileLock, Timeout
 
+from embedstream.errors.chroma import is_transient_open_error
 from embedstream.logging import get_logger
 
 T = TypeVar("T")
@@ -42,14 +43,6 @@ WRITER_LOCK = ".embedstream-writer.lock"
 OPEN_LOCK_TIMEOUT_S = 120.0
 
 log = get_logger("embedstream.chroma")
-
-_TRANSIENT_TEXT = ("database is locked", "already exists", "database table is locked")
-
-
-def is_transient_open_error(exc: BaseException) -> bool:
-    """Errors of a client or collection being created by another process right now."""
-    text = str(exc).lower()
-    return any(part in text for part in _TRANSIENT_TEXT)
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
-from embedstream.api.auth import (
+from embedstream.api.security.guards import (
     Guards,
     authenticate,
     authenticate_headers,

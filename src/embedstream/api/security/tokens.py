@@ -15,8 +15,13 @@ from typing import Any
 
 import jwt
 
-from embedstream.api.credentials import FailureKind, InvalidCredential
-from embedstream.api.principal import InvalidScope, Principal, check_scopes, parse_scope_claim
+from embedstream.api.security.credentials import FailureKind, InvalidCredential
+from embedstream.api.security.principal import (
+    InvalidScope,
+    Principal,
+    check_scopes,
+    parse_scope_claim,
+)
 from embedstream.config import AuthSettings
 from embedstream.schemas.tenancy import TENANT_RULE, check_tenant, is_tenant
 

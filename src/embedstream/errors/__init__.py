@@ -10,6 +10,10 @@ What a client reads about a failure (the job record's ``error``, ``job.failed``)
 ``public_error``: a stable code and a short sentence per kind of failure. The exception's
 own text (which may quote a database's message, a constraint or a failing row) goes to
 the worker's log and the dead-letter stream only.
+
+Which failures of a store are which is decided in one module per store, by exception
+class: ``embedstream.errors.redis``, ``embedstream.errors.postgres``,
+``embedstream.errors.chroma``.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import asyncpg
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
-from embedstream.api.principal import check_scopes
+from embedstream.api.security.principal import check_scopes
 from embedstream.schemas.tenancy import check_tenant
 
 KEY_PREFIX = "es_"

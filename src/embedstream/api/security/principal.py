@@ -1,7 +1,7 @@
 """Who is calling: the authenticated principal, its tenant and its scopes.
 
 Every credential (API key or JWT) belongs to exactly one tenant; routes get the
-principal through ``PrincipalDep`` (see ``embedstream.api.auth``).
+principal through ``PrincipalDep`` (see ``embedstream.api.security.guards``).
 """
 
 from __future__ import annotations

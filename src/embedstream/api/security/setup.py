@@ -7,12 +7,13 @@ import asyncpg
 import redis.asyncio as redis
 
 from embedstream.adapters.postgres.pool import APPLICATION_NAME, COMMAND_TIMEOUT_S, quote_ident
-from embedstream.api.apikeys import ApiKeyStore
-from embedstream.api.auth import Guards
 from embedstream.api.backpressure import Backpressure, IngestLagGauge
-from embedstream.api.keycache import ApiKeyVerifier
-from embedstream.api.ratelimit import CredentialRateLimiter, FailedAuthLimiter
+from embedstream.api.security.apikeys import ApiKeyStore
+from embedstream.api.security.guards import Guards
+from embedstream.api.security.keycache import ApiKeyVerifier
+from embedstream.api.security.ratelimit import CredentialRateLimiter, FailedAuthLimiter
 from embedstream.config import Settings, jwt_secret_problem
+from embedstream.streams.names import StreamNames
 
 KEY_LOOKUP_TIMEOUT_S = 5.0
 
@@ -49,7 +50,7 @@ async def create_key_pool(settings: Settings) -> asyncpg.Pool:
 
 
 def build_guards(settings: Settings, client: redis.Redis, pool: asyncpg.Pool) -> Guards:
-    names = settings.redis.names
+    names = StreamNames(settings.redis.stream_prefix)
     return Guards(
         auth=settings.auth,
         keys=ApiKeyVerifier(

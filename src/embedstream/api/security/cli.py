@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from embedstream.api.principal import SCOPES
+from embedstream.api.security.principal import SCOPES
 from embedstream.config import Settings
 from embedstream.logging import configure_logging
 
@@ -47,7 +47,7 @@ def _with_store(settings: Settings, body: Callable[[Any], Awaitable[T]]) -> T:
     async def run() -> T:
         from embedstream.adapters.postgres.migrate import migrate
         from embedstream.adapters.postgres.pool import create_pool
-        from embedstream.api.apikeys import ApiKeyStore
+        from embedstream.api.security.apikeys import ApiKeyStore
 
         pool = await create_pool(settings.postgres)
         try:
@@ -72,7 +72,7 @@ def keys_create(
     name: Annotated[str, typer.Option(help="what the key is for (shown by `keys list`)")],
 ) -> None:
     """Create a key and print it once (stdout); only its argon2id hash is stored."""
-    from embedstream.api.principal import InvalidScope
+    from embedstream.api.security.principal import InvalidScope
 
     settings = _settings()
     try:
@@ -140,7 +140,7 @@ def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="the key id (see `keys list`)")],
 ) -> None:
     """Revoke a key. API processes stop accepting it within EMBEDSTREAM_API_KEY_CACHE_TTL_S."""
-    from embedstream.api.apikeys import KeyNotFound
+    from embedstream.api.security.apikeys import KeyNotFound
 
     settings = _settings()
     try:
@@ -162,8 +162,8 @@ def token_issue(
     subject: Annotated[str | None, typer.Option(help="the `sub` claim")] = None,
 ) -> None:
     """Sign a JWT with EMBEDSTREAM_JWT_SECRET and print it (stdout)."""
-    from embedstream.api.principal import InvalidScope
-    from embedstream.api.tokens import JwtNotConfigured, issue_token
+    from embedstream.api.security.principal import InvalidScope
+    from embedstream.api.security.tokens import JwtNotConfigured, issue_token
 
     settings = _settings()
     try:

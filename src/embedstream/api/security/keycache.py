@@ -15,7 +15,7 @@
   (its client went away) does not take the others' answer with it.
 
 Failed checks are also rate limited per client address and key id (``FailedAuthLimiter``
-in ``embedstream.api.ratelimit``), before any hashing.
+in ``embedstream.api.security.ratelimit``), before any hashing.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from typing import Generic, TypeVar
 
 import asyncpg
 
-from embedstream.api.apikeys import ApiKeyStore, hash_key, key_id_of, new_key, verify_key
-from embedstream.api.credentials import CredentialStoreUnavailable, InvalidCredential
-from embedstream.api.principal import InvalidScope, Principal, check_scopes
+from embedstream.api.security.apikeys import ApiKeyStore, hash_key, key_id_of, new_key, verify_key
+from embedstream.api.security.credentials import CredentialStoreUnavailable, InvalidCredential
+from embedstream.api.security.principal import InvalidScope, Principal, check_scopes
+from embedstream.errors import postgres as postgres_errors
 from embedstream.logging import get_logger
 
 log = get_logger(__name__)
@@ -150,7 +151,7 @@ class ApiKeyVerifier:
             raise CredentialStoreUnavailable(
                 "the api_keys table does not exist: run `embedstream migrate`"
             ) from exc
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except postgres_errors.FAILURES as exc:
             raise CredentialStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         async with self._hashing:
             valid = await asyncio.to_thread(_verify, key, record.hash if record else None)
@@ -166,7 +167,7 @@ class ApiKeyVerifier:
             raise InvalidCredential(f"API key {key_id} has invalid scopes: {exc}") from None
         try:
             await self.store.touch(key_id)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except postgres_errors.FAILURES as exc:
             log.warning("could not record API key use", key_id=key_id, error=type(exc).__name__)
         return Principal(
             tenant=record.tenant,
