@@ -60,6 +60,33 @@ class Stack:
         self.procs[name] = proc
         return proc
 
+    def start_chroma_server(self, timeout: float = 60.0) -> str:
+        """``chroma run`` on the stack's Chroma folder; every process started afterwards
+        uses it (``EMBEDSTREAM_CHROMA_URL``): the API searches only an index served by a
+        Chroma server, which is what lets it read what the index workers write."""
+        binary = Path(sys.executable).with_name("chroma")
+        port = free_port()
+        log = open(self.log_dir / "chroma.log", "ab")  # noqa: SIM115 - lives with the process
+        self.procs["chroma"] = subprocess.Popen(
+            [str(binary), "run", "--path", str(self.chroma_path), "--port", str(port)],
+            env={**self.env, "ANONYMIZED_TELEMETRY": "False"},
+            stdout=log,
+            stderr=log,
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.procs["chroma"].poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the Chroma server did not start\n{self.logs()}")
+            time.sleep(0.2)
+        self.env["EMBEDSTREAM_CHROMA_URL"] = url
+        return url
+
     def start_worker(self, kind: str, name: str | None = None) -> subprocess.Popen[bytes]:
         return self.start(name or f"{kind}-{len(self.procs)}", "worker", kind)
 

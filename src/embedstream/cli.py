@@ -5,6 +5,7 @@ ingest | search | reindex | keys | token | schemas | model. Exit codes and ``--j
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,14 @@ from rich.console import Console
 from rich.table import Table
 
 from embedstream.api.security.cli import keys_app, token_app
-from embedstream.cli_output import ExitCode, JsonOption, fail, messages, print_json
+from embedstream.cli_output import (
+    ExitCode,
+    JsonOption,
+    fail,
+    messages,
+    print_json,
+    usage_error,
+)
 from embedstream.config import Settings
 from embedstream.contracts.cli import schemas_app
 from embedstream.dlq_cli import dlq_app
@@ -176,14 +184,26 @@ def dev(
         int | None,
         typer.Option(help="serve each worker's /healthz and /readyz on PORT, PORT+1, ..."),
     ] = None,
+    chroma_server: Annotated[
+        bool,
+        typer.Option(
+            help="serve the Chroma folder with `chroma run` for every process (without "
+            "EMBEDSTREAM_CHROMA_URL): the API can then search what the index worker writes"
+        ),
+    ] = True,
 ) -> None:
     """Run the API and one replica of each worker as child processes (Ctrl-C stops all)."""
     settings = cli_settings()
     workers = [["worker", stage.name] for stage in PIPELINE for _ in range(replicas)]
     env = dict(os.environ)
     procs: list[subprocess.Popen[bytes]] = []
+    chroma: subprocess.Popen[bytes] | None = None
     if settings.chroma.chroma_url is None:
         settings.chroma.chroma_path.mkdir(parents=True, exist_ok=True)
+        if chroma_server:
+            chroma, url = _start_chroma_server(settings.chroma.chroma_path)
+            if url is not None:
+                env["EMBEDSTREAM_CHROMA_URL"] = url
     procs.append(subprocess.Popen([sys.executable, "-m", "embedstream", "api"], env=env))
     for index, command in enumerate(workers):
         child_env = dev_worker_env(env, index, health_port)
@@ -217,7 +237,51 @@ def dev(
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
+    if chroma is not None:  # last: the index workers have finished their writes
+        chroma.terminate()
+        try:
+            chroma.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            chroma.kill()
     raise typer.Exit(code)
+
+
+def _start_chroma_server(folder: Path) -> tuple[subprocess.Popen[bytes] | None, str | None]:
+    """``chroma run`` on ``folder`` on a free local port, once it answers; (None, None)
+    when it cannot start (the processes then use the folder, and the API cannot search)."""
+    import shutil
+    import socket
+
+    import httpx
+
+    binary = Path(sys.executable).with_name("chroma")
+    found = str(binary) if binary.exists() else shutil.which("chroma")
+    if found is None:
+        console.print("[yellow]no `chroma` command: the API will not search[/yellow]")
+        return None, None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    log = (folder / "chroma-server.log").open("ab")
+    proc = subprocess.Popen(
+        [found, "run", "--path", str(folder), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/api/v2/heartbeat", timeout=1).status_code == 200:
+                console.print(f"chroma server on {url} (folder {folder})")
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    console.print(f"[yellow]chroma server did not start (see {folder}/chroma-server.log)[/yellow]")
+    return None, None
 
 
 @app.command()
@@ -257,34 +321,78 @@ def ingest(
         raise typer.Exit(ExitCode.FAILED)
 
 
+class SearchMode(Enum):
+    vector = "vector"
+    hybrid = "hybrid"
+
+
+def _json_option(name: str, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise usage_error(f"not valid JSON ({exc.msg}, column {exc.colno})", name) from None
+
+
 @app.command()
 def search(
     query: Annotated[str, typer.Argument(help="what to look for")],
     tenant: Annotated[str, typer.Option("--tenant", help="whose documents to search")],
     limit: Annotated[int, typer.Option(help="how many chunks", min=1, max=100)] = 5,
+    mode: Annotated[SearchMode, typer.Option(help="vector, or hybrid (+ full text)")] = (
+        SearchMode.vector
+    ),
+    where: Annotated[
+        str | None,
+        typer.Option(help='metadata filter as JSON, e.g. \'{"year": {"$gte": 2020}}\''),
+    ] = None,
+    where_document: Annotated[
+        str | None,
+        typer.Option(help='chunk text filter as JSON, e.g. \'{"$contains": "XADD"}\''),
+    ] = None,
     as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
-    """Embed a query and show one tenant's nearest chunks (Chroma) with their text
-    (PostgreSQL)."""
-    from embedstream.cli_output import usage_error
+    """Search one tenant's chunks as `POST /v1/search` does (same code, same filters):
+    nearest chunks in Chroma, text and metadata from PostgreSQL."""
     from embedstream.schemas.tenancy import InvalidTenant, check_tenant
-    from embedstream.search import search as run_search
+    from embedstream.search import FilterError, SearchQuery, parse_where, parse_where_document
+    from embedstream.search.oneshot import search_once
 
     try:
         check_tenant(tenant)
     except InvalidTenant as exc:
         raise usage_error(str(exc), "--tenant") from None
+    try:
+        request = SearchQuery(
+            text=query,
+            limit=limit,
+            mode=mode.value,
+            where=parse_where(_json_option("--where", where), ("--where",)),
+            where_document=parse_where_document(
+                _json_option("--where-document", where_document), ("--where-document",)
+            ),
+        )
+    except FilterError as exc:
+        raise usage_error(exc.message, exc.field) from None
     settings = cli_settings()
-    hits = asyncio.run(run_search(settings, query, limit, tenant=tenant))
+    hits = asyncio.run(search_once(settings, tenant, request)).hits
     if as_json:
         print_json([asdict(hit) for hit in hits])
         return
-    table = Table(title=f"nearest chunks to {query!r}")
-    for column in ("chunk", "distance", "text"):
+    table = Table(title=f"{mode.value} search: {query!r}")
+    for column in ("document", "chunk", "score", "distance", "text"):
         table.add_column(column)
     for hit in hits:
-        text = " ".join(hit.text.split())
-        table.add_row(hit.chunk_id, f"{hit.distance:.3f}", text[:160] + ("…" * (len(text) > 160)))
+        text = " ".join((hit.text or "").split())
+        distance = "-" if hit.distance is None else f"{hit.distance:.3f}"
+        table.add_row(
+            hit.document_id,
+            str(hit.chunk_index),
+            f"{hit.score:.4f}",
+            distance,
+            text[:140] + ("…" * (len(text) > 140)),
+        )
     console.print(table)
 
 

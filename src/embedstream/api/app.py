@@ -14,9 +14,18 @@ from embedstream.adapters.redis_client import create_redis
 from embedstream.api.console import mount_console
 from embedstream.api.errors import install_error_handlers
 from embedstream.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from embedstream.api.routes import admin, admin_dead_letters, documents, health, jobs
+from embedstream.api.routes import (
+    admin,
+    admin_dead_letters,
+    documents,
+    health,
+    jobs,
+    read,
+    search,
+)
 from embedstream.api.security.route import AuthenticatedRoute
 from embedstream.api.security.setup import build_guards, check_production, create_key_pool
+from embedstream.api.stores import open_read_side
 from embedstream.config import Settings
 from embedstream.jobs.tracker import JobTracker
 from embedstream.logging import get_logger
@@ -43,16 +52,23 @@ CORS_EXPOSED_HEADERS = [
 DESCRIPTION = """\
 The thin HTTP ingress of embedstream: it validates documents and puts one command per
 document on the ingest stream (a job), then reports each job's progress through the
-embed, index and persist stages. It talks to Redis, and to PostgreSQL for API keys.
+embed, index and persist stages. It talks to Redis, and to PostgreSQL for API keys and
+reads; searching also embeds the query and asks Chroma.
 
 Every operation but the probes needs a credential: `Authorization: Bearer <JWT>` (an
 HS256 OAuth2 access token) or an API key (`X-API-Key: es_...` or `Authorization: Bearer
-es_...`). Scopes: `documents:write` (POST/DELETE documents), `jobs:read` (job status),
-`admin` (everything within the credential's tenant, the admin endpoints included),
-`operator` (the admin endpoints across every tenant). 401 means no valid credential,
-403 a missing scope, 429 the credential's rate limit or too many failed authentication
-attempts (see `Retry-After`); writes answer 503 while the pipeline is backlogged. The
-credential is checked before the request body is read.
+es_...`). Scopes: `documents:write` (POST/DELETE documents), `documents:read` (GET
+documents), `jobs:read` (job status), `search:read` (search), `admin` (everything within
+the credential's tenant, the admin endpoints included), `operator` (the admin endpoints
+across every tenant). 401 means no valid credential, 403 a missing scope, 429 the
+credential's rate limit or too many failed authentication attempts (see `Retry-After`);
+writes answer 503 while the pipeline is backlogged. The credential is checked before the
+request body is read.
+
+Reading: `POST /v1/search` (scope `search:read`) searches the caller's tenant's chunks,
+by meaning (`vector`) or also by exact terms (`hybrid`), with metadata and text filters;
+`GET /v1/documents` and `GET /v1/documents/{id}` (scope `documents:read`) show what is
+stored. Every read is confined to the caller's tenant.
 
 Every error answers `{"error", "request_id"}` (validation: `{"detail", "errors",
 "request_id"}`); send `X-Request-ID` to choose the request id, `Idempotency-Key` to make
@@ -71,6 +87,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.tracker = JobTracker(client, StreamNames(settings.redis.stream_prefix))
     app.state.guards = build_guards(settings, client, pool)
     await app.state.guards.keys.warm()
+    read_side = await open_read_side(app, settings)
     log.info(
         "api started",
         stream_prefix=settings.redis.stream_prefix,
@@ -83,6 +100,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await read_side.aclose()
         try:
             await asyncio.wait_for(pool.close(), 10.0)
         except TimeoutError:
@@ -110,11 +128,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # routes added to the app itself also check credentials before reading a body
     app.router.route_class = AuthenticatedRoute
     install_error_handlers(app)
-    app.include_router(documents.router)
-    app.include_router(jobs.router)
-    app.include_router(health.router)
-    app.include_router(admin.router)
-    app.include_router(admin_dead_letters.router)
+    app.state.routers = [
+        documents.router,
+        jobs.router,
+        read.router,
+        search.router,
+        health.router,
+        admin.router,
+        admin_dead_letters.router,
+    ]
+    for router in app.state.routers:
+        app.include_router(router)
     console = settings.api.console if settings.api.console is not None else not production
     if console:
         mount_console(app)

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
 
 from embedstream.api.middleware import request_id_of
 from embedstream.api.security.credentials import CredentialStoreUnavailable
@@ -135,7 +136,26 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
     if exc.status_code in (404, 405) and detail in ("Not Found", "Method Not Allowed"):
         detail = f"{detail}: {request.method} {request.url.path}"
-    return error_response(request, exc.status_code, detail, exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+    return error_response(request, exc.status_code, detail, headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on the request's path. Starlette's 405 names only
+    the first matching route's (``GET`` and ``DELETE /v1/documents/{id}`` are routes of
+    two routers). The routers are the ones ``create_app`` lists on ``app.state``."""
+    routes = [
+        *request.app.router.routes,
+        *(route for router in getattr(request.app.state, "routers", ()) for route in router.routes),
+    ]
+    methods: set[str] = set()
+    probe = {**request.scope, "method": "__none__"}
+    for route in routes:
+        if isinstance(route, Route) and route.methods and route.matches(probe)[0] != Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
 
 
 async def _on_idempotency_conflict(request: Request, exc: Exception) -> JSONResponse:
@@ -228,3 +248,9 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
             entry["headers"] = _HEADERS[code]
         responses[code] = entry
     return responses
+
+
+def with_description(code: int, description: str) -> dict[int | str, dict[str, Any]]:
+    """``error_responses(code)`` with an operation's own description."""
+    entry = error_responses(code)[code]
+    return {code: {**entry, "description": description}}

@@ -23,6 +23,7 @@ from embedstream.config.api import (
     WEAK_SECRETS,
     ApiSettings,
     AuthSettings,
+    SearchSettings,
     jwt_secret_problem,
     rate_limit_spec,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "InvalidSettings",
     "PostgresSettings",
     "RedisSettings",
+    "SearchSettings",
     "Settings",
     "default_consumer_name",
     "describe_settings_error",
@@ -127,3 +129,7 @@ class Settings:
     @cached_property
     def auth(self) -> AuthSettings:
         return read_settings(AuthSettings)
+
+    @cached_property
+    def search(self) -> SearchSettings:
+        return read_settings(SearchSettings)

@@ -179,3 +179,24 @@ class AuthSettings(BaseSettings):
     @property
     def secret(self) -> str | None:
         return self.jwt_secret.get_secret_value() if self.jwt_secret else None
+
+
+class SearchSettings(BaseSettings):
+    """Search in the API process (``POST /v1/search``): the query model is loaded on the
+    first search unless ``search_preload`` asks for it at start."""
+
+    model_config = settings_config()
+
+    search_preload: bool = Field(
+        default=False,
+        description="load the query embedding model and open the index when the API "
+        "starts (EMBEDSTREAM_SEARCH_PRELOAD) instead of on the first search; an API that "
+        "is never asked to search loads no model either way unless this is on",
+    )
+    search_max_in_flight: int = Field(
+        default=16,
+        ge=1,
+        le=1_000,
+        description="searches one API process runs at once (EMBEDSTREAM_SEARCH_MAX_IN_FLIGHT); "
+        "more get 503 with Retry-After (query embedding is CPU work)",
+    )

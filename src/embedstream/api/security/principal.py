@@ -12,13 +12,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 DOCUMENTS_WRITE = "documents:write"
+DOCUMENTS_READ = "documents:read"
 JOBS_READ = "jobs:read"
+SEARCH_READ = "search:read"
 ADMIN = "admin"
 OPERATOR = "operator"
 #: Every scope a credential may carry, with what it allows.
 SCOPES: dict[str, str] = {
     DOCUMENTS_WRITE: "create, replace and delete documents",
+    DOCUMENTS_READ: "read what is stored for documents",
     JOBS_READ: "read the status of jobs",
+    SEARCH_READ: "search the indexed chunks",
     ADMIN: "everything within the credential's tenant (implies every scope but operator)",
     OPERATOR: "the admin endpoints across every tenant: stream status, every tenant's dead "
     "letters and jobs (implies no other scope)",
