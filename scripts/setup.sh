@@ -24,8 +24,22 @@ ensure_postgres() {
   echo "PostgreSQL did not start; check 'pg_lsclusters'" >&2; exit 1
 }
 
+# The console's browser tests (tests/e2e/test_console.py) drive Debian's Chromium with
+# Playwright (never `playwright install`: nothing is downloaded at run time).
+ensure_chromium() {
+  if [ -x /usr/bin/chromium ]; then return; fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    log "no apt-get: install Chromium yourself, or the console's browser tests are skipped"
+    return
+  fi
+  log "installing Debian's chromium and chromium-driver (browser tests)"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+}
+
 ensure_redis
 ensure_postgres
+ensure_chromium
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

@@ -1,5 +1,6 @@
 """The ``embedstream`` command: api | worker KIND | dev | status | dlq | migrate | init |
-ingest | model export."""
+ingest | search | reindex | keys | token | schemas | model. Exit codes and ``--json``:
+``embedstream.cli_output``."""
 
 from __future__ import annotations
 
@@ -21,10 +22,20 @@ from rich.console import Console
 from rich.table import Table
 
 from embedstream.api.security.cli import keys_app, token_app
+from embedstream.cli_output import (
+    ExitCode,
+    JsonOption,
+    fail,
+    messages,
+    print_json,
+    usage_error,
+)
 from embedstream.config import Settings
 from embedstream.contracts.cli import schemas_app
+from embedstream.dlq_cli import dlq_app
 from embedstream.logging import configure_logging
 from embedstream.model_cli import model_app
+from embedstream.status_cli import status
 from embedstream.streams.names import PIPELINE, StreamNames
 
 app = typer.Typer(
@@ -33,8 +44,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-dlq_app = typer.Typer(help="Inspect and replay dead letters.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+app.command()(status)
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(keys_app, name="keys")
 app.add_typer(token_app, name="token")
@@ -52,7 +63,9 @@ else:
     StageKind = Enum("StageKind", [(stage.name, stage.name) for stage in PIPELINE], type=str)
 
 
-def _settings() -> Settings:
+def cli_settings() -> Settings:
+    """The settings (from the environment), with logging configured: every command's
+    first step."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
@@ -83,7 +96,7 @@ def api() -> None:
     """Run the HTTP ingress (uvicorn)."""
     from embedstream.api.app import run_api
 
-    run_api(_settings())
+    run_api(cli_settings())
 
 
 @app.command()
@@ -92,7 +105,7 @@ def worker(
     burst: Annotated[bool, typer.Option(help="process what is there, then exit")] = False,
 ) -> None:
     """Run one worker replica. Start more processes to scale a stage."""
-    settings = _settings()
+    settings = cli_settings()
 
     async def main() -> None:
         from embedstream.streams.runner import install_stop_signals
@@ -111,142 +124,46 @@ def migrate(
     streams: Annotated[
         bool, typer.Option(help="also create the streams and consumer groups (`init`)")
     ] = True,
+    as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
     """Apply PostgreSQL migrations (safe to run from several processes at once), then
     create every stream and consumer group (`embedstream init`)."""
-    settings = _settings()
+    settings = cli_settings()
     from embedstream.adapters.postgres.migrate import migrate as apply
 
     applied = asyncio.run(apply(settings.postgres.database_url, settings.postgres.database_schema))
+    made = _init_streams(settings) if streams else []
+    if as_json:
+        print_json({"applied": applied, "streams": made})
+        return
     console.print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none needed'}")
-    if streams:
-        _init_streams(settings)
+    _print_streams(made)
 
 
 @app.command()
-def init() -> None:
+def init(as_json: Annotated[bool, JsonOption] = False) -> None:
     """Create every stream and every stage's consumer group (embedder on ingest; indexer
     and persister on embedded), so lag is readable before any worker runs. Idempotent:
     what exists is left as it is."""
-    _init_streams(_settings())
+    made = _init_streams(cli_settings())
+    if as_json:
+        print_json({"streams": made})
+    else:
+        _print_streams(made)
 
 
-def _init_streams(settings: Settings) -> None:
+def _init_streams(settings: Settings) -> list[dict[str, Any]]:
     from embedstream.streams.init import init_streams
 
     names = _names(settings)
-    for item in _with_redis(settings, lambda client: init_streams(client, names)):
-        what = f"{item.stream} group {item.group}" if item.group else item.stream
-        console.print(f"{'created' if item.created else 'exists '} {what}")
+    items = _with_redis(settings, lambda client: init_streams(client, names))
+    return [{"stream": i.stream, "group": i.group, "created": i.created} for i in items]
 
 
-@app.command()
-def status(
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-    watch: Annotated[float, typer.Option(help="refresh every N seconds (0: once)")] = 0.0,
-) -> None:
-    """Per stream and group: length, lag, pending, oldest pending age, consumers, DLQ."""
-    from embedstream.streams.status import collect_status
-
-    settings = _settings()
-    while True:
-        report = _with_redis(settings, lambda c: collect_status(c, _names(settings)))
-        if as_json:
-            print(json.dumps(report.as_dict(), indent=2))
-        else:
-            _print_status(report)
-        if watch <= 0:
-            return
-        time.sleep(watch)
-
-
-def _age(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    if ms < 1000:
-        return f"{ms}ms"
-    if ms < 120_000:
-        return f"{ms / 1000:.1f}s"
-    return f"{ms / 60_000:.1f}m"
-
-
-def _print_status(report: Any) -> None:
-    table = Table(title=f"embedstream streams (prefix {report.prefix})")
-    for column in ("stream", "length", "group", "lag", "pending", "oldest pending", "dlq"):
-        left = column in ("stream", "group")
-        table.add_column(column, justify="left" if left else "right", no_wrap=True)
-    table.add_column("consumers (idle)", min_width=18, overflow="fold")
-    for stream in report.streams:
-        if not stream.groups:
-            length = str(stream.length) if stream.exists else "(none)"
-            table.add_row(stream.stream, length, "-", "-", "-", "-", "-", "")
-        for group in stream.groups:
-            consumers = ", ".join(f"{c.name} ({_age(c.idle_ms)})" for c in group.consumers)
-            table.add_row(
-                stream.stream,
-                str(stream.length),
-                group.name,
-                "?" if group.lag is None else str(group.lag),
-                str(group.pending),
-                _age(group.oldest_pending_age_ms),
-                str(group.dead_letters),
-                consumers or "-",
-            )
-    console.print(table)
-    console.print(f"dead letters in {report.dead_letter_stream}: {report.dead_letters_total}")
-
-
-@dlq_app.command("list")
-def dlq_list(
-    count: Annotated[int, typer.Option(help="how many")] = 20,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Show dead letters: where they came from, why, after how many attempts."""
-    from embedstream.schemas.envelope import attributes_of
-    from embedstream.streams.dlq import list_dead_letters
-
-    settings = _settings()
-    views = _with_redis(settings, lambda c: list_dead_letters(c, _names(settings), count=count))
-    if as_json:
-        print(json.dumps([asdict(v) for v in views], indent=2))
-        return
-    table = Table(title="dead letters")
-    for column in ("id", "stream", "stage", "attempts", "type", "error"):
-        table.add_column(column)
-    for v in views:
-        table.add_row(
-            v.id,
-            v.meta.get("stream", "?"),
-            v.meta.get("stage", "?"),
-            v.meta.get("attempts", "?"),
-            str(attributes_of(v.fields).get("type", "?")),
-            v.meta.get("error", "")[:120],
-        )
-    console.print(table)
-
-
-@dlq_app.command("replay")
-def dlq_replay(
-    ids: Annotated[list[str], typer.Argument(help="dead-letter entry ids (see `dlq list`)")],
-) -> None:
-    """Move dead letters back to their stream (as new entries) after fixing the cause."""
-    from embedstream.streams.dlq import replay_dead_letter
-
-    settings = _settings()
-
-    async def replay_all(client: Any) -> int:
-        failures = 0
-        for entry_id in ids:
-            moved = await replay_dead_letter(client, _names(settings), entry_id)
-            if moved is None:
-                console.print(f"[red]{entry_id}: no such dead letter[/red]")
-                failures += 1
-            else:
-                console.print(f"{entry_id} -> {moved[0]} {moved[1]}")
-        return failures
-
-    if _with_redis(settings, replay_all):
-        raise typer.Exit(1)
+def _print_streams(made: list[dict[str, Any]]) -> None:
+    for item in made:
+        what = f"{item['stream']} group {item['group']}" if item["group"] else item["stream"]
+        console.print(f"{'created' if item['created'] else 'exists '} {what}")
 
 
 def dev_worker_env(env: dict[str, str], index: int, health_port: int | None) -> dict[str, str]:
@@ -276,7 +193,7 @@ def dev(
     ] = True,
 ) -> None:
     """Run the API and one replica of each worker as child processes (Ctrl-C stops all)."""
-    settings = _settings()
+    settings = cli_settings()
     workers = [["worker", stage.name] for stage in PIPELINE for _ in range(replicas)]
     env = dict(os.environ)
     procs: list[subprocess.Popen[bytes]] = []
@@ -374,14 +291,34 @@ def ingest(
     batch: Annotated[int, typer.Option(help="documents per request")] = 50,
     wait: Annotated[bool, typer.Option(help="wait for every job to finish")] = True,
     timeout: Annotated[float, typer.Option(help="seconds to wait for results")] = 600.0,
+    as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
-    """Post a folder of documents in batches and wait for the job results."""
-    from embedstream.ingest import ingest_folder
+    """Post a folder of documents in batches and wait for the job results (exit 1 when a
+    job failed or did not finish in time)."""
+    import httpx
 
-    _settings()
-    ok = ingest_folder(path, url=url, batch=batch, wait=wait, timeout=timeout, console=console)
-    if not ok:
-        raise typer.Exit(1)
+    from embedstream.ingest import NoDocuments, ingest_folder, print_summary
+
+    cli_settings()
+    out = messages(as_json) if as_json else console
+    try:
+        summary = ingest_folder(path, url=url, batch=batch, wait=wait, timeout=timeout, console=out)
+    except NoDocuments as exc:
+        raise fail(str(exc), as_json=as_json) from None
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach the API at {url}: {exc}", as_json=as_json) from None
+    if as_json:
+        print_json(
+            {
+                "documents": summary.documents,
+                "elapsed_s": round(summary.elapsed_s, 3),
+                "jobs": summary.jobs,
+            }
+        )
+    else:
+        print_summary(summary, console)
+    if not summary.ok:
+        raise typer.Exit(ExitCode.FAILED)
 
 
 class SearchMode(Enum):
@@ -395,8 +332,7 @@ def _json_option(name: str, value: str | None) -> Any:
     try:
         return json.loads(value)
     except json.JSONDecodeError as exc:
-        console.print(f"[red]{name}: not valid JSON ({exc.msg}, column {exc.colno})[/red]")
-        raise typer.Exit(2) from None
+        raise usage_error(f"not valid JSON ({exc.msg}, column {exc.colno})", name) from None
 
 
 @app.command()
@@ -415,7 +351,7 @@ def search(
         str | None,
         typer.Option(help='chunk text filter as JSON, e.g. \'{"$contains": "XADD"}\''),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
     """Search one tenant's chunks as `POST /v1/search` does (same code, same filters):
     nearest chunks in Chroma, text and metadata from PostgreSQL."""
@@ -426,8 +362,7 @@ def search(
     try:
         check_tenant(tenant)
     except InvalidTenant as exc:
-        console.print(f"[red]--tenant: {exc}[/red]")
-        raise typer.Exit(2) from None
+        raise usage_error(str(exc), "--tenant") from None
     try:
         request = SearchQuery(
             text=query,
@@ -439,12 +374,11 @@ def search(
             ),
         )
     except FilterError as exc:
-        console.print(f"[red]{exc.field}: {exc.message}[/red]")
-        raise typer.Exit(2) from None
-    settings = _settings()
+        raise usage_error(exc.message, exc.field) from None
+    settings = cli_settings()
     hits = asyncio.run(search_once(settings, tenant, request)).hits
     if as_json:
-        print(json.dumps([asdict(hit) for hit in hits], indent=2, ensure_ascii=False))
+        print_json([asdict(hit) for hit in hits])
         return
     table = Table(title=f"{mode.value} search: {query!r}")
     for column in ("document", "chunk", "score", "distance", "text"):
@@ -464,16 +398,16 @@ def search(
 
 @app.command()
 def reindex(
-    batch: Annotated[int, typer.Option(help="chunks per Chroma upsert")] = 500,
+    batch: Annotated[int, typer.Option(help="chunks per Chroma upsert", min=1)] = 500,
+    as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
     """Rebuild the Chroma collection from PostgreSQL. Stop the index workers first."""
     from rich.progress import Progress
 
-    from embedstream.reindex import MixedModels
     from embedstream.reindex import reindex as run_reindex
 
-    settings = _settings()
-    with Progress(console=console) as progress:
+    settings = cli_settings()
+    with Progress(console=messages(as_json) if as_json else console) as progress:
         task = progress.add_task("reindexing", total=None)
 
         def report(done: int, total: int) -> None:
@@ -481,17 +415,29 @@ def reindex(
 
         try:
             written = asyncio.run(run_reindex(settings, batch_size=batch, progress=report))
-        except MixedModels as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from exc
-    console.print(f"rebuilt {settings.chroma.chroma_collection!r}: {written} chunks")
+        except RuntimeError as exc:  # MixedModels, or an index worker holds the folder
+            raise fail(str(exc), as_json=as_json) from exc
+    collection = settings.chroma.chroma_collection
+    if as_json:
+        print_json({"collection": collection, "chunks": written})
+    else:
+        console.print(f"rebuilt {collection!r}: {written} chunks")
 
 
 def main() -> None:
+    """The console script: exit codes 0 done, 1 failed, 2 usage error (an invalid
+    setting too), 3 unhealthy (``embedstream.cli_output``)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
     from embedstream.config import InvalidSettings
 
     try:
         app()
     except InvalidSettings as exc:  # names the variables and rules, never the values
         print(f"embedstream: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(ExitCode.USAGE) from None
+    except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
+        # a service that does not answer: say which, without a traceback
+        print(f"embedstream: cannot reach a service: {type(exc).__name__}: {exc}", file=sys.stderr)
+        raise SystemExit(ExitCode.FAILED) from None

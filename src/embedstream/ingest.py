@@ -113,28 +113,52 @@ def wait_for_jobs(
     return [outcomes.get(j, JobOutcome(j, "timed out", 0, [])) for j in jobs]
 
 
+class NoDocuments(ValueError):
+    """The folder holds no .txt or .md file."""
+
+
+@dataclass
+class IngestSummary:
+    """What ``embedstream ingest`` did: documents posted, each job's outcome (``queued``
+    without waiting), the time from the first POST to the last result."""
+
+    documents: int
+    elapsed_s: float
+    jobs: list[JobOutcome]
+
+    @property
+    def ok(self) -> bool:
+        """Every job completed (or, without waiting, was accepted)."""
+        return all(o.state in ("completed", "queued") for o in self.jobs)
+
+
 def ingest_folder(
     root: Path, *, url: str, batch: int, wait: bool, timeout: float, console: Console
-) -> bool:
+) -> IngestSummary:
+    """Post every document under ``root`` and, with ``wait``, wait for the jobs'
+    results; progress goes to ``console``."""
     files = find_documents(root)
     if not files:
-        console.print(f"[red]no .txt or .md files under {root}[/red]")
-        return False
+        raise NoDocuments(f"no .txt or .md files under {root}")
     key = os.environ.get("EMBEDSTREAM_API_KEY", "")  # see `embedstream keys create`
     headers = {"X-API-Key": key} if key else {}
     with httpx.Client(base_url=url, timeout=30.0, headers=headers) as client:
         started = time.monotonic()
         jobs = post_batches(client, root, files, batch, console)
         console.print(f"posted {len(files)} documents in {len(jobs)} job(s)")
-        if not wait:
-            return True
-        outcomes = wait_for_jobs(client, jobs, timeout, console)
+        if wait:
+            outcomes = wait_for_jobs(client, jobs, timeout, console)
+        else:
+            outcomes = [JobOutcome(job, "queued", 0, []) for job in jobs]
         elapsed = time.monotonic() - started
-    table = Table(title=f"{len(files)} documents, {elapsed:.1f}s")
+    return IngestSummary(len(files), elapsed, outcomes)
+
+
+def print_summary(summary: IngestSummary, console: Console) -> None:
+    table = Table(title=f"{summary.documents} documents, {summary.elapsed_s:.1f}s")
     for column in ("job", "state", "documents", "failures"):
         table.add_column(column)
-    for o in outcomes:
+    for o in summary.jobs:
         failures = "; ".join(f"{f.get('document_id')}: {f.get('error')}" for f in o.failures)
         table.add_row(o.job_id, o.state, str(o.documents), failures or "-")
     console.print(table)
-    return all(o.state == "completed" for o in outcomes)

@@ -413,7 +413,8 @@ def test_keys_cli_creates_lists_and_revokes(monkeypatch: pytest.MonkeyPatch) -> 
         bad_scope = runner.invoke(
             cli_app, ["keys", "create", "--tenant", "acme", "--scope", "root", "--name", "x"]
         )
-        assert bad_scope.exit_code == 1 and "unknown scope(s) root" in bad_scope.output
+        # an unknown scope is a usage error (exit code 2), like every bad argument
+        assert bad_scope.exit_code == 2 and "unknown scope(s) root" in bad_scope.output
     finally:
         asyncio.run(drop_schema(schema))
 
@@ -434,12 +435,13 @@ def test_token_cli_issues_a_verifiable_jwt(monkeypatch: pytest.MonkeyPatch) -> N
     too_long = CliRunner().invoke(
         cli_app, ["token", "issue", "--tenant", "acme", "--scope", "jobs:read", "--ttl", "99999"]
     )
-    assert too_long.exit_code == 1
+    assert too_long.exit_code == 2  # an argument out of bounds
     monkeypatch.delenv("EMBEDSTREAM_JWT_SECRET")
     unset = CliRunner().invoke(
         cli_app, ["token", "issue", "--tenant", "acme", "--scope", "jobs:read"]
     )
-    assert unset.exit_code == 1 and "EMBEDSTREAM_JWT_SECRET is not set" in unset.output
+    # a missing setting is a usage error (exit code 2)
+    assert unset.exit_code == 2 and "EMBEDSTREAM_JWT_SECRET is not set" in unset.output
 
 
 # -- logs --------------------------------------------------------------------------------

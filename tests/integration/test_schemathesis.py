@@ -2,15 +2,19 @@
 (Schemathesis, in-process ASGI, the real Redis and PostgreSQL).
 
 Every operation gets a bounded number of generated requests, sent with a valid API key
-(``admin``): no 5xx, and every status code, header and body must be documented."""
+(``admin``): no 5xx, and every status code, header and body must be documented. The
+admin endpoints (``/v1/admin/...``) are covered too, on a dead-letter stream that holds
+entries of the key's tenant, of another tenant and without a readable tenant."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
@@ -26,10 +30,19 @@ from schemathesis.checks import (
 from schemathesis.python.asgi import shutdown_lifespans
 
 from embedstream.api.app import create_app
-from embedstream.config import ApiSettings, AuthSettings, ChromaSettings, RedisSettings, Settings
+from embedstream.config import (
+    ApiSettings,
+    AuthSettings,
+    ChromaSettings,
+    ConsumerSettings,
+    RedisSettings,
+    Settings,
+)
+from embedstream.streams.names import StreamNames
 from tests.conftest import REDIS_URL
 from tests.integration.conftest import ApiKeys, with_key_store
 from tests.support.chroma_server import chroma_server
+from tests.support.dead_letters import add_command, add_poison, dead_letter_all
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +77,7 @@ def api_schema(api_keys: ApiKeys, chroma_url: str) -> Iterator[schemathesis.Base
         jwt_secret="schemathesis-jwt-secret-0123456789-abcdefgh",
         auth_failure_limit="100000/minute",
     )
+    asyncio.run(seed_dead_letters(StreamNames(prefix)))
     yield schemathesis.openapi.from_asgi("/openapi.json", create_app(config))
     shutdown_lifespans()
     client = redis.Redis.from_url(REDIS_URL)
@@ -71,6 +85,19 @@ def api_schema(api_keys: ApiKeys, chroma_url: str) -> Iterator[schemathesis.Base
     if keys:
         client.delete(*keys)
     client.close()
+
+
+async def seed_dead_letters(names: StreamNames) -> None:
+    """Dead letters of the key's tenant (acme), of another tenant and unreadable ones."""
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        for n in range(5):
+            for tenant in ("acme", "globex"):
+                await add_command(client, names, tenant=tenant, document_id=f"doc-{n}")
+            await add_poison(client, names, n)
+        await dead_letter_all(client, names, ConsumerSettings(consumer_name="seed", block_ms=50))
+    finally:
+        await client.aclose()
 
 
 OPERATIONS = [
@@ -82,7 +109,17 @@ OPERATIONS = [
     ("GET", "/v1/jobs/{job_id}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/v1/admin/session"),
+    ("GET", "/v1/admin/status"),
+    ("GET", "/v1/admin/dead-letters"),
+    ("GET", "/v1/admin/dead-letters/{entry_id}"),
+    ("POST", "/v1/admin/dead-letters/replay"),
+    ("POST", "/v1/admin/dead-letters/purge"),
+    ("GET", "/v1/admin/jobs/{job_id}"),
+    ("GET", "/v1/admin/streams/{stream}/entries/{entry_id}"),
 ]
+#: the dead-letter actions answer what they did (200), not 202
+ADMIN_ACTIONS = ("/v1/admin/dead-letters/replay", "/v1/admin/dead-letters/purge")
 
 
 def test_every_operation_is_covered(api_schema: schemathesis.BaseSchema) -> None:
@@ -135,7 +172,7 @@ def test_the_api_keeps_its_contract(
     assert statuses
     assert 401 not in statuses, "the credential was refused: the run tested nothing"
     assert all(status < 500 for status in statuses)
-    if mode is GenerationMode.POSITIVE and path == "/v1/search":
+    if mode is GenerationMode.POSITIVE and path in ("/v1/search", *ADMIN_ACTIONS):
         assert 200 in statuses
     elif mode is GenerationMode.POSITIVE and method != "GET":
         assert 202 in statuses

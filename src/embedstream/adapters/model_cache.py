@@ -30,8 +30,6 @@ VARIANTS: tuple[Variant, ...] = ("onnx", "onnx-int8")
 GRAPH_FILES: dict[Variant, str] = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 #: Bump when the export recipe changes: older exports are then made again.
 EXPORT_FORMAT = 1
-#: ``embedstream model export`` exits with this when the folder cannot run on ONNX.
-NOT_EXPORTABLE_EXIT = 3
 
 log = get_logger("embedstream.model_cache")
 
@@ -105,14 +103,19 @@ def ensure_export(
             "e.g. at image build time with the same EMBEDSTREAM_MODEL_CACHE, or set "
             "EMBEDSTREAM_BACKEND=torch."
         )
-    command = [sys.executable, "-m", "embedstream", "model", "export", "--variant", variant]
+    command = [
+        sys.executable, "-m", "embedstream", "model", "export", "--variant", variant, "--json"
+    ]  # fmt: skip
     command += ["--cache", str(cache)]
     if model is not None:
         command += ["--model", model]
     log.info("exporting the model", variant=variant, cache=str(cache), model=str(folder.path))
-    done = subprocess.run(command, timeout=timeout_s, check=False)
-    if done.returncode == NOT_EXPORTABLE_EXIT:
-        raise NotExportable(f"{folder.path} cannot run on ONNX (see the export's log above)")
+    # its log goes to ours (stderr); its result (JSON) comes back on stdout
+    done = subprocess.run(
+        command, timeout=timeout_s, check=False, stdout=subprocess.PIPE, text=True
+    )
+    if done.returncode != 0 and _not_exportable(done.stdout):
+        raise NotExportable(f"{folder.path} cannot run on ONNX: {_not_exportable(done.stdout)}")
     if done.returncode != 0:
         raise RuntimeError(
             f"`{' '.join(command)}` failed with exit code {done.returncode}; see its log above"
@@ -121,3 +124,13 @@ def ensure_export(
     if manifest is None:
         raise RuntimeError(f"the export finished but {directory} holds no {variant} export")
     return directory / GRAPH_FILES[variant], manifest
+
+
+def _not_exportable(result: str) -> str | None:
+    """Why ``embedstream model export --json`` found the folder not exportable, if so."""
+    try:
+        parsed = json.loads(result)
+    except ValueError:
+        return None
+    reason = parsed.get("not_exportable") if isinstance(parsed, dict) else None
+    return reason if isinstance(reason, str) else None

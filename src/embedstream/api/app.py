@@ -11,9 +11,18 @@ from fastapi.middleware.cors import CORSMiddleware
 
 import embedstream
 from embedstream.adapters.redis_client import create_redis
+from embedstream.api.console import mount_console
 from embedstream.api.errors import install_error_handlers
 from embedstream.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from embedstream.api.routes import documents, health, jobs, read, search
+from embedstream.api.routes import (
+    admin,
+    admin_dead_letters,
+    documents,
+    health,
+    jobs,
+    read,
+    search,
+)
 from embedstream.api.security.route import AuthenticatedRoute
 from embedstream.api.security.setup import build_guards, check_production, create_key_pool
 from embedstream.api.stores import open_read_side
@@ -49,10 +58,11 @@ reads; searching also embeds the query and asks Chroma.
 Every operation but the probes needs a credential: `Authorization: Bearer <JWT>` (an
 HS256 OAuth2 access token) or an API key (`X-API-Key: es_...` or `Authorization: Bearer
 es_...`). Scopes: `documents:write` (POST/DELETE documents), `documents:read` (GET
-documents), `jobs:read` (job status), `search:read` (search), `admin` (everything). 401
-means no valid credential, 403 a missing scope, 429 the credential's rate limit or too
-many failed authentication attempts (see `Retry-After`); writes answer 503 while the
-pipeline is backlogged. The credential is checked before the
+documents), `jobs:read` (job status), `search:read` (search), `admin` (everything within
+the credential's tenant, the admin endpoints included), `operator` (the admin endpoints
+across every tenant). 401 means no valid credential, 403 a missing scope, 429 the
+credential's rate limit or too many failed authentication attempts (see `Retry-After`);
+writes answer 503 while the pipeline is backlogged. The credential is checked before the
 request body is read.
 
 Reading: `POST /v1/search` (scope `search:read`) searches the caller's tenant's chunks,
@@ -118,9 +128,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # routes added to the app itself also check credentials before reading a body
     app.router.route_class = AuthenticatedRoute
     install_error_handlers(app)
-    app.state.routers = [documents.router, jobs.router, read.router, search.router, health.router]
+    app.state.routers = [
+        documents.router,
+        jobs.router,
+        read.router,
+        search.router,
+        health.router,
+        admin.router,
+        admin_dead_letters.router,
+    ]
     for router in app.state.routers:
         app.include_router(router)
+    console = settings.api.console if settings.api.console is not None else not production
+    if console:
+        mount_console(app)
     # Added last runs first: the request context wraps everything, the 413 included.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.api.max_body_bytes)
     if settings.api.cors_origins:

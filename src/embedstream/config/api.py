@@ -41,6 +41,11 @@ class ApiSettings(BaseSettings):
         description="serve /docs, /redoc and /openapi.json (EMBEDSTREAM_API_DOCS); "
         "defaults to on, off in production",
     )
+    console: bool | None = Field(
+        default=None,
+        description="serve the operator console at /console (EMBEDSTREAM_CONSOLE); "
+        "defaults to on, off in production",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

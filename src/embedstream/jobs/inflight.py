@@ -12,9 +12,10 @@ A command is counted by the script that adds it to the stream (the ingress's SUB
 store's re-embed request), in the same atomic call as its XADD; it is settled in the
 MULTI/EXEC that acknowledges or dead-letters it (``settle_op``), which removes its entry
 id and decrements its document once: settling twice (two replicas finishing the same
-reclaimed entry) changes nothing. Entries added by anything else (``embedstream dlq
-replay``, a hand-written XADD) are not counted and never reused for. A count that leaks
-(an entry deleted by hand) only turns reuse off for that document: the safe side.
+reclaimed entry) changes nothing. A dead letter replayed to the ingest stream is counted
+by the replay script (``embedstream.streams.dlq``). Entries added by anything else (a
+hand-written XADD) are not counted and never reused for. A count that leaks (an entry
+deleted by hand) only turns reuse off for that document: the safe side.
 """
 
 from __future__ import annotations

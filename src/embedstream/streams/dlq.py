@@ -3,7 +3,10 @@
 A dead letter holds the original entry's fields plus ``dlq_*`` metadata (stream, id,
 group, stage, consumer, attempts, error). Replaying adds the original fields back to the
 original stream as a new entry and removes the dead letter, atomically. A replayed
-command counts as a new submission (it gets a new stream id, hence a new version).
+command counts as a new submission (it gets a new stream id, hence a new version); one
+replayed to the ingest stream is counted in flight for its document like the ingress's
+commands. Finding entries: ``embedstream.streams.dlq_query``; acting on a selection
+(ids or a filter, with a dry run): ``embedstream.streams.dlq_actions``.
 """
 
 from __future__ import annotations
@@ -13,10 +16,20 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from embedstream.streams.consumer import DLQ_META_PREFIX
+from embedstream.jobs.inflight import COUNT_LUA, InFlight
+from embedstream.schemas.tenancy import document_key
+from embedstream.streams.dlq_query import DeadLetter, read_dead_letter
 from embedstream.streams.names import StreamNames, as_text
 
-REPLAY = """
+#: Move one dead letter back to its stream, atomically. Every key it touches is declared:
+#: KEYS: dead-letter stream, target stream (the entry's ``dlq_stream``), then the ingest
+#: stream's in-flight counts and entries (``embedstream.adapters.inflight``)
+#: ARGV: dead letter id, document key to count in flight ("" for none)
+#: Returns {target, new id}; false when the entry is gone; {"", "moved"} when its
+#: ``dlq_stream`` is not KEYS[2].
+REPLAY = (
+    COUNT_LUA
+    + """
 local entry = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #entry == 0 then return false end
 local fields, target = {}, nil
@@ -30,12 +43,15 @@ for i = 1, #flat, 2 do
   end
 end
 if not target or #fields == 0 then return false end
+if target ~= KEYS[2] then return {'', 'moved'} end
 fields[#fields + 1] = 'replayed_from'
 fields[#fields + 1] = ARGV[1]
 local new_id = redis.call('XADD', target, '*', unpack(fields))
+if ARGV[2] ~= '' then count_in_flight(KEYS[3], KEYS[4], new_id, ARGV[2]) end
 redis.call('XDEL', KEYS[1], ARGV[1])
 return {target, new_id}
 """
+)
 
 
 @dataclass
@@ -51,23 +67,41 @@ async def list_dead_letters(
     entries: Any = await client.xrange(names.dlq, min=start, count=count)
     views = []
     for entry_id, raw in entries:
-        fields = {as_text(k): as_text(v) for k, v in raw.items()}
-        meta = {
-            k.removeprefix(DLQ_META_PREFIX): v
-            for k, v in fields.items()
-            if k.startswith(DLQ_META_PREFIX)
-        }
-        original = {k: v for k, v in fields.items() if not k.startswith(DLQ_META_PREFIX)}
-        views.append(DeadLetterView(as_text(entry_id), meta, original))
+        letter = DeadLetter.from_entry(entry_id, raw)
+        views.append(DeadLetterView(letter.id, letter.meta, letter.fields))
     return views
+
+
+def in_flight_key(names: StreamNames, letter: DeadLetter) -> str:
+    """The document key a replay to the ingest stream counts in flight (as the ingress
+    counts what it adds), so the embed stage's reuse check sees the replayed command;
+    "" when the entry goes elsewhere or names no (tenant, document)."""
+    if letter.stream != names.ingest or letter.tenant is None or letter.document_id is None:
+        return ""
+    return document_key(letter.tenant, letter.document_id)
+
+
+async def replay_letter(
+    client: redis.Redis, names: StreamNames, letter: DeadLetter
+) -> tuple[str, str] | None:
+    """Move one dead letter back to the stream it came from. Returns (stream, new id),
+    or None when it is gone (replayed or purged meanwhile) or names no stream."""
+    if not letter.stream:
+        return None
+    script = client.register_script(REPLAY)
+    in_flight = InFlight(client, names)
+    reply: list[Any] | None = await script(
+        keys=[names.dlq, letter.stream, *in_flight.keys],
+        args=[letter.id, in_flight_key(names, letter)],
+    )
+    if not reply or not as_text(reply[0]):
+        return None
+    return as_text(reply[0]), as_text(reply[1])
 
 
 async def replay_dead_letter(
     client: redis.Redis, names: StreamNames, entry_id: str
 ) -> tuple[str, str] | None:
     """Move one dead letter back to its stream. Returns (stream, new id) or None."""
-    script = client.register_script(REPLAY)
-    reply: list[Any] | None = await script(keys=[names.dlq], args=[entry_id])
-    if not reply:
-        return None
-    return as_text(reply[0]), as_text(reply[1])
+    letter = await read_dead_letter(client, names, entry_id)
+    return None if letter is None else await replay_letter(client, names, letter)

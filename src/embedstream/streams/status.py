@@ -29,6 +29,10 @@ class GroupView:
     last_delivered_id: str
     dead_letters: int
     consumers: list[ConsumerView] = field(default_factory=list)
+    #: entries delivered to the group so far (Redis 7 ``entries-read``, or the stream's
+    #: entries added minus the lag where Redis no longer counts them, after deletions;
+    #: None when neither is known): its growth is the group's read rate
+    entries_read: int | None = None
 
 
 @dataclass
@@ -45,6 +49,8 @@ class StatusReport:
     streams: list[StreamView]
     dead_letter_stream: str
     dead_letters_total: int
+    #: when it was read (epoch ms, Redis' clock): rates are differences between readings
+    time_ms: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,23 +60,54 @@ def _id_age_ms(entry_id: str, now_ms: int) -> int:
     return max(0, now_ms - int(entry_id.partition("-")[0]))
 
 
-async def collect_status(client: redis.Redis, names: StreamNames) -> StatusReport:
-    """Read the state of every embedstream stream under ``names.prefix``."""
+async def discover_streams(client: redis.Redis, names: StreamNames) -> list[str]:
+    """The pipeline's streams, then any other stream under ``names.prefix`` but the
+    dead-letter stream (a SCAN of the keyspace: every key under the prefix is looked at)."""
     streams = list(names.pipeline_streams())
     async for key in client.scan_iter(match=f"{names.prefix}:*", _type="stream", count=500):
         stream = as_text(key)
         if stream not in streams and stream != names.dlq:
             streams.append(stream)
+    return streams
+
+
+async def collect_status(
+    client: redis.Redis, names: StreamNames, streams: list[str] | None = None
+) -> StatusReport:
+    """Read the state of ``streams`` (by default every embedstream stream under
+    ``names.prefix``, found with ``discover_streams``)."""
+    if streams is None:
+        streams = await discover_streams(client, names)
     dlq_counts_raw: dict[Any, Any] = await client.hgetall(names.dlq_counts)
     dlq_counts = {as_text(k): int(v) for k, v in dlq_counts_raw.items()}
-    now_ms = int(time.time() * 1000)
+    now_ms = await server_time_ms(client)
     views = [await _stream_view(client, stream, dlq_counts, now_ms) for stream in streams]
     return StatusReport(
         prefix=names.prefix,
         streams=views,
         dead_letter_stream=names.dlq,
         dead_letters_total=int(await client.xlen(names.dlq)),
+        time_ms=now_ms,
     )
+
+
+async def server_time_ms(client: redis.Redis) -> int:
+    """Redis' clock (entry ids are its timestamps, so ages are measured against it)."""
+    try:
+        seconds, micros = await client.time()
+    except ResponseError:  # TIME renamed or disabled: this host's clock
+        return int(time.time() * 1000)
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def _entries_added(client: redis.Redis, stream: str) -> int | None:
+    """Entries ever added to the stream (Redis 7 ``XINFO STREAM``'s ``entries-added``)."""
+    try:
+        info: dict[str, Any] = await client.xinfo_stream(stream)
+    except ResponseError:
+        return None
+    added = info.get("entries-added")
+    return None if added is None else int(added)
 
 
 async def _stream_view(
@@ -80,6 +117,7 @@ async def _stream_view(
     if not exists:
         return StreamView(stream=stream, length=0, exists=False)
     view = StreamView(stream=stream, length=int(await client.xlen(stream)), exists=True)
+    added = await _entries_added(client, stream)
     try:
         groups: list[dict[str, Any]] = await client.xinfo_groups(stream)
     except ResponseError:
@@ -93,6 +131,9 @@ async def _stream_view(
             oldest_age = _id_age_ms(as_text(summary["min"]), now_ms)
         consumers: list[dict[str, Any]] = await client.xinfo_consumers(stream, name)
         lag = info.get("lag")
+        entries_read = info.get("entries-read")
+        if entries_read is None and lag is not None and added is not None:
+            entries_read = added - int(lag)
         view.groups.append(
             GroupView(
                 name=name,
@@ -107,6 +148,7 @@ async def _stream_view(
                     )
                     for c in consumers
                 ],
+                entries_read=None if entries_read is None else int(entries_read),
             )
         )
     return view

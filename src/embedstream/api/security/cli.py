@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from embedstream.api.security.principal import SCOPES
+from embedstream.cli_output import JsonOption, fail, print_json, usage_error
 from embedstream.config import Settings
 from embedstream.logging import configure_logging
 
@@ -60,9 +61,21 @@ def _with_store(settings: Settings, body: Callable[[Any], Awaitable[T]]) -> T:
     return asyncio.run(run())
 
 
-def _fail(message: str) -> typer.Exit:
-    stderr.print(f"[red]{message}[/red]")
-    return typer.Exit(1)
+def _fail(message: str, as_json: bool = False) -> typer.Exit:
+    return fail(message, as_json=as_json)
+
+
+def _row(r: Any) -> dict[str, Any]:
+    """An API key's record as ``keys list --json`` prints it (never a secret or hash)."""
+    return {
+        "id": r.id,
+        "tenant": r.tenant,
+        "name": r.name,
+        "scopes": list(r.scopes),
+        "created_at": r.created_at.isoformat(),
+        "last_used_at": r.last_used_at.isoformat() if r.last_used_at else None,
+        "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+    }
 
 
 @keys_app.command("create")
@@ -70,6 +83,7 @@ def keys_create(
     tenant: TenantOption,
     scope: ScopeOption,
     name: Annotated[str, typer.Option(help="what the key is for (shown by `keys list`)")],
+    as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
     """Create a key and print it once (stdout); only its argon2id hash is stored."""
     from embedstream.api.security.principal import InvalidScope
@@ -79,8 +93,12 @@ def keys_create(
         record, key = _with_store(
             settings, lambda store: store.create(tenant=tenant, name=name, scopes=scope)
         )
-    except (ValueError, InvalidScope) as exc:
-        raise _fail(str(exc)) from None
+    except (ValueError, InvalidScope) as exc:  # an invalid tenant, scope or name
+        raise usage_error(str(exc)) from None
+    if as_json:
+        print_json({**_row(record), "key": key})
+        stderr.print("store the key now: it is not shown again")
+        return
     stderr.print(
         f"created API key [bold]{record.id}[/bold] for tenant {record.tenant!r} "
         f"({record.name}), scopes: {' '.join(record.scopes)}\n"
@@ -92,7 +110,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(
     tenant: Annotated[str | None, typer.Option(help="only this tenant's keys")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
     """List keys (ids, tenants, scopes, use and revocation; never secrets or hashes)."""
     from embedstream.schemas.tenancy import InvalidTenant, check_tenant
@@ -101,21 +119,10 @@ def keys_list(
         try:
             check_tenant(tenant)
         except InvalidTenant as exc:
-            raise _fail(f"--tenant: {exc}") from None
+            raise usage_error(str(exc), "--tenant") from None
     settings = _settings()
     records = _with_store(settings, lambda store: store.list_keys(tenant))
-    rows = [
-        {
-            "id": r.id,
-            "tenant": r.tenant,
-            "name": r.name,
-            "scopes": list(r.scopes),
-            "created_at": r.created_at.isoformat(),
-            "last_used_at": r.last_used_at.isoformat() if r.last_used_at else None,
-            "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
-        }
-        for r in records
-    ]
+    rows = [_row(r) for r in records]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -138,6 +145,7 @@ def keys_list(
 @keys_app.command("revoke")
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="the key id (see `keys list`)")],
+    as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
     """Revoke a key. API processes stop accepting it within EMBEDSTREAM_API_KEY_CACHE_TTL_S."""
     from embedstream.api.security.apikeys import KeyNotFound
@@ -146,8 +154,11 @@ def keys_revoke(
     try:
         record = _with_store(settings, lambda store: store.revoke(key_id))
     except KeyNotFound as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(str(exc), as_json) from None
     assert record.revoked_at is not None
+    if as_json:
+        print_json(_row(record))
+        return
     print(
         f"revoked {record.id} (tenant {record.tenant!r}) at {record.revoked_at.isoformat()}; "
         f"API processes refuse it within {settings.auth.api_key_cache_ttl_s:g} s"
@@ -160,6 +171,7 @@ def token_issue(
     scope: ScopeOption,
     ttl: Annotated[int, typer.Option(help="lifetime in seconds")] = 900,
     subject: Annotated[str | None, typer.Option(help="the `sub` claim")] = None,
+    as_json: Annotated[bool, JsonOption] = False,
 ) -> None:
     """Sign a JWT with EMBEDSTREAM_JWT_SECRET and print it (stdout)."""
     from embedstream.api.security.principal import InvalidScope
@@ -174,6 +186,21 @@ def token_issue(
             subject=subject or f"dev:{getpass.getuser()}",
             ttl_s=ttl,
         )
-    except (JwtNotConfigured, ValueError, InvalidScope) as exc:
-        raise _fail(str(exc)) from None
+    except (JwtNotConfigured, ValueError, InvalidScope) as exc:  # a setting or an argument
+        raise usage_error(str(exc)) from None
+    if as_json:
+        import jwt
+
+        claims = jwt.decode(token, options={"verify_signature": False})
+        print_json(
+            {
+                "token": token,
+                "tenant": claims.get("tenant"),
+                "scopes": str(claims.get("scope", "")).split(),
+                "subject": claims.get("sub"),
+                "issued_at": claims.get("iat"),
+                "expires_at": claims.get("exp"),
+            }
+        )
+        return
     print(token)

@@ -16,14 +16,19 @@ DOCUMENTS_READ = "documents:read"
 JOBS_READ = "jobs:read"
 SEARCH_READ = "search:read"
 ADMIN = "admin"
+OPERATOR = "operator"
 #: Every scope a credential may carry, with what it allows.
 SCOPES: dict[str, str] = {
     DOCUMENTS_WRITE: "create, replace and delete documents",
     DOCUMENTS_READ: "read what is stored for documents",
     JOBS_READ: "read the status of jobs",
     SEARCH_READ: "search the indexed chunks",
-    ADMIN: "everything (implies every other scope)",
+    ADMIN: "everything within the credential's tenant (implies every scope but operator)",
+    OPERATOR: "the admin endpoints across every tenant: stream status, every tenant's dead "
+    "letters and jobs (implies no other scope)",
 }
+#: Scopes ``admin`` does not imply: they reach beyond the credential's tenant.
+CROSS_TENANT_SCOPES = frozenset({OPERATOR})
 
 CredentialKind = Literal["api_key", "jwt"]
 
@@ -80,7 +85,11 @@ class Principal:
     subject: str
 
     def has_scope(self, scope: str) -> bool:
-        return scope in self.scopes or ADMIN in self.scopes
+        """``admin`` grants every scope of the credential's own tenant, never a
+        cross-tenant one (``operator``)."""
+        if scope in self.scopes:
+            return True
+        return ADMIN in self.scopes and scope not in CROSS_TENANT_SCOPES
 
     def missing(self, required: Iterable[str]) -> list[str]:
         return sorted(s for s in required if not self.has_scope(s))
