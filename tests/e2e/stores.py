@@ -66,12 +66,19 @@ async def pg_documents(dsn: str, schema: str, tenant: str = STACK_TENANT) -> dic
 
 
 def chroma_records(path: Path, collection: str = "embedstream") -> dict[str, dict[str, Any]]:
-    """id -> metadata of every record (read after the workers stopped)."""
+    """id -> metadata of every record (read after the workers stopped).
+
+    Chroma caches one system per folder in a process and keeps serving what it read when
+    it first opened it; the cache is cleared after each read so that a later read of the
+    same folder (rebuilt by another process, say) sees the folder as it is then."""
     client = chromadb.PersistentClient(
         path=str(path), settings=ChromaClientSettings(anonymized_telemetry=False)
     )
-    col = client.get_collection(collection, embedding_function=None)
-    got = col.get(include=["metadatas"])
+    try:
+        col = client.get_collection(collection, embedding_function=None)
+        got = col.get(include=["metadatas"])
+    finally:
+        client.clear_system_cache()
     return {i: dict(m or {}) for i, m in zip(got["ids"], got["metadatas"] or [], strict=True)}
 
 
