@@ -32,7 +32,7 @@ async def reindex(
     pool = await create_pool(settings.postgres)
     index = ChromaIndex(settings.chroma)
     redis = create_redis(settings.redis)
-    register = StreamNames(settings.redis.stream_prefix).key("index", "versions")
+    register = settings.redis.names().key("index", "versions")
     written = 0
     try:
         store = DocumentStore(pool)

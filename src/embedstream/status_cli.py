@@ -113,7 +113,7 @@ def status(
     async def read() -> StatusReport:
         client = create_redis(settings.redis)
         try:
-            return await collect_status(client, StreamNames(settings.redis.stream_prefix))
+            return await collect_status(client, settings.redis.names())
         finally:
             await client.aclose()
 

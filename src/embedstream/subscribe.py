@@ -52,7 +52,7 @@ import redis.asyncio as redis
 import structlog
 from pydantic import BaseModel
 
-from embedstream.adapters.redis_client import create_redis
+from embedstream.adapters.redis_client import create_redis, is_cluster_client
 from embedstream.config import ConsumerSettings, RedisSettings
 from embedstream.contracts.catalog import MessageType, message_for_model, message_type
 from embedstream.errors import PoisonMessage
@@ -111,7 +111,14 @@ class Subscriber:
             raise ValueError(f"group {group!r}: use a consumer group of your own")
         if unknown not in ("ignore", "dead_letter"):
             raise ValueError(f"unknown={unknown!r}: expected 'ignore' or 'dead_letter'")
-        self.names = StreamNames(prefix)
+        # on a Redis Cluster (a redis+cluster:// URL, or a cluster client) every key
+        # carries the prefix as a hash tag, as the pipeline writes them
+        cluster = (
+            RedisSettings(redis_url=redis_client).is_cluster
+            if isinstance(redis_client, str)
+            else is_cluster_client(redis_client)
+        )
+        self.names = StreamNames(prefix, cluster=cluster)
         self.stream = self.names.results if stream == "results" else self.names.embedded
         self.group = group
         self.unknown: UnknownPolicy = unknown

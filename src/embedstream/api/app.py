@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import embedstream
-from embedstream.adapters.redis_client import create_redis
+from embedstream.adapters.redis_client import ReplicaAck, create_redis
 from embedstream.api.console import mount_console
 from embedstream.api.errors import install_error_handlers
 from embedstream.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -84,7 +84,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     client = create_redis(settings.redis, socket_timeout=5.0)
     pool = await create_key_pool(settings)
     app.state.redis = client
-    app.state.tracker = JobTracker(client, StreamNames(settings.redis.stream_prefix))
+    app.state.tracker = JobTracker(
+        client, settings.redis.names(), replica_ack=ReplicaAck.of(settings.redis)
+    )
     app.state.guards = build_guards(settings, client, pool)
     await app.state.guards.keys.warm()
     read_side = await open_read_side(app, settings)

@@ -13,15 +13,16 @@ from embedstream.jobs.inflight import COUNT_LUA
 
 # Accept a request: idempotency key + job record + one XADD per command, each counted
 # in flight for its document (embedstream.jobs.inflight).
-# KEYS: idempotency key, job key, job documents key, ingest stream, in-flight counts,
-#       in-flight entries
+# KEYS: idempotency key (the job key again when the request has none: every key is
+#       declared, none is '', so the script runs on a Redis Cluster too), job key, job
+#       documents key, ingest stream, in-flight counts, in-flight entries
 # ARGV: job_id, request_hash, created_at, ttl_s, tenant, traceparent ('' when none),
 #       n_docs, then per document: document_id, kind, n_fields, field, value, ...
 # Returns {job_id, "new"|"existing"|"conflict"}
 SUBMIT = (
     COUNT_LUA
     + """
-if KEYS[1] ~= '' then
+if KEYS[1] ~= KEYS[2] then
   local existing = redis.call('HMGET', KEYS[1], 'job_id', 'request_hash')
   if existing[1] then
     if existing[2] ~= ARGV[2] then return {existing[1], 'conflict'} end

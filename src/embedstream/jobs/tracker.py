@@ -12,6 +12,7 @@ where a job completes, the mark that finishes its last document adds its one
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import redis.asyncio as redis
 from pydantic import BaseModel
 from redis.asyncio.client import Pipeline
 
+from embedstream.adapters.redis_client import NO_REPLICA_ACK, ReplicaAck, queue_script
 from embedstream.errors import public_error
 from embedstream.jobs import scripts
 from embedstream.jobs.inflight import InFlight
@@ -74,13 +76,16 @@ class JobTracker:
         *,
         ttl_s: int = DEFAULT_TTL_S,
         results_versions: Sequence[int] = (1, 2),
+        replica_ack: ReplicaAck = NO_REPLICA_ACK,
     ) -> None:
         """``results_versions``: the type versions of ``document.deleted`` to emit
-        (``EventSettings.results_event_versions``)."""
+        (``EventSettings.results_event_versions``). ``replica_ack``: what ``submit`` waits
+        for before it returns (``EMBEDSTREAM_REDIS_MIN_REPLICAS_ACK``)."""
         self.client = client
         self.names = names
         self.ttl_s = ttl_s
         self.results_versions = tuple(results_versions)
+        self.replica_ack = replica_ack
         self.results = ResultEnvelopes()
         self._submit = client.register_script(scripts.SUBMIT)
         self._mark = client.register_script(scripts.MARK_STAGE)
@@ -112,7 +117,6 @@ class JobTracker:
         """Atomically: idempotency record, job record (owned by ``tenant``, with the
         request's ``traceparent``), and one XADD per command. Idempotency keys are scoped
         per tenant."""
-        idem_key = self.idempotency_key(tenant, idempotency_key) if idempotency_key else ""
         args: list[Any] = [
             job_id,
             body_hash,
@@ -128,6 +132,9 @@ class JobTracker:
             for key, value in fields.items():
                 args.extend((key, value))
         keys = JobKeys.of(self.names, job_id)
+        idem_key = (
+            self.idempotency_key(tenant, idempotency_key) if idempotency_key else keys.record
+        )
         reply: list[bytes] = await self._submit(
             keys=[idem_key, keys.record, keys.documents, self.names.ingest, *self._in_flight_keys],
             args=args,
@@ -135,6 +142,8 @@ class JobTracker:
         existing_id, outcome = reply[0].decode(), reply[1].decode()
         if outcome == "conflict":
             raise IdempotencyConflict(existing_id)
+        # a replayed key waits too: the first answer may have been a 503 from this WAIT
+        await self.replica_ack.wait(self.client, self.names.ingest)
         return Submitted(existing_id, created=outcome == "new")
 
     # -- worker bookkeeping ----------------------------------------------------------
@@ -233,14 +242,16 @@ class JobTracker:
             known = args(job)
 
             def op(pipe: Pipeline) -> Any:
-                return self._mark(keys=script_keys, args=known, client=pipe)
+                return queue_script(self._mark, script_keys, known, pipe)
 
             return op
 
         async def op_reading_the_record(pipe: Pipeline) -> None:
             context = await self._job_context(keys)
             if context is not None:  # an unknown or expired job: nothing to mark
-                await self._mark(keys=script_keys, args=args(context), client=pipe)
+                queued = queue_script(self._mark, script_keys, args(context), pipe)
+                if inspect.iscoroutine(queued):
+                    await queued
 
         return op_reading_the_record
 

@@ -28,6 +28,7 @@ from typing import Generic, TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
+from embedstream.adapters.redis_client import ReplicationTimeout
 from embedstream.config import ConsumerSettings
 from embedstream.errors import PermanentError, PoisonMessage
 from embedstream.errors.redis import TRANSIENT
@@ -195,7 +196,6 @@ class BatchProcessor(Generic[T]):
         while True:
             try:
                 await self.consumer.finish(done, dead)
-                return
             except TRANSIENT as exc:
                 if time.monotonic() > deadline:
                     self.log.error(
@@ -203,6 +203,22 @@ class BatchProcessor(Generic[T]):
                     )
                     return
                 await asyncio.sleep(backoff.next_delay())
+                continue
+            await self._confirm_replicated()
+            return
+
+    async def _confirm_replicated(self) -> None:
+        """With ``EMBEDSTREAM_REDIS_MIN_REPLICAS_ACK``: wait for the replicas after the
+        ack; never repeats the ack (what could go wrong is logged: the entries are
+        already acknowledged, see ``StreamConsumer.confirm_replicated``)."""
+        try:
+            await self.consumer.confirm_replicated()
+        except (ReplicationTimeout, *TRANSIENT) as exc:
+            self.log.warning(
+                "acknowledged writes not confirmed on the replicas; a failover now would "
+                "have them handled again",
+                error=str(exc),
+            )
 
     async def _schedule_retries(self, retries: list[tuple[str, int, BaseException]]) -> None:
         """Postpone each entry by its backoff: its idle time is set so that it becomes

@@ -16,6 +16,7 @@ from typing import Any, TypeAlias, TypeVar
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
+from embedstream.adapters.redis_client import NO_REPLICA_ACK, ReplicaAck, is_cluster_client
 from embedstream.errors import GroupMissingError
 from embedstream.errors.redis import is_busygroup
 from embedstream.schemas.envelope import Fields
@@ -71,7 +72,10 @@ class StreamConsumer:
         *,
         stage: str | None = None,
         start_id: str = "0",
+        replica_ack: ReplicaAck = NO_REPLICA_ACK,
     ) -> None:
+        """``replica_ack``: after a transaction that acks entries and writes their
+        follow-ups, wait for that many replicas (``finish``)."""
         self.client = client
         self.names = names
         self.stream = stream
@@ -82,9 +86,13 @@ class StreamConsumer:
         # XREADGROUP is read through a view of the same connection pool without redis-py's
         # reply conversion (a dict per entry, built twice over, and a metrics hook): on
         # ~1 KB entries that conversion cost as much as decoding the envelopes.
-        reader = redis.Redis(connection_pool=client.connection_pool)
-        reader.response_callbacks.pop("XREADGROUP", None)
-        self._reader: Any = reader  # Any: redis-py leaves execute_command untyped
+        # (A cluster client has a pool per node: it reads with its own conversion.)
+        self._reader: Any = client  # Any: redis-py leaves execute_command untyped
+        if not is_cluster_client(client):
+            reader = redis.Redis(connection_pool=client.connection_pool)
+            reader.response_callbacks.pop("XREADGROUP", None)
+            self._reader = reader
+        self.replica_ack = replica_ack
         self._claim_idle = client.register_script(scripts.CLAIM_IDLE)
         self._claim_own = client.register_script(scripts.CLAIM_OWN)
         self._set_idle = client.register_script(scripts.SET_IDLE_IF_OWNER)
@@ -118,7 +126,11 @@ class StreamConsumer:
             return []
         # RESP3 answers {stream: entries}, RESP2 [[stream, entries]]
         entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-        return [(as_text(entry_id), _fields(flat), 1) for entry_id, flat in entries if flat]
+        return [
+            (as_text(entry_id), flat if isinstance(flat, dict) else _fields(flat), 1)
+            for entry_id, flat in entries
+            if flat
+        ]
 
     async def claim_own(self, count: int, after: str | None = None) -> list[RawEntry]:
         """Take back up to ``count`` of this consumer's own pending entries with ids above
@@ -159,7 +171,10 @@ class StreamConsumer:
     # -- finishing -------------------------------------------------------------------
 
     async def finish(self, done: Sequence[tuple[str, Ack]], dead: Sequence[Dead]) -> None:
-        """One MULTI/EXEC: publish follow-ups, run extra ops, dead-letter, then XACK."""
+        """One MULTI/EXEC: publish follow-ups, run extra ops, dead-letter, then XACK.
+
+        Every key involved shares the deployment's hash tag (``StreamNames``), so on a
+        Redis Cluster this is one transaction on one node too."""
         if not done and not dead:
             return
         if not dead and not any(ack.publish or ack.ops for _, ack in done):
@@ -181,6 +196,17 @@ class StreamConsumer:
             ids = [entry_id for entry_id, _ in done] + [item.entry_id for item in dead]
             pipe.xack(self.stream, self.group, *ids)
             await pipe.execute()
+
+    async def confirm_replicated(self) -> None:
+        """With ``replica_ack``: wait until this consumer's writes (its last ``finish``)
+        are on that many replicas; ``ReplicationTimeout`` when they are not in time.
+
+        A transaction replicates as one unit, so a failover before that loses the
+        follow-ups and the ack together: the entries come back (pending or new on the
+        promoted replica) and are handled again, their effects idempotent; never acked
+        without their follow-ups. Waiting keeps a replica from taking more work while
+        its last writes are only on the primary."""
+        await self.replica_ack.wait(self.client, self.stream)
 
     def dead_letter_fields(self, item: Dead) -> dict[bytes | str, bytes | str]:
         fields: dict[bytes | str, bytes | str] = {
@@ -248,7 +274,10 @@ def split_outcomes(messages: Sequence[Message[T]], outcomes: Sequence[Outcome]) 
 
 
 async def _queue(op: TransactionOp, pipe: Any) -> None:
-    """Queue an op's commands on the pipeline (script calls are coroutines there)."""
+    """Queue an op's commands on the pipeline (script calls are coroutines there).
+
+    Only a coroutine is awaited: a queued command returns the pipeline, and awaiting a
+    cluster pipeline re-initializes it, dropping what was queued."""
     queued = op(pipe)
-    if inspect.isawaitable(queued):
+    if inspect.iscoroutine(queued):
         await queued

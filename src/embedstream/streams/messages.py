@@ -41,8 +41,9 @@ class Publish:
 
 
 TransactionOp: TypeAlias = Callable[[Pipeline], Any]
-"""Queues commands on the ack's MULTI/EXEC pipeline; may return an awaitable (a Lua
-script call does), which the runtime awaits before EXEC."""
+"""Queues commands on the ack's MULTI/EXEC pipeline; may return a coroutine (a Lua
+script call does), which the runtime awaits before EXEC. Call scripts through
+``embedstream.adapters.redis_client.queue_script`` (a cluster pipeline needs EVAL)."""
 
 
 @dataclass(slots=True)

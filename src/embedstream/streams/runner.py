@@ -20,6 +20,7 @@ from typing import Generic, TypeVar
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
+from embedstream.adapters.redis_client import NO_REPLICA_ACK, ReplicaAck
 from embedstream.config import ConsumerSettings
 from embedstream.errors.redis import TRANSIENT, is_nogroup
 from embedstream.streams.batch import (
@@ -65,18 +66,27 @@ class StreamWorker(Generic[T]):
         settle_ops: SettleOps | None = None,
         retain: Mapping[str, int] | None = None,
         heartbeat: Heartbeat | None = None,
+        replica_ack: ReplicaAck = NO_REPLICA_ACK,
     ) -> None:
         """``retain``: other streams this worker keeps bounded, each with its retention
         in ms: housekeeping trims their entries older than that which every group on the
         stream has acknowledged (``StreamConsumer.trim_acked``). ``settle_ops``: writes
         to run, by entry id, in the transaction that takes an entry off the pending list
         (its ack or its dead letter). ``heartbeat``: where the loop marks its progress
-        (read by the liveness probe); one of its own by default."""
+        (read by the liveness probe); one of its own by default. ``replica_ack``: the
+        replicas to wait for after each ack (``EMBEDSTREAM_REDIS_MIN_REPLICAS_ACK``)."""
         self.settings = settings
         self.heartbeat = heartbeat or Heartbeat()
         self.create_group = create_group
         self.consumer = StreamConsumer(
-            client, names, stream, group, settings.consumer_name, stage=stage, start_id=start_id
+            client,
+            names,
+            stream,
+            group,
+            settings.consumer_name,
+            stage=stage,
+            start_id=start_id,
+            replica_ack=replica_ack,
         )
         self.hooks = RuntimeHooks(dead_letter_ops, settle_ops, dict(retain or {}))
         self.stats = RunStats()

@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 import redis.asyncio as redis
 from pydantic import BaseModel
 
-from embedstream.adapters.redis_client import create_redis
+from embedstream.adapters.redis_client import NO_REPLICA_ACK, ReplicaAck, create_redis
 from embedstream.config import ConsumerSettings, EventSettings, Settings
 from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.envelope import Fields
@@ -52,6 +52,8 @@ class StageContext:
     """the job bookkeeping; one of its own (with ``events``' result versions) by default"""
     results_retention_s: int = 0
     """``RESULTS_RETENTION_S``: the persist stage keeps the results stream this long."""
+    replica_ack: ReplicaAck = NO_REPLICA_ACK
+    """``REDIS_MIN_REPLICAS_ACK``: the replicas the worker waits for after an ack."""
     jobs: JobTracker = field(init=False)
 
     def __post_init__(self) -> None:
@@ -111,6 +113,7 @@ class Stage(Generic[C, P]):
             dead_letter_ops=hooks.dead_letter_ops,
             settle_ops=hooks.settle_ops,
             retain=hooks.retain,
+            replica_ack=context.replica_ack,
         )
 
     def build(self, clients: C, context: StageContext) -> StreamWorker[Any]:
@@ -134,10 +137,11 @@ async def run_stage(
                 return RunStats()
             context = StageContext(
                 client,
-                StreamNames(settings.redis.stream_prefix),
+                settings.redis.names(),
                 settings.consumer,
                 settings.events,
                 results_retention_s=settings.redis.results_retention_s,
+                replica_ack=ReplicaAck.of(settings.redis),
             )
             worker = stage.build(clients, context)
             health.watch(worker.heartbeat, {"redis": client.ping, **stage.checks(clients)})

@@ -83,7 +83,7 @@ def status_cache(request: Request, client: redis.Redis, settings: Settings) -> S
     """The process's ``StatusCache`` (made on first use, kept on ``app.state``)."""
     cache: StatusCache | None = getattr(request.app.state, "status_cache", None)
     if cache is None:
-        names = StreamNames(settings.redis.stream_prefix)
+        names = settings.redis.names()
         cache = request.app.state.status_cache = StatusCache(client, names)
     return cache
 
@@ -163,10 +163,10 @@ async def get_entry(
     The entry may be gone (consumed entries are trimmed): its position in each group
     still answers. A stream of this deployment only; an existing entry of another
     tenant is a 404."""
-    names = StreamNames(settings.redis.stream_prefix)
+    names = settings.redis.names()
     kind = as_text(await client.type(stream))
     if (
-        not stream.startswith(f"{names.prefix}:")
+        not stream.startswith(f"{names.base}:")
         or stream == names.dlq
         or kind
         not in (

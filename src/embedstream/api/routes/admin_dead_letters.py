@@ -133,7 +133,7 @@ async def list_dead_letters(
     credential's tenant's entries only) or `operator` (every entry, those whose tenant
     cannot be read too). A page looks at no more than 20,000 entries: a sparse filter
     may answer fewer items than `limit` with a `next_cursor` to go on."""
-    names = StreamNames(settings.redis.stream_prefix)
+    names = settings.redis.names()
     filt = to_filter(query, viewer, ("query",))
     page = await find_dead_letters(
         client,
@@ -165,7 +165,7 @@ async def get_dead_letter(
 ) -> DeadLetterDetail:
     """One dead letter: where it came from, the full error, its `dlq_*` metadata, its
     envelope attributes and payload. Another tenant's entry is a 404 like an unknown one."""
-    letter = await read_dead_letter(client, StreamNames(settings.redis.stream_prefix), entry_id)
+    letter = await read_dead_letter(client, settings.redis.names(), entry_id)
     if letter is None or not viewer.may_see(letter.tenant):
         raise HTTPException(status_code=404, detail=NOT_FOUND)
     return DeadLetterDetail(
@@ -195,7 +195,7 @@ async def _act(
         through_id=body.through_id,
     )
     report = await act(
-        client, StreamNames(settings.redis.stream_prefix), action, selection, dry_run=body.dry_run
+        client, settings.redis.names(), action, selection, dry_run=body.dry_run
     )
     return action_out(report)
 

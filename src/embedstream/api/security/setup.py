@@ -50,7 +50,7 @@ async def create_key_pool(settings: Settings) -> asyncpg.Pool:
 
 
 def build_guards(settings: Settings, client: redis.Redis, pool: asyncpg.Pool) -> Guards:
-    names = StreamNames(settings.redis.stream_prefix)
+    names = settings.redis.names()
     return Guards(
         auth=settings.auth,
         keys=ApiKeyVerifier(
