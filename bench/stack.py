@@ -203,6 +203,7 @@ def create_stack(tmp: Path, *, redis_url: str, database_url: str, **overrides: s
 async def remove_stack_data(stack: Stack) -> None:
     """Delete the stack's Redis keys and drop its PostgreSQL schema."""
     import asyncpg
+
     client = create_redis(RedisSettings(redis_url=stack.env["EMBEDSTREAM_REDIS_URL"]))
     keys = [k async for k in client.scan_iter(match=stack.names.pattern, count=1000)]
     for key in keys:  # one by one: a cluster refuses a multi-key DEL across slots

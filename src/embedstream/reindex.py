@@ -27,7 +27,6 @@ async def reindex(
     from embedstream.adapters.postgres import DocumentStore, create_pool
     from embedstream.adapters.redis_client import create_redis
     from embedstream.schemas.tenancy import document_key
-    from embedstream.streams.names import StreamNames
 
     pool = await create_pool(settings.postgres)
     index = ChromaIndex(settings.chroma)

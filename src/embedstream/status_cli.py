@@ -15,7 +15,6 @@ from rich.table import Table
 
 from embedstream.cli_output import ExitCode, JsonOption, print_json
 from embedstream.config import Settings
-from embedstream.streams.names import StreamNames
 from embedstream.streams.status import StatusReport, collect_status
 from embedstream.streams.status_checks import HealthBounds, Problem, check_status
 

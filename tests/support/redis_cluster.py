@@ -25,7 +25,6 @@ import redis
 
 from embedstream.adapters.redis_client import cluster_url
 
-
 PRIMARIES = 3
 REPLICAS_PER_PRIMARY = 1
 

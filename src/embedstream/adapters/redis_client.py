@@ -24,6 +24,7 @@ from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import SlotNotCoveredError
 
 from embedstream.config import RedisSettings
 from embedstream.errors.redis import CLIENT_RETRIES
@@ -80,9 +81,7 @@ def is_cluster_client(client: object) -> bool:
     return isinstance(client, RedisCluster | ClusterPipeline)
 
 
-def queue_script(
-    script: AsyncScript, keys: Sequence[str], args: Sequence[Any], client: Any
-) -> Any:
+def queue_script(script: AsyncScript, keys: Sequence[str], args: Sequence[Any], client: Any) -> Any:
     """Run (or, on a pipeline, queue) ``script``. redis-py refuses EVALSHA in a cluster
     pipeline; there the script goes as EVAL (its text, once per call). That is also the
     safe choice inside a cluster MULTI: a replica promoted by a failover has no script
@@ -126,9 +125,7 @@ class ReplicaAck:
 NO_REPLICA_ACK = ReplicaAck()
 
 
-async def wait_for_replicas(
-    client: redis.Redis, key: str, replicas: int, timeout_ms: int
-) -> int:
+async def wait_for_replicas(client: redis.Redis, key: str, replicas: int, timeout_ms: int) -> int:
     """Block until what this process wrote so far to ``key``'s node is on ``replicas``
     replicas; ``ReplicationTimeout`` when it is not within ``timeout_ms``.
 
@@ -157,6 +154,8 @@ async def _cluster_wait(client: RedisCluster, probe: str, replicas: int, timeout
     """INCR + WAIT on one connection of the node that serves ``probe`` (a cluster
     pipeline would send WAIT, which names no key, to some other node)."""
     node = client.get_node_from_key(probe)
+    if node is None:
+        raise SlotNotCoveredError(f"no node serves the slot of {probe!r} (yet)")
     connection = node.acquire_connection()
     try:
         await connection.send_packed_command(

@@ -29,7 +29,6 @@ from embedstream.api.stores import open_read_side
 from embedstream.config import Settings
 from embedstream.jobs.tracker import JobTracker
 from embedstream.logging import get_logger
-from embedstream.streams.names import StreamNames
 
 log = get_logger(__name__)
 

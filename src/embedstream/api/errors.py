@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 
-from embedstream.api.middleware import request_id_of
 from embedstream.adapters.redis_client import ReplicationTimeout
+from embedstream.api.middleware import request_id_of
 from embedstream.api.security.credentials import CredentialStoreUnavailable
 from embedstream.errors import redis as redis_errors
 from embedstream.jobs.tracker import IdempotencyConflict

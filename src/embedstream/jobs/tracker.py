@@ -132,9 +132,7 @@ class JobTracker:
             for key, value in fields.items():
                 args.extend((key, value))
         keys = JobKeys.of(self.names, job_id)
-        idem_key = (
-            self.idempotency_key(tenant, idempotency_key) if idempotency_key else keys.record
-        )
+        idem_key = self.idempotency_key(tenant, idempotency_key) if idempotency_key else keys.record
         reply: list[bytes] = await self._submit(
             keys=[idem_key, keys.record, keys.documents, self.names.ingest, *self._in_flight_keys],
             args=args,

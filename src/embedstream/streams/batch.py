@@ -46,6 +46,8 @@ from embedstream.streams.messages import (
 )
 from embedstream.streams.outcomes import missing_outcome
 
+NOT_CONFIRMED: tuple[type[Exception], ...] = (ReplicationTimeout, *TRANSIENT)
+
 T = TypeVar("T")
 
 
@@ -213,7 +215,7 @@ class BatchProcessor(Generic[T]):
         already acknowledged, see ``StreamConsumer.confirm_replicated``)."""
         try:
             await self.consumer.confirm_replicated()
-        except (ReplicationTimeout, *TRANSIENT) as exc:
+        except NOT_CONFIRMED as exc:
             self.log.warning(
                 "acknowledged writes not confirmed on the replicas; a failover now would "
                 "have them handled again",

@@ -30,7 +30,7 @@ from embedstream.schemas.admin_api import (
 from embedstream.schemas.api import is_job_id
 from embedstream.streams.dlq_query import read_dead_letters
 from embedstream.streams.entry_state import entry_state
-from embedstream.streams.names import StreamNames, as_text
+from embedstream.streams.names import as_text
 from embedstream.streams.status import StatusReport
 from embedstream.streams.status_cache import StatusCache
 from embedstream.streams.status_checks import HealthBounds, check_status, live_consumers

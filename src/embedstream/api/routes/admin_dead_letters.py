@@ -35,7 +35,6 @@ from embedstream.streams.dlq_query import (
     parse_when,
     read_dead_letter,
 )
-from embedstream.streams.names import StreamNames
 
 router = APIRouter(prefix="/v1/admin/dead-letters", tags=["admin"], route_class=AuthenticatedRoute)
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -194,9 +193,7 @@ async def _act(
         ids=tuple(body.ids) if body.ids is not None else None,
         through_id=body.through_id,
     )
-    report = await act(
-        client, settings.redis.names(), action, selection, dry_run=body.dry_run
-    )
+    report = await act(client, settings.redis.names(), action, selection, dry_run=body.dry_run)
     return action_out(report)
 
 

@@ -13,7 +13,6 @@ from embedstream.api.security.guards import Guards
 from embedstream.api.security.keycache import ApiKeyVerifier
 from embedstream.api.security.ratelimit import CredentialRateLimiter, FailedAuthLimiter
 from embedstream.config import Settings, jwt_secret_problem
-from embedstream.streams.names import StreamNames
 
 KEY_LOOKUP_TIMEOUT_S = 5.0
 
