@@ -57,6 +57,7 @@ def redis_backend(request: pytest.FixtureRequest) -> str:
     backend: str = request.param
     return backend
 
+
 LONG_TEXT = " ".join(
     f"Paragraph {i}: Redis Streams deliver commands to consumer groups, and the embed "
     "worker turns each document into overlapping token windows before encoding them."

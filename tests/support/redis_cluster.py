@@ -156,6 +156,21 @@ class LocalRedisCluster:
             node.proc.send_signal(signal.SIGKILL)
             node.proc.wait(10)
 
+    def restart(self, node: ClusterNode, within_s: float = 60) -> None:
+        """Start a stopped (killed) node again on its folder: it rejoins the cluster
+        (as a replica of whoever took over its slots)."""
+        server = shutil.which("redis-server")
+        assert server is not None and not node.alive
+        self._launch(server, node)
+        _wait_for(lambda: _pings(node), within_s, f"node {node.address} to restart")
+
+    def failover(self, replica: ClusterNode, within_s: float = 60) -> None:
+        """``CLUSTER FAILOVER`` on ``replica``: a coordinated switch (the primary stops
+        taking writes, the replica catches up, then takes over)."""
+        with replica.client() as client:
+            client.execute_command("CLUSTER FAILOVER")
+        _wait_for(lambda: replica.role() == "master", within_s, f"{replica.address} to take over")
+
     def stop(self) -> None:
         for node in self.nodes:
             if node.proc is not None and node.alive:

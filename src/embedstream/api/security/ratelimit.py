@@ -58,7 +58,9 @@ class _Limiter:
         self.items: list[RateLimitItem] = parse_many(spec) if spec.strip() else []
         self.storage: RedisStorage | RedisClusterStorage
         if is_cluster_client(client):
-            node: Any = client.get_default_node()  # type: ignore[attr-defined]
+            # the cluster's seed node (the client may not have connected yet)
+            seeds: Any = client.nodes_manager.startup_nodes  # type: ignore[attr-defined]
+            node = next(iter(seeds.values()))
             self.storage = RedisClusterStorage(
                 f"async+redis+cluster://{node.host}:{node.port}",
                 implementation="redispy",
