@@ -33,6 +33,7 @@ CLUSTER_FAILOVER: tuple[type[Exception], ...] = (
     ClusterDownError,  # CLUSTERDOWN: slots unserved while a replica is promoted
     TryAgainError,  # TRYAGAIN: keys of a slot being moved
     MasterDownError,  # MASTERDOWN: a replica lost its primary
+    ReadOnlyError,  # READONLY: a write to a primary just demoted to a replica
     MovedError,  # MOVED after the client's redirections ran out
     SlotNotCoveredError,  # the client's slot map has no node for a slot (yet)
     ClusterError,  # redirections or retries exhausted
@@ -57,6 +58,15 @@ def is_nogroup(exc: ResponseError) -> bool:
     """NOGROUP, or "no such key" (what XINFO answers when the stream is missing)."""
     text = str(exc)
     return text.startswith("NOGROUP") or text.startswith("no such key")
+
+
+FAILOVER_REPLIES = ("UNBLOCKED", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "LOADING")
+
+
+def is_failover_reply(exc: ResponseError) -> bool:
+    """A reply a primary gives while it is being demoted or a replica promoted (a blocked
+    XREADGROUP is answered ``UNBLOCKED ... (master -> replica?)``): wait and retry."""
+    return str(exc).startswith(FAILOVER_REPLIES)
 
 
 def is_busygroup(exc: ResponseError) -> bool:

@@ -22,7 +22,7 @@ from redis.exceptions import ResponseError
 
 from embedstream.adapters.redis_client import NO_REPLICA_ACK, ReplicaAck
 from embedstream.config import ConsumerSettings
-from embedstream.errors.redis import TRANSIENT, is_nogroup
+from embedstream.errors.redis import TRANSIENT, is_failover_reply, is_nogroup
 from embedstream.streams.batch import (
     BatchProcessor,
     DeliveryLimitExceeded,
@@ -191,6 +191,10 @@ class StreamWorker(Generic[T]):
             self._backoff.reset()
             return entries
         except ResponseError as exc:
+            if is_failover_reply(exc):  # e.g. a blocked read on a primary just demoted
+                if not stop.is_set():
+                    await self._wait_out(exc)
+                return []
             if not is_nogroup(exc):
                 raise
             if not self.create_group:
