@@ -110,7 +110,7 @@ class LocalRedisCluster:
 
     def wait_healthy(self, within_s: float = 60) -> None:
         """Every live node says ``cluster_state:ok`` and every slot is served by a live
-        primary that has its replica attached."""
+        primary whose replica is attached and online (its initial sync done)."""
         _wait_for(self._healthy, within_s, "the cluster to become healthy")
 
     def _healthy(self) -> bool:
@@ -127,9 +127,16 @@ class LocalRedisCluster:
             for node in primaries:
                 with node.client() as client:
                     replication = client.info("replication")
-                if int(replication.get("connected_slaves", 0)) < REPLICAS_PER_PRIMARY and len(
-                    live
-                ) == len(self.nodes):
+                online = sum(
+                    1
+                    for name, value in replication.items()
+                    if name.startswith("slave")
+                    and isinstance(value, dict)
+                    and value.get("state") == "online"
+                )
+                # every replica attached and done with its initial sync (WAIT counts
+                # only those), unless a test has killed a node on purpose
+                if online < REPLICAS_PER_PRIMARY and len(live) == len(self.nodes):
                     return False
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
             return False

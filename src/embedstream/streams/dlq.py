@@ -21,7 +21,9 @@ from embedstream.schemas.tenancy import document_key
 from embedstream.streams.dlq_query import DeadLetter, read_dead_letter
 from embedstream.streams.names import StreamNames, as_text
 
-#: Move one dead letter back to its stream, atomically. Every key it touches is declared:
+#: Move one dead letter back to its stream, atomically. Every key it touches is declared
+#: (it writes KEYS[2] only after checking that the letter's stream is that key), so it
+#: runs on a Redis Cluster, where every key of a deployment shares one hash tag:
 #: KEYS: dead-letter stream, target stream (the entry's ``dlq_stream``), then the ingest
 #: stream's in-flight counts and entries (``embedstream.adapters.inflight``)
 #: ARGV: dead letter id, document key to count in flight ("" for none)
@@ -46,7 +48,7 @@ if not target or #fields == 0 then return false end
 if target ~= KEYS[2] then return {'', 'moved'} end
 fields[#fields + 1] = 'replayed_from'
 fields[#fields + 1] = ARGV[1]
-local new_id = redis.call('XADD', target, '*', unpack(fields))
+local new_id = redis.call('XADD', KEYS[2], '*', unpack(fields))
 if ARGV[2] ~= '' then count_in_flight(KEYS[3], KEYS[4], new_id, ARGV[2]) end
 redis.call('XDEL', KEYS[1], ARGV[1])
 return {target, new_id}
