@@ -106,7 +106,10 @@ class Subscriber:
         unknown: UnknownPolicy = "ignore",
         start_id: str = "0",
         trim: bool = False,
+        partitions: int = 1,
     ) -> None:
+        """``partitions``: the deployment's ``EMBEDSTREAM_PARTITIONS``; a subscriber of
+        ``embedded`` then reads every partition's stream (results are not partitioned)."""
         if not group or group in {stage.group for stage in PIPELINE}:
             raise ValueError(f"group {group!r}: use a consumer group of your own")
         if unknown not in ("ignore", "dead_letter"):
@@ -118,8 +121,11 @@ class Subscriber:
             if isinstance(redis_client, str)
             else is_cluster_client(redis_client)
         )
-        self.names = StreamNames(prefix, cluster=cluster)
-        self.stream = self.names.results if stream == "results" else self.names.embedded
+        self.names = StreamNames(prefix, cluster=cluster, partitions=partitions)
+        self.streams = (
+            (self.names.results,) if stream == "results" else self.names.embedded_streams()
+        )
+        self.stream = self.streams[0]
         self.group = group
         self.unknown: UnknownPolicy = unknown
         self.start_id = start_id
@@ -230,14 +236,15 @@ class Subscriber:
 
     # -- running -------------------------------------------------------------------------
 
-    def worker(self, client: redis.Redis) -> StreamWorker[Delivery]:
-        """The runtime loop over ``client`` (``run`` builds one per run)."""
+    def worker(self, client: redis.Redis, stream: str | None = None) -> StreamWorker[Delivery]:
+        """The runtime loop over ``client`` on ``stream`` (the first of ``streams`` by
+        default; ``run`` builds one per stream per run)."""
         if not self._handlers:
             raise RuntimeError("no handlers registered: use @subscriber.on(EventModel)")
         return StreamWorker[Delivery](
             client,
             self.names,
-            self.stream,
+            stream or self.stream,
             self.group,
             self.handle,
             self.settings,
@@ -254,15 +261,19 @@ class Subscriber:
             else self._client
         )
         try:
-            worker = self.worker(client)
+            workers = [self.worker(client, stream) for stream in self.streams]
             log.info(
                 "subscriber started",
-                stream=self.stream,
+                streams=list(self.streams),
                 group=self.group,
                 consumer=self.settings.consumer_name,
                 types=list(self._handlers),
             )
-            self.stats = await worker.run(stop, burst=burst)
+            stop = stop or asyncio.Event()
+            runs = await asyncio.gather(*(w.run(stop, burst=burst) for w in workers))
+            self.stats = RunStats(
+                **{name: sum(getattr(r, name) for r in runs) for name in vars(RunStats())}
+            )
             return self.stats
         finally:
             if owned:

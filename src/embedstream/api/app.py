@@ -27,8 +27,10 @@ from embedstream.api.security.route import AuthenticatedRoute
 from embedstream.api.security.setup import build_guards, check_production, create_key_pool
 from embedstream.api.stores import open_read_side
 from embedstream.config import Settings
+from embedstream.errors import redis as redis_errors
 from embedstream.jobs.tracker import JobTracker
 from embedstream.logging import get_logger
+from embedstream.streams.partitions import check_partitions
 
 log = get_logger(__name__)
 
@@ -81,6 +83,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     (API keys only) and the guards per process."""
     settings: Settings = app.state.settings
     client = create_redis(settings.redis, socket_timeout=5.0)
+    try:  # the API writes commands to partitions: refuse a number that disagrees
+        await check_partitions(client, settings.redis.names())
+    except redis_errors.TRANSIENT as exc:  # Redis away: the workers check too
+        log.warning("partitions not checked: redis unavailable", error=str(exc))
     pool = await create_key_pool(settings)
     app.state.redis = client
     app.state.tracker = JobTracker(

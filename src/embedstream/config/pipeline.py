@@ -56,6 +56,15 @@ class RedisSettings(BaseSettings):
         "when EMBEDSTREAM_REDIS_URL has the redis+cluster:// (or rediss+cluster://) scheme. "
         "Every key then carries the prefix as a hash tag (embedstream.streams.names)",
     )
+    partitions: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="EMBEDSTREAM_PARTITIONS: the ingest and embedded streams exist once per "
+        "partition (each with its own hash tag on a cluster); a document's partition is a "
+        "stable hash of (tenant, document id). Every process of a deployment must agree; "
+        "a change is refused while entries are pending",
+    )
     redis_min_replicas_ack: int = Field(
         default=0,
         ge=0,
@@ -93,7 +102,7 @@ class RedisSettings(BaseSettings):
 
     def names(self) -> StreamNames:
         """The deployment's key names (tagged on a cluster, see ``StreamNames``)."""
-        return StreamNames(self.stream_prefix, cluster=self.is_cluster)
+        return StreamNames(self.stream_prefix, cluster=self.is_cluster, partitions=self.partitions)
 
 
 class ConsumerSettings(BaseSettings):

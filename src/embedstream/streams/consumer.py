@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeAlias, TypeVar
 
 import redis.asyncio as redis
+from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from embedstream.adapters.redis_client import NO_REPLICA_ACK, ReplicaAck, is_cluster_client
@@ -93,6 +94,7 @@ class StreamConsumer:
             reader.response_callbacks.pop("XREADGROUP", None)
             self._reader = reader
         self.replica_ack = replica_ack
+        self.split_by_slot = names.partitioned and is_cluster_client(client)
         self._claim_idle = client.register_script(scripts.CLAIM_IDLE)
         self._claim_own = client.register_script(scripts.CLAIM_OWN)
         self._set_idle = client.register_script(scripts.SET_IDLE_IF_OWNER)
@@ -181,20 +183,49 @@ class StreamConsumer:
             # Nothing to write but acks: one XACK is atomic on its own.
             await self.client.xack(self.stream, self.group, *[entry_id for entry_id, _ in done])
             return
+        writes: list[tuple[str | None, TransactionOp]] = []  # (a key of its slot, op)
+        for _, ack in done:
+            for pub in ack.publish:
+                writes.append((pub.stream, _xadd(pub.stream, dict(pub.fields))))
+            for op in ack.ops:
+                writes.append((getattr(op, "key", None), op))
+        for item in dead:
+            writes.append((self.names.dlq, _xadd(self.names.dlq, self.dead_letter_fields(item))))
+            writes.append((self.names.dlq, _count_dead_letter(self.names, self.stream, self.group)))
+            writes.extend((getattr(op, "key", None), op) for op in item.ops)
+        ids = [entry_id for entry_id, _ in done] + [item.entry_id for item in dead]
+        if not self.split_by_slot:
+            await self._transaction(writes, ids)
+            return
+        # A cluster with partitions: the writes in other hash slots than the stream's
+        # (job bookkeeping, dead letters, on the deployment's slot) go first, one
+        # transaction per slot, each waited for on the replicas; then the stream's slot
+        # with its follow-ups and the XACK. Those other writes are idempotent (a stage
+        # mark counts once; a dead letter may be written again if the XACK is lost, the
+        # only duplicate this allows), so a crash between the steps leaves the entry
+        # pending, to be handled again, never acked without its writes.
+        own = key_slot(self.stream.encode())
+        by_slot: dict[int, list[TransactionOp]] = {}
+        by_key: dict[int, str] = {}
+        for key, op in writes:
+            slot = own if key is None else key_slot(key.encode())
+            by_slot.setdefault(slot, []).append(op)
+            by_key.setdefault(slot, key or self.stream)
+        for slot, ops in by_slot.items():
+            if slot != own:
+                await self._transaction([(None, op) for op in ops], [])
+                await self.replica_ack.wait(self.client, by_key[slot])
+        await self._transaction([(None, op) for op in by_slot.get(own, [])], ids)
+
+    async def _transaction(
+        self, writes: Sequence[tuple[str | None, TransactionOp]], ack_ids: Sequence[str]
+    ) -> None:
         pipe: Any
         async with self.client.pipeline(transaction=True) as pipe:
-            for _, ack in done:
-                for pub in ack.publish:
-                    pipe.xadd(pub.stream, dict(pub.fields))
-                for op in ack.ops:
-                    await _queue(op, pipe)
-            for item in dead:
-                pipe.xadd(self.names.dlq, self.dead_letter_fields(item))
-                pipe.hincrby(self.names.dlq_counts, f"{self.stream}|{self.group}", 1)
-                for op in item.ops:
-                    await _queue(op, pipe)
-            ids = [entry_id for entry_id, _ in done] + [item.entry_id for item in dead]
-            pipe.xack(self.stream, self.group, *ids)
+            for _, op in writes:
+                await _queue(op, pipe)
+            if ack_ids:
+                pipe.xack(self.stream, self.group, *ack_ids)
             await pipe.execute()
 
     async def confirm_replicated(self) -> None:
@@ -271,6 +302,14 @@ def split_outcomes(messages: Sequence[Message[T]], outcomes: Sequence[Outcome]) 
         else:
             raise TypeError(f"handler returned {outcome!r}, not Ack, Retry or DeadLetter")
     return done, dead, retry
+
+
+def _xadd(stream: str, fields: dict[Any, Any]) -> TransactionOp:
+    return lambda pipe: pipe.xadd(stream, fields)
+
+
+def _count_dead_letter(names: StreamNames, stream: str, group: str) -> TransactionOp:
+    return lambda pipe: pipe.hincrby(names.dlq_counts, f"{stream}|{group}", 1)
 
 
 async def _queue(op: TransactionOp, pipe: Any) -> None:
