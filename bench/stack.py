@@ -157,8 +157,9 @@ def stack_env(
         **overrides,
     }
     env.pop("EMBEDSTREAM_CHROMA_URL", None)
-    cluster = RedisSettings(redis_url=redis_url).is_cluster
-    return env, StreamNames(prefix, cluster=cluster), schema, port
+    partitions = int(env.get("EMBEDSTREAM_PARTITIONS", "1"))
+    redis = RedisSettings(redis_url=redis_url, stream_prefix=prefix, partitions=partitions)
+    return env, redis.names(), schema, port
 
 
 STACK_TENANT = "bench"
@@ -205,7 +206,7 @@ async def remove_stack_data(stack: Stack) -> None:
     import asyncpg
 
     client = create_redis(RedisSettings(redis_url=stack.env["EMBEDSTREAM_REDIS_URL"]))
-    keys = [k async for k in client.scan_iter(match=stack.names.pattern, count=1000)]
+    keys = [k for pattern in stack.names.patterns() async for k in client.scan_iter(match=pattern)]
     for key in keys:  # one by one: a cluster refuses a multi-key DEL across slots
         await client.delete(key)
     await client.aclose()

@@ -65,9 +65,11 @@ def start_replicated_pipeline(stack: Stack) -> None:
     stack.wait_ready()
 
 
-@pytest.fixture
-def stack_on_cluster(tmp_path: Path, redis_cluster: LocalRedisCluster) -> Iterator[Stack]:
-    stack = cluster_stack(tmp_path, redis_cluster)
+@pytest.fixture(params=[1, 3], ids=["1-partition", "3-partitions"])
+def stack_on_cluster(
+    tmp_path: Path, redis_cluster: LocalRedisCluster, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
+    stack = cluster_stack(tmp_path, redis_cluster, EMBEDSTREAM_PARTITIONS=str(request.param))
     try:
         yield stack
     finally:
@@ -80,6 +82,7 @@ async def test_ingest_with_an_upsert_delete_race_on_a_redis_cluster(
 ) -> None:
     stack = stack_on_cluster
     assert stack.names.base.startswith("{")  # every key in the deployment's hash slot
+    assert len(stack.names.ingest_streams()) == stack.names.partitions
     start_replicated_pipeline(stack)
     expected: dict[str, str | None] = {}
     jobs: set[str] = set()
@@ -114,6 +117,14 @@ async def test_ingest_with_an_upsert_delete_race_on_a_redis_cluster(
         events = await wait_for_results(client, stack.names, jobs, timeout=300)
     finished = {job: [e.type for e in events[job]] for job in jobs}
     assert all("job.completed.v1" in types for types in finished.values()), finished
+    if stack.names.partitions > 1:  # every partition carried some of the commands
+        async with results_client(redis_cluster) as client:
+            read = [
+                int((await client.xinfo_groups(s))[0]["entries-read"] or 0)
+                for s in stack.names.ingest_streams()
+            ]
+        assert all(read), read
+        assert sum(read) == 30 + 10 * 3 + 10 * 2
     stored = await pg_documents(PG_DSN, stack.schema)
     for doc, text in expected.items():
         if text is None:
