@@ -25,7 +25,7 @@ from bench.stack import Stack, create_stack, remove_stack_data
 
 from embedstream.adapters.redis_client import create_redis
 from embedstream.config import RedisSettings
-from tests.e2e.conftest import PG_DSN
+from tests.e2e.conftest import PG_DSN, REDIS_URL
 from tests.e2e.stores import pg_documents, wait_for_results
 from tests.e2e.test_pipeline import assert_clean_exit
 from tests.support.redis_cluster import LocalRedisCluster
@@ -46,8 +46,9 @@ def cluster_stack(tmp_path: Path, cluster: LocalRedisCluster, **env: str) -> Sta
 
 
 @contextlib.asynccontextmanager
-async def results_client(cluster: LocalRedisCluster) -> AsyncIterator[redis.Redis]:
-    client = create_redis(RedisSettings(redis_url=cluster.url))
+async def results_client(where: LocalRedisCluster | Stack) -> AsyncIterator[redis.Redis]:
+    url = where.url if isinstance(where, LocalRedisCluster) else where.env["EMBEDSTREAM_REDIS_URL"]
+    client = create_redis(RedisSettings(redis_url=url))
     try:
         yield client
     finally:
@@ -65,11 +66,22 @@ def start_replicated_pipeline(stack: Stack) -> None:
     stack.wait_ready()
 
 
-@pytest.fixture(params=[1, 3], ids=["1-partition", "3-partitions"])
+@pytest.fixture(
+    params=[("cluster", 1), ("cluster", 3), ("single", 3)],
+    ids=["cluster-1-partition", "cluster-3-partitions", "single-redis-3-partitions"],
+)
 def stack_on_cluster(
     tmp_path: Path, redis_cluster: LocalRedisCluster, request: pytest.FixtureRequest
 ) -> Iterator[Stack]:
-    stack = cluster_stack(tmp_path, redis_cluster, EMBEDSTREAM_PARTITIONS=str(request.param))
+    backend, partitions = request.param
+    url = redis_cluster.url if backend == "cluster" else REDIS_URL
+    stack = create_stack(
+        tmp_path,
+        redis_url=url,
+        database_url=PG_DSN,
+        EMBEDSTREAM_PARTITIONS=str(partitions),
+        **FAST,
+    )
     try:
         yield stack
     finally:
@@ -81,7 +93,8 @@ async def test_ingest_with_an_upsert_delete_race_on_a_redis_cluster(
     stack_on_cluster: Stack, redis_cluster: LocalRedisCluster
 ) -> None:
     stack = stack_on_cluster
-    assert stack.names.base.startswith("{")  # every key in the deployment's hash slot
+    # on a cluster every key carries a hash tag: the deployment's, or its partition's
+    assert stack.names.base.startswith("{") == stack.names.cluster
     assert len(stack.names.ingest_streams()) == stack.names.partitions
     start_replicated_pipeline(stack)
     expected: dict[str, str | None] = {}
@@ -113,12 +126,12 @@ async def test_ingest_with_an_upsert_delete_race_on_a_redis_cluster(
             await upsert(f"doc-{n}", f"second text of document {n}")
             await delete(f"doc-{n}")
 
-    async with results_client(redis_cluster) as client:
+    async with results_client(stack) as client:
         events = await wait_for_results(client, stack.names, jobs, timeout=300)
     finished = {job: [e.type for e in events[job]] for job in jobs}
     assert all("job.completed.v1" in types for types in finished.values()), finished
     if stack.names.partitions > 1:  # every partition carried some of the commands
-        async with results_client(redis_cluster) as client:
+        async with results_client(stack) as client:
             read = [
                 int((await client.xinfo_groups(s))[0]["entries-read"] or 0)
                 for s in stack.names.ingest_streams()
@@ -227,12 +240,14 @@ async def completed_jobs(cluster: LocalRedisCluster, stack: Stack, jobs: set[str
     }
 
 
+@pytest.mark.parametrize("partitions", [1, 3])
 async def test_with_durable_acks_every_accepted_document_survives_failovers(
-    tmp_path: Path, own_cluster: LocalRedisCluster
+    tmp_path: Path, own_cluster: LocalRedisCluster, partitions: int
 ) -> None:
     stack = cluster_stack(
         tmp_path / "stack",
         own_cluster,
+        EMBEDSTREAM_PARTITIONS=str(partitions),
         EMBEDSTREAM_REDIS_MIN_REPLICAS_ACK="1",
         EMBEDSTREAM_REDIS_REPLICAS_ACK_TIMEOUT_MS="2000",
     )
