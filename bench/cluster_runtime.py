@@ -44,6 +44,7 @@ from bench.runtime import (
 from embedstream.adapters.redis_client import create_redis
 from embedstream.config import RedisSettings
 from embedstream.logging import configure_logging
+from embedstream.streams.names import StreamNames
 
 WORDS = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
 
@@ -134,11 +135,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         stream = f"{{{prefix}}}:ingest"
                         rate, us = per_process_rate(on_cluster, stream, args.loop)
                         cpu[case].append(us)
-                    elif case == "p1":
-                        rate = aggregate_rate(on_cluster, [f"{{{prefix}:0}}:ingest"], args.loop)
-                    else:
-                        streams = [f"{{{prefix}:{k}}}:ingest" for k in range(3)]
-                        rate = aggregate_rate(on_cluster, streams, args.loop)
+                    else:  # a deployment's partition streams (their own hash tags)
+                        n = 1 if case == "p1" else 3
+                        names = StreamNames(f"{prefix}-{n}", cluster=True, partitions=n)
+                        rate = aggregate_rate(on_cluster, names.ingest_streams(), args.loop)
                     rates[case].append(rate)
                     print(f"  rep {rep + 1} {case:<8} {rate:>9,.0f} msg/s", file=sys.stderr)
         finally:
