@@ -55,6 +55,10 @@ def create_redis(
             health_check_interval=30,
             **({"max_connections": max_connections} if max_connections else {}),
         )
+        # XREADGROUP replies stay raw, as the runtime reads them on a single Redis
+        # (``StreamConsumer.read_new``): redis-py's conversion builds a dict per entry,
+        # as much work as decoding the envelopes. (The cluster's nodes share this map.)
+        cluster.response_callbacks.pop("XREADGROUP", None)
         return cast(redis.Redis, cluster)
     return redis.Redis.from_url(
         settings.redis_url,

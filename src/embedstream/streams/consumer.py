@@ -87,7 +87,8 @@ class StreamConsumer:
         # XREADGROUP is read through a view of the same connection pool without redis-py's
         # reply conversion (a dict per entry, built twice over, and a metrics hook): on
         # ~1 KB entries that conversion cost as much as decoding the envelopes.
-        # (A cluster client has a pool per node: it reads with its own conversion.)
+        # (A cluster client has a pool per node; ``create_redis`` drops the conversion
+        # from the cluster client itself.)
         self._reader: Any = client  # Any: redis-py leaves execute_command untyped
         if not is_cluster_client(client):
             reader = redis.Redis(connection_pool=client.connection_pool)

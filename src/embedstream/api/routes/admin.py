@@ -166,7 +166,7 @@ async def get_entry(
     names = settings.redis.names()
     kind = as_text(await client.type(stream))
     if (
-        not stream.startswith(f"{names.base}:")
+        not (stream.startswith(f"{names.base}:") or names.view_of_stream(stream))
         or stream == names.dlq
         or kind
         not in (
