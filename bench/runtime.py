@@ -19,14 +19,15 @@ All cases run on the same event loop type: uvloop by default, since both peers' 
 CLIs (``taskiq worker``, ``faststream run``) switch to uvloop when it is installed.
 
 The last line is ``RESULT runtime_vs_raw=<x> runtime_vs_taskiq=<x> runtime_vs_faststream=<x>
-runtime_vs_faststream_batch=<x> metrics_cost=<pct> metrics_cpu_cost=<pct> tracing_cost=<pct>
-tracing_cpu_cost=<pct>``: the median rate
+runtime_vs_faststream_batch=<x> metrics_cost=<pct> metrics_cpu_cost=<pct>
+metrics_cpu_share=<pct> tracing_cost=<pct> tracing_cpu_cost=<pct>``: the median rate
 of embedstream's worker loop divided by the raw loop's, taskiq's, FastStream's stream
 subscriber's (one handler call per message, its documented form) and FastStream's
 ``batch=True`` subscriber's; what the Prometheus counters cost the worker loop (its rate
 with ``metrics=False`` against the default, metrics on) and what tracing configured costs
 (a consumer span per batch linked to each message's context, exported over OTLP/HTTP to
-a sink process, against the loop without tracing), by rate and by CPU per message.
+a sink process, against the loop without tracing), by rate and by CPU per message; and
+the counters' calls of one batch timed alone, as a share of the loop's CPU per message.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from redis.utils import HIREDIS_AVAILABLE
 from embedstream import tracing
 from embedstream.config import ConsumerSettings
 from embedstream.logging import configure_logging
+from embedstream.metrics.runtime import ConsumerMetrics
 from embedstream.schemas.envelope import Envelope
 from embedstream.streams.messages import Ack, Message, Outcome
 from embedstream.streams.names import StreamNames
@@ -575,6 +577,20 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b and not math.isnan(a) and not math.isnan(b) else "nan"
 
 
+def metrics_us_per_batch(repeat: int = 20_000) -> float:
+    """What the runtime's counters cost one batch, timed alone: the calls a batch makes
+    (``batch_started``, ``settled``, ``batch_ended``, ``claimed``); steadier than the
+    difference of two noisy rates."""
+    metrics = ConsumerMetrics("bench", "bench")
+    started = time.perf_counter()
+    for _ in range(repeat):
+        mark = metrics.batch_started(100)
+        metrics.claimed(0)
+        metrics.settled(100, 0, 0)
+        metrics.batch_ended(mark)
+    return (time.perf_counter() - started) / repeat * 1e6
+
+
 def cost(rate: float, baseline: float) -> str:
     """How much slower ``rate`` is than ``baseline``, in percent (negative: faster)."""
     if not baseline or math.isnan(rate) or math.isnan(baseline):
@@ -617,8 +633,14 @@ def report(cfg: Config, cases: list[Case], loop: str) -> str:
         base = by_key[baseline].median_cpu_us(cfg.n)
         return f"{(by_key[key].median_cpu_us(cfg.n) / base - 1) * 100:.1f}%"
 
+    per_batch = metrics_us_per_batch()
+    per_msg = per_batch / cfg.batch
+    ours_cpu = by_key["embedstream"].median_cpu_us(cfg.n) if "embedstream" in by_key else math.nan
+    share = f"{per_msg / ours_cpu * 100:.2f}%" if not math.isnan(ours_cpu) else "nan"
     lines += [
         "",
+        f"metrics per batch, timed alone: {per_batch:.2f} us ({per_msg:.3f} us/msg at batch "
+        f"{cfg.batch}; metrics_cpu_share: of the loop's CPU us/msg)",
         "CPU us/msg: this process only (client side), median.",
         "metrics_cost: 1 - embedstream / embedstream metrics off; tracing_cost: 1 - traced /",
         "embedstream (both with metrics on); *_cpu_cost: the same by CPU us/msg (steadier",
@@ -631,6 +653,7 @@ def report(cfg: Config, cases: list[Case], loop: str) -> str:
         f"runtime_vs_faststream_batch={ratio(ours, best('faststream-batch'))} "
         f"metrics_cost={cost(ours, best('embedstream-nometrics'))} "
         f"metrics_cpu_cost={cpu_cost('embedstream', 'embedstream-nometrics')} "
+        f"metrics_cpu_share={share} "
         f"tracing_cost={cost(best('embedstream-traced'), ours)} "
         f"tracing_cpu_cost={cpu_cost('embedstream-traced', 'embedstream')}",
     ]
