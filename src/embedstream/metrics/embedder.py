@@ -53,8 +53,13 @@ class EmbedderCollector(Collector):
 
 def register_embedder(
     embedder: _Encoder, registry: CollectorRegistry = REGISTRY
-) -> EmbedderCollector:
-    """Report ``embedder``'s counters in ``registry`` (until ``registry.unregister``)."""
+) -> EmbedderCollector | None:
+    """Report ``embedder``'s counters in ``registry`` (until ``registry.unregister``).
+    One embedder per process reports (a worker loads one); a second one's counters are
+    left out rather than clash with the first's (None)."""
     collector = EmbedderCollector(embedder)
-    registry.register(collector)
+    try:
+        registry.register(collector)
+    except ValueError:  # the series of an embedder already registered here
+        return None
     return collector

@@ -14,8 +14,6 @@ import structlog
 from embedstream.schemas.envelope import Envelope, Fields
 from embedstream.tracing import trace_id_of
 
-MESSAGE_LOG_KEYS = ("message_id", "type", "tenant", "document", "trace_id")
-
 
 def envelope_of(body: object) -> Envelope | None:
     """The envelope of a decoded message (a stage's ``Decoded``, a subscriber's
