@@ -127,6 +127,22 @@ def instrument_app(app: Any) -> None:
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
 
 
+@contextlib.contextmanager
+def untraced() -> Iterator[None]:
+    """No spans from the instrumented clients inside the block (the queue gauges' Redis
+    reads at each scrape would otherwise each start a trace of their own)."""
+    if _tracer is None:
+        yield
+        return
+    try:
+        from opentelemetry.instrumentation.utils import suppress_instrumentation
+    except ImportError:
+        yield
+        return
+    with suppress_instrumentation():
+        yield
+
+
 def flush(timeout_ms: int = 5_000) -> None:
     """Send the spans still buffered (before a process exits)."""
     if _tracer is None:

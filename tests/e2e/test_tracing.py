@@ -152,6 +152,8 @@ async def test_one_documents_trace_connects_request_stages_and_subscriber(
     stack.wait_ready()
     start_subscriber(stack)
 
+    for _ in range(3):  # the queue gauges read Redis at each scrape: no trace of their own
+        assert httpx.get(f"{stack.url}/metrics").status_code == 200
     trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
     response = httpx.post(
         f"{stack.url}/v1/documents",
@@ -201,6 +203,15 @@ async def test_one_documents_trace_connects_request_stages_and_subscriber(
         assert batch.attributes["messaging.batch.message_count"] >= 1
         inside = [s for s in spans if s.trace_id == batch.trace_id and s.parent_id == batch.span_id]
         assert child in {s.name for s in inside}, (service, inside)
+
+    # the ingress' Redis calls are children of its requests: the scrapes added no roots
+    api_roots = [s for s in spans if s.service == "embedstream-api" and not s.parent_id]
+    assert not [s for s in api_roots if s.name.split()[0] in {"XINFO", "XLEN", "XPENDING"}]
+    assert any(
+        s.trace_id == trace_id and s.parent_id == request.span_id
+        for s in spans
+        if s.service == "embedstream-api" and s.kind == 3
+    )
 
     # the downstream handler joins the request's trace, as a child of the request's span
     (handled,) = [

@@ -29,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 from redis.exceptions import RedisError
 
+from embedstream import tracing
 from embedstream.logging import get_logger
 from embedstream.streams.status import StatusReport
 from embedstream.streams.status_cache import StatusCache
@@ -129,7 +130,8 @@ class QueueMetrics:
 
     async def collector(self) -> QueueCollector:
         try:
-            report: StatusReport | None = await self.cache.read()
+            with tracing.untraced():
+                report: StatusReport | None = await self.cache.read()
         except (RedisError, OSError) as exc:
             log.warning("queue metrics: redis unavailable", error=f"{type(exc).__name__}: {exc}")
             report = None
