@@ -64,6 +64,11 @@ async def test_requests_are_counted_by_route_template_method_and_status(
     bad = await client.post("/v1/documents", json={"documents": [{"text": ""}]})
     assert bad.status_code == 422
     assert (await client.get(f"/no/such/path/{job_id}")).status_code == 404
+    # answered by the body limit before routing, from the declared Content-Length
+    too_large = json.dumps({"documents": [{"text": "x" * 11 * 1024 * 1024}]})
+    assert (
+        await client.post("/v1/documents", content=too_large, headers=headers)
+    ).status_code == 413
     changed = (await scrape(client)).minus(before)
 
     requests = "embedstream_http_requests_total"
@@ -71,6 +76,7 @@ async def test_requests_are_counted_by_route_template_method_and_status(
     assert changed.value(requests, **post, status="202") == 1
     assert changed.value(requests, **post, status="401") == 1
     assert changed.value(requests, **post, status="422") == 1
+    assert changed.value(requests, route="other", method="POST", status="413") == 1
     assert changed.value(requests, route="/v1/jobs/{job_id}", method="GET", status="200") == 1
     # a path no route matches is counted under one label value, not under its path
     assert changed.value(requests, route="other", method="GET", status="404") == 1

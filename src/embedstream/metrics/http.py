@@ -1,8 +1,9 @@
 """The ingress' metrics: a plain ASGI middleware counting requests, and ``GET /metrics``.
 
 - ``embedstream_http_requests_total{route, method, status}``: ``route`` is the route's
-  template (``/v1/jobs/{job_id}``), ``other`` for paths no route matched (so a scan of
-  random paths adds no series);
+  template (``/v1/jobs/{job_id}``); ``other`` for paths no route matches (so a scan of
+  random paths adds no series) and for answers given before routing (a 413 of a declared
+  Content-Length over the limit);
 - ``embedstream_http_request_duration_seconds{route, method}``: latency histogram;
 - ``embedstream_documents_accepted_total{operation}`` (upsert, delete) and
   ``embedstream_request_bytes_accepted_total``: what the 202 answers took in (the
@@ -46,9 +47,9 @@ UNMATCHED = "other"
 
 
 def route_template(scope: Scope) -> str:
-    """The template of the route that answered (set by the router on the scope)."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
+    """The template of the route that answered (set by the router on the scope);
+    ``other`` for an answer given before routing or for a path no route matches."""
+    path = getattr(scope.get("route"), "path", None)
     return path if isinstance(path, str) else UNMATCHED
 
 
