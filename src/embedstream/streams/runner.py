@@ -22,6 +22,7 @@ from redis.exceptions import ResponseError
 
 from embedstream.config import ConsumerSettings
 from embedstream.errors.redis import TRANSIENT, is_nogroup
+from embedstream.metrics.runtime import ConsumerMetrics
 from embedstream.streams.batch import (
     BatchProcessor,
     DeliveryLimitExceeded,
@@ -65,13 +66,17 @@ class StreamWorker(Generic[T]):
         settle_ops: SettleOps | None = None,
         retain: Mapping[str, int] | None = None,
         heartbeat: Heartbeat | None = None,
+        metrics: bool = True,
     ) -> None:
         """``retain``: other streams this worker keeps bounded, each with its retention
         in ms: housekeeping trims their entries older than that which every group on the
         stream has acknowledged (``StreamConsumer.trim_acked``). ``settle_ops``: writes
         to run, by entry id, in the transaction that takes an entry off the pending list
         (its ack or its dead letter). ``heartbeat``: where the loop marks its progress
-        (read by the liveness probe); one of its own by default."""
+        (read by the liveness probe); one of its own by default. ``metrics``: count
+        messages, batches, reclaims and lease renewals for Prometheus
+        (``embedstream.metrics.runtime``), labelled with the stage (else "subscriber")
+        and the group."""
         self.settings = settings
         self.heartbeat = heartbeat or Heartbeat()
         self.create_group = create_group
@@ -80,8 +85,11 @@ class StreamWorker(Generic[T]):
         )
         self.hooks = RuntimeHooks(dead_letter_ops, settle_ops, dict(retain or {}))
         self.stats = RunStats()
+        self.metrics = (
+            ConsumerMetrics(stage or "subscriber", group) if metrics else ConsumerMetrics.off()
+        )
         self.batches = BatchProcessor(
-            self.consumer, settings, handler, decode, self.hooks, self.stats
+            self.consumer, settings, handler, decode, self.hooks, self.stats, metrics=self.metrics
         )
         self.log = self.batches.log
         self._own_done = False
@@ -171,6 +179,7 @@ class StreamWorker(Generic[T]):
                     self.settings.visibility_timeout_ms, count, self._claim_cursor
                 )
                 self._claim_cursor = cursor
+                self.metrics.claimed(len(claimed))
                 more = cursor != "0-0"
                 self._next_claim = time.monotonic() + (
                     0 if more else self.settings.claim_interval_ms / 1000
@@ -218,6 +227,7 @@ class StreamWorker(Generic[T]):
         are redelivered after the visibility timeout. The batch's progress is tracked
         for the liveness probe while it runs."""
         progress = self.heartbeat.batch_started()
+        started = self.metrics.batch_started(len(entries))
         try:
             await self._process(entries)
         except Exception:
@@ -226,6 +236,7 @@ class StreamWorker(Generic[T]):
                 messages=[entry_id for entry_id, _, _ in entries],
             )
         finally:
+            self.metrics.batch_ended(started)
             self.heartbeat.batch_ended(progress)
 
     async def _process(self, entries: list[RawEntry]) -> None:

@@ -5,8 +5,9 @@ its names (``embedstream.streams.names``: its own, its stream's, its group's), t
 payload types it reads, the clients it opens (its model or its store, waiting for the
 store where it is away), the readiness checks of those clients, how its handler is made
 and the runtime hooks it adds. ``run_stage`` does the rest the same way for all:
-Redis, the health endpoint, the job bookkeeping, the stream runtime with the stage's
-decoder, and closing everything on the way out. ``embedstream worker KIND`` and
+Redis, the health endpoint (with the process' ``/metrics``), tracing when the ``OTEL_*``
+variables ask for it, the job bookkeeping, the stream runtime with the stage's decoder,
+and closing everything on the way out. ``embedstream worker KIND`` and
 ``embedstream dev`` run stages through it; ``embedstream init`` creates their groups.
 """
 
@@ -21,6 +22,7 @@ from typing import Any, Generic, TypeVar
 import redis.asyncio as redis
 from pydantic import BaseModel
 
+from embedstream import tracing
 from embedstream.adapters.redis_client import create_redis
 from embedstream.config import ConsumerSettings, EventSettings, Settings
 from embedstream.jobs.tracker import JobTracker
@@ -52,6 +54,8 @@ class StageContext:
     """the job bookkeeping; one of its own (with ``events``' result versions) by default"""
     results_retention_s: int = 0
     """``RESULTS_RETENTION_S``: the persist stage keeps the results stream this long."""
+    metrics: bool = True
+    """count for Prometheus (``EMBEDSTREAM_METRICS``)"""
     jobs: JobTracker = field(init=False)
 
     def __post_init__(self) -> None:
@@ -111,6 +115,7 @@ class Stage(Generic[C, P]):
             dead_letter_ops=hooks.dead_letter_ops,
             settle_ops=hooks.settle_ops,
             retain=hooks.retain,
+            metrics=context.metrics,
         )
 
     def build(self, clients: C, context: StageContext) -> StreamWorker[Any]:
@@ -124,10 +129,13 @@ async def run_stage(
     """Run one replica of ``stage`` until ``stop`` is set (or, with ``burst``, until its
     stream has nothing left for it): open Redis and the stage's clients (live, not
     ready, while they are waited for), consume, close."""
+    tracing.setup_tracing(f"embedstream-{stage.name}")
     client = create_redis(settings.redis)
     try:
         async with (
-            worker_health(settings.health, stage.name, stop) as health,
+            worker_health(
+                settings.health, stage.name, stop, metrics=settings.metrics.metrics
+            ) as health,
             stage.clients(settings, stop) as clients,
         ):
             if clients is None:  # stopped while waiting for a store or a writer lock
@@ -138,9 +146,11 @@ async def run_stage(
                 settings.consumer,
                 settings.events,
                 results_retention_s=settings.redis.results_retention_s,
+                metrics=settings.metrics.metrics,
             )
             worker = stage.build(clients, context)
             health.watch(worker.heartbeat, {"redis": client.ping, **stage.checks(clients)})
             return await worker.run(stop, burst=burst)
     finally:
         await client.aclose()
+        await asyncio.to_thread(tracing.flush)
