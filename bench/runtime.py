@@ -21,23 +21,31 @@ All cases run on the same event loop type: uvloop by default, since both peers' 
 CLIs (``taskiq worker``, ``faststream run``) switch to uvloop when it is installed.
 
 The last line is ``RESULT runtime_vs_raw=<x> runtime_vs_taskiq=<x> runtime_vs_faststream=<x>
-runtime_vs_faststream_batch=<x>``: the median rate of embedstream's worker loop divided by
-the raw loop's, taskiq's, FastStream's stream subscriber's (one handler call per message,
-its documented form) and FastStream's ``batch=True`` subscriber's.
+runtime_vs_faststream_batch=<x> metrics_cost=<pct> metrics_cpu_cost=<pct>
+metrics_cpu_share=<pct> tracing_cost=<pct> tracing_cpu_cost=<pct>``: the median rate
+of embedstream's worker loop divided by the raw loop's, taskiq's, FastStream's stream
+subscriber's (one handler call per message, its documented form) and FastStream's
+``batch=True`` subscriber's; what the Prometheus counters cost the worker loop (its rate
+with ``metrics=False`` against the default, metrics on) and what tracing configured costs
+(a consumer span per batch linked to each message's context, exported over OTLP/HTTP to
+a sink process, against the loop without tracing), by rate and by CPU per message; and
+the counters' calls of one batch timed alone, as a share of the loop's CPU per message.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -48,9 +56,11 @@ from pydantic import BaseModel
 from redis import __version__ as redis_version
 from redis.utils import HIREDIS_AVAILABLE
 
+from embedstream import tracing
 from embedstream.adapters.redis_client import create_redis
 from embedstream.config import ConsumerSettings, RedisSettings
 from embedstream.logging import configure_logging
+from embedstream.metrics.runtime import ConsumerMetrics
 from embedstream.schemas.envelope import Envelope
 from embedstream.streams.messages import Ack, Message, Outcome
 from embedstream.streams.runner import StreamWorker
@@ -220,7 +230,75 @@ async def fill_embedstream(cfg: Config, client: redis.Redis, stream: str) -> int
     )
 
 
-async def consume_embedstream(cfg: Config, stream: str, run: Run, *, burst: bool) -> Measurement:
+async def fill_embedstream_traced(cfg: Config, client: redis.Redis, stream: str) -> int:
+    """The same entries, each with a trace context of its own (as from a traced ingress)."""
+    return await xadd_all(
+        client,
+        stream,
+        (
+            Envelope.wrap(
+                "bench.noop.v1",
+                cfg.payload(i),
+                source="bench",
+                tenant="bench",
+                traceparent=f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01",
+            ).to_fields()
+            for i in range(cfg.n)
+        ),
+    )
+
+
+@contextlib.contextmanager
+def traced(cfg: Config) -> Iterator[None]:
+    """Tracing on for the block: a tracer provider with the OTLP/HTTP exporter (batch
+    span processor) sending to a sink process that answers every export with 200."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    sink = subprocess.Popen([sys.executable, "-c", OTLP_SINK], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None
+        port = int(sink.stdout.readline())
+        provider = TracerProvider(resource=Resource.create({SERVICE_NAME: "bench"}))
+        exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{port}/v1/traces")
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        previous = tracing.install(provider.get_tracer("embedstream"))
+        try:
+            yield
+        finally:
+            tracing.install(previous)
+            provider.shutdown()
+    finally:
+        sink.terminate()
+        sink.wait(timeout=10)
+
+
+OTLP_SINK = """
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Sink(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+async def consume_embedstream_traced(cfg: Config, stream: str, run: Run) -> Measurement:
+    with traced(cfg):
+        return await consume_embedstream(cfg, stream, run, burst=False)
+
+
+async def consume_embedstream(
+    cfg: Config, stream: str, run: Run, *, burst: bool, metrics: bool = True
+) -> Measurement:
     """StreamWorker with default ConsumerSettings except consumer_name and batch_size.
 
     Worker loop (``burst=False``): what ``embedstream worker`` runs; a stop event is set
@@ -242,6 +320,7 @@ async def consume_embedstream(cfg: Config, stream: str, run: Run, *, burst: bool
         GROUP,
         handler,
         settings,
+        metrics=metrics,
     )
     try:
         run.start()
@@ -416,6 +495,20 @@ def all_cases() -> list[Case]:
             partial(consume_embedstream, burst=False),
         ),
         Case(
+            "embedstream-nometrics",
+            "embedstream, metrics off",
+            "StreamWorker(metrics=False)",
+            fill_embedstream,
+            partial(consume_embedstream, burst=False, metrics=False),
+        ),
+        Case(
+            "embedstream-traced",
+            "embedstream, traced",
+            "span per batch + links, OTLP/HTTP",
+            fill_embedstream_traced,
+            consume_embedstream_traced,
+        ),
+        Case(
             "embedstream-burst",
             "embedstream burst",
             "run(burst=True), batch_size=b",
@@ -493,6 +586,27 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b and not math.isnan(a) and not math.isnan(b) else "nan"
 
 
+def metrics_us_per_batch(repeat: int = 20_000) -> float:
+    """What the runtime's counters cost one batch, timed alone: the calls a batch makes
+    (``batch_started``, ``settled``, ``batch_ended``, ``claimed``); steadier than the
+    difference of two noisy rates."""
+    metrics = ConsumerMetrics("bench", "bench")
+    started = time.perf_counter()
+    for _ in range(repeat):
+        mark = metrics.batch_started(100)
+        metrics.claimed(0)
+        metrics.settled(100, 0, 0)
+        metrics.batch_ended(mark)
+    return (time.perf_counter() - started) / repeat * 1e6
+
+
+def cost(rate: float, baseline: float) -> str:
+    """How much slower ``rate`` is than ``baseline``, in percent (negative: faster)."""
+    if not baseline or math.isnan(rate) or math.isnan(baseline):
+        return "nan"
+    return f"{(1 - rate / baseline) * 100:.1f}%"
+
+
 def report(cfg: Config, cases: list[Case], loop: str) -> str:
     by_key = {case.key: case for case in cases}
     ours = by_key["embedstream"].median_rate(cfg.n) if "embedstream" in by_key else math.nan
@@ -521,15 +635,36 @@ def report(cfg: Config, cases: list[Case], loop: str) -> str:
         rates = [by_key[k].median_rate(cfg.n) for k in keys if k in by_key]
         return max(rates) if rates else math.nan
 
+    def cpu_cost(key: str, baseline: str) -> str:
+        """Extra CPU per message of ``key`` over ``baseline``, in percent."""
+        if key not in by_key or baseline not in by_key:
+            return "nan"
+        base = by_key[baseline].median_cpu_us(cfg.n)
+        return f"{(by_key[key].median_cpu_us(cfg.n) / base - 1) * 100:.1f}%"
+
+    per_batch = metrics_us_per_batch()
+    per_msg = per_batch / cfg.batch
+    ours_cpu = by_key["embedstream"].median_cpu_us(cfg.n) if "embedstream" in by_key else math.nan
+    share = f"{per_msg / ours_cpu * 100:.2f}%" if not math.isnan(ours_cpu) else "nan"
     lines += [
         "",
+        f"metrics per batch, timed alone: {per_batch:.2f} us ({per_msg:.3f} us/msg at batch "
+        f"{cfg.batch}; metrics_cpu_share: of the loop's CPU us/msg)",
         "CPU us/msg: this process only (client side), median.",
+        "metrics_cost: 1 - embedstream / embedstream metrics off; tracing_cost: 1 - traced /",
+        "embedstream (both with metrics on); *_cpu_cost: the same by CPU us/msg (steadier",
+        "than rates on a shared machine).",
         "runtime_vs_faststream: FastStream's stream subscriber as documented (a handler per",
         "message); runtime_vs_faststream_batch: its batch=True variant (a handler per read).",
         f"RESULT runtime_vs_raw={ratio(ours, best('raw'))} "
         f"runtime_vs_taskiq={ratio(ours, best('taskiq'))} "
         f"runtime_vs_faststream={ratio(ours, best('faststream'))} "
-        f"runtime_vs_faststream_batch={ratio(ours, best('faststream-batch'))}",
+        f"runtime_vs_faststream_batch={ratio(ours, best('faststream-batch'))} "
+        f"metrics_cost={cost(ours, best('embedstream-nometrics'))} "
+        f"metrics_cpu_cost={cpu_cost('embedstream', 'embedstream-nometrics')} "
+        f"metrics_cpu_share={share} "
+        f"tracing_cost={cost(best('embedstream-traced'), ours)} "
+        f"tracing_cpu_cost={cpu_cost('embedstream-traced', 'embedstream')}",
     ]
     return "\n".join(lines)
 

@@ -37,9 +37,26 @@ ensure_chromium() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 }
 
+# The alert and recording rules are checked with promtool, and an integration test runs a
+# real Prometheus against the API's /metrics (tests/deploy/test_prometheus.py): Debian's
+# prometheus package brings both.
+ensure_prometheus() {
+  if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then return; fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    log "no apt-get: install Prometheus yourself, or its rule checks are skipped"
+    return
+  fi
+  log "installing Debian's prometheus (promtool, and the server for an integration test)"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  # the package starts a service on Debian; the tests run their own on free ports
+  if command -v service >/dev/null 2>&1; then service prometheus stop >/dev/null 2>&1 || true; fi
+}
+
 ensure_redis
 ensure_postgres
 ensure_chromium
+ensure_prometheus
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

@@ -1,5 +1,5 @@
-"""The ``embedstream`` command: api | worker KIND | dev | status | dlq | migrate | init |
-ingest | search | reindex | keys | token | schemas | model. Exit codes and ``--json``:
+"""The ``embedstream`` command: api | worker KIND | exporter | dev | status | dlq | migrate |
+init | ingest | search | reindex | keys | token | schemas | model. Exit codes and ``--json``:
 ``embedstream.cli_output``."""
 
 from __future__ import annotations
@@ -97,6 +97,22 @@ def api() -> None:
     from embedstream.api.app import run_api
 
     run_api(cli_settings())
+
+
+@app.command()
+def exporter(
+    host: Annotated[
+        str, typer.Option(envvar="EMBEDSTREAM_EXPORTER_HOST", help="bind address")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(envvar="EMBEDSTREAM_EXPORTER_PORT", min=0, max=65_535, help="port")
+    ] = 9465,
+) -> None:
+    """Serve the queue gauges (lag, pending, oldest pending age, consumers, dead letters
+    per stream and group) for Prometheus at /metrics. Run one per deployment."""
+    from embedstream.metrics.exporter import run_exporter
+
+    run_exporter(cli_settings(), host, port)
 
 
 @app.command()

@@ -52,6 +52,7 @@ import redis.asyncio as redis
 import structlog
 from pydantic import BaseModel
 
+from embedstream import tracing
 from embedstream.adapters.redis_client import create_redis, is_cluster_client
 from embedstream.config import ConsumerSettings, RedisSettings
 from embedstream.contracts.catalog import MessageType, message_for_model, message_type
@@ -214,8 +215,11 @@ class Subscriber:
         if delivery.payload is None:
             log.debug("skipped event without handler", type=envelope.type, message_id=message.id)
             return Ack()
-        with structlog.contextvars.bound_contextvars(
-            message_id=message.id, type=envelope.type, attempt=message.attempt
+        with (
+            structlog.contextvars.bound_contextvars(
+                message_id=message.id, type=envelope.type, attempt=message.attempt
+            ),
+            tracing.handler_span(envelope.type, self.stream, self.group, envelope.traceparent),
         ):
             try:
                 for handler in delivery.handlers:
@@ -254,6 +258,7 @@ class Subscriber:
 
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> RunStats:
         """Consume until ``stop`` is set (``burst``: until nothing is left to read)."""
+        tracing.setup_tracing(f"embedstream-subscriber-{self.group}")
         owned = isinstance(self._client, str)
         client = (
             create_redis(RedisSettings(redis_url=self._client))

@@ -140,7 +140,7 @@ def test_workloads_have_probes_resources_and_a_non_root_user() -> None:
     config = config_env()
     drain = float(config["EMBEDSTREAM_DRAIN_TIMEOUT_S"])
     deployments = by_kind(docs, "Deployment")
-    assert set(deployments) == {"api", "worker-embed", "worker-index", "worker-persist"}
+    assert set(deployments) == {"api", "worker-embed", "worker-index", "worker-persist", "exporter"}
     pdbs = by_kind(docs, "PodDisruptionBudget")
     for name, deployment in deployments.items():
         pod = deployment["spec"]["template"]["spec"]
@@ -161,6 +161,9 @@ def test_workloads_have_probes_resources_and_a_non_root_user() -> None:
             assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
             assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
             assert pod["terminationGracePeriodSeconds"] > drain + 5
+        elif name == "exporter":
+            assert container["command"][:2] == ["embedstream", "exporter"]
+            assert str(ports["metrics"]) in container["command"]
         else:
             assert ports["http"] == int(config["EMBEDSTREAM_PORT"])
         assert (
@@ -169,6 +172,18 @@ def test_workloads_have_probes_resources_and_a_non_root_user() -> None:
         ), f"{name} has no PodDisruptionBudget"
     (job,) = by_kind(docs, "Job").values()
     assert pod_containers(job)[0]["command"] == ["embedstream", "migrate"]
+    # every workload is scraped on the port that serves its /metrics; the queue gauges
+    # come from the exporter alone (the API has replicas)
+    for name, deployment in deployments.items():
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        (container,) = pod_containers(deployment)
+        served = {p["containerPort"] for p in container["ports"]}
+        assert annotations["prometheus.io/scrape"] == "true", name
+        assert int(annotations["prometheus.io/port"]) in served, name
+        assert annotations["prometheus.io/path"] == "/metrics", name
+    assert deployments["api"]["spec"]["replicas"] > 1
+    assert config["EMBEDSTREAM_METRICS_QUEUES"] == "false"
+    assert deployments["exporter"]["spec"]["replicas"] == 1
     service = by_kind(docs, "Service")["api"]
     assert service["spec"]["selector"] == deployments["api"]["spec"]["selector"]["matchLabels"]
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
+import redis.asyncio as redis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import embedstream
+from embedstream import tracing
 from embedstream.adapters.redis_client import ReplicaAck, create_redis
 from embedstream.api.console import mount_console
 from embedstream.api.errors import install_error_handlers
@@ -31,6 +34,10 @@ from embedstream.errors import redis as redis_errors
 from embedstream.jobs.tracker import JobTracker
 from embedstream.logging import get_logger
 from embedstream.streams.partitions import check_partitions
+from embedstream.streams.status_cache import StatusCache
+
+if TYPE_CHECKING:
+    from embedstream.metrics.queues import QueueMetrics
 
 log = get_logger(__name__)
 
@@ -95,6 +102,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.guards = build_guards(settings, client, pool)
     await app.state.guards.keys.warm()
     read_side = await open_read_side(app, settings)
+    app.state.queue_metrics = queue_metrics(settings, client)
     log.info(
         "api started",
         stream_prefix=settings.redis.stream_prefix,
@@ -116,10 +124,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("api stopped")
 
 
+def queue_metrics(settings: Settings, client: redis.Redis) -> QueueMetrics | None:
+    """The queue gauges this process reports on ``/metrics`` (``EMBEDSTREAM_METRICS_QUEUES``)."""
+    if not (settings.metrics.metrics and settings.metrics.metrics_queues):
+        return None
+    from embedstream.metrics.queues import QueueMetrics
+
+    names = settings.redis.names()
+    cache = StatusCache(client, names, ttl_s=settings.metrics.metrics_cache_s)
+    return QueueMetrics(cache, active_idle_ms=settings.consumer.visibility_timeout_ms)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The ingress. Raises ``ProductionConfigError`` in production with unsafe settings."""
     settings = settings or Settings()
     check_production(settings)
+    tracing.setup_tracing("embedstream-api", instrument_clients=True)
     production = settings.app.env == "production"
     docs = settings.api.api_docs if settings.api.api_docs is not None else not production
     app = FastAPI(
@@ -146,6 +166,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ]
     for router in app.state.routers:
         app.include_router(router)
+    metrics = settings.metrics.metrics
+    if metrics:
+        from embedstream.metrics import http as http_metrics
+
+        app.include_router(http_metrics.router)
     console = settings.api.console if settings.api.console is not None else not production
     if console:
         mount_console(app)
@@ -163,7 +188,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=CORS_EXPOSED_HEADERS,
             max_age=600,
         )
+    if metrics:  # inside the request context: its last-resort 500s are counted too
+        app.add_middleware(http_metrics.MetricsMiddleware)
     app.add_middleware(RequestContextMiddleware)
+    tracing.instrument_app(app)  # outermost: the server span covers everything
     return app
 
 

@@ -14,6 +14,7 @@ from embedstream.api.commands import valid_traceparent
 from embedstream.api.errors import UnsupportedMediaType
 from embedstream.config import ApiSettings, Settings
 from embedstream.jobs.tracker import JobTracker
+from embedstream.tracing import current_traceparent
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 
@@ -40,8 +41,10 @@ def get_tracker(request: Request) -> JobTracker:
 def get_traceparent(
     traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> str | None:
-    """The incoming W3C ``traceparent`` if valid; an invalid one is ignored."""
-    return valid_traceparent(traceparent)
+    """The context the request's commands carry: the request's server span when tracing
+    is on (it continues an incoming ``traceparent``), else the incoming W3C
+    ``traceparent`` if valid (an invalid one is ignored)."""
+    return current_traceparent() or valid_traceparent(traceparent)
 
 
 def require_json(request: Request) -> None:

@@ -6,8 +6,8 @@ start-up and pass them on. A refused value is never repeated (``embedstream.conf
 ``InvalidSettings`` message per refused setting.
 
 The areas: ``embedstream.config.pipeline`` (logging, Redis, the stream runtime, events,
-health, PostgreSQL, Chroma, the embedder) and ``embedstream.config.api`` (the ingress and
-its credentials).
+health, PostgreSQL, Chroma, the embedder), ``embedstream.config.api`` (the ingress and
+its credentials) and ``embedstream.config.observability`` (metrics).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from embedstream.config.env import (
     InvalidSettings,
     describe_settings_error,
 )
+from embedstream.config.observability import MetricsSettings
 from embedstream.config.pipeline import (
     AppSettings,
     Backend,
@@ -63,6 +64,7 @@ __all__ = [
     "EventVersions",
     "HealthSettings",
     "InvalidSettings",
+    "MetricsSettings",
     "PostgresSettings",
     "RedisSettings",
     "SearchSettings",
@@ -105,6 +107,10 @@ class Settings:
     @cached_property
     def health(self) -> HealthSettings:
         return HealthSettings()
+
+    @cached_property
+    def metrics(self) -> MetricsSettings:
+        return read_settings(MetricsSettings)
 
     @cached_property
     def postgres(self) -> PostgresSettings:

@@ -28,13 +28,16 @@ from typing import Generic, TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
+from embedstream import tracing
 from embedstream.adapters.redis_client import ReplicationTimeout
 from embedstream.config import ConsumerSettings
 from embedstream.errors import PermanentError, PoisonMessage
 from embedstream.errors.redis import TRANSIENT
 from embedstream.logging import get_logger
+from embedstream.metrics.runtime import ConsumerMetrics
 from embedstream.streams.consumer import Dead, Outcomes, RawEntry, StreamConsumer, split_outcomes
 from embedstream.streams.lease import Backoff, BatchLease, complete
+from embedstream.streams.log_context import message_context, traceparent_of
 from embedstream.streams.messages import (
     Ack,
     DeadLetterOps,
@@ -86,6 +89,7 @@ class BatchProcessor(Generic[T]):
     hooks: RuntimeHooks
     stats: RunStats
     log: FilteringBoundLogger = field(init=False)
+    metrics: ConsumerMetrics = field(default_factory=ConsumerMetrics.off)
 
     def __post_init__(self) -> None:
         consumer = self.consumer
@@ -115,6 +119,19 @@ class BatchProcessor(Generic[T]):
                 continue
             ready.append(Message(entry_id, stream, fields, body, attempt))
 
+        if tracing.active():
+            traceparents = [traceparent_of(message.body) for message in ready]
+            consumer = self.consumer
+            with tracing.batch_span(stream, consumer.group, consumer.stage, traceparents):
+                await self._settle(entries, ready, dead)
+        else:
+            await self._settle(entries, ready, dead)
+
+    async def _settle(
+        self, entries: list[RawEntry], ready: list[Message[T]], dead: list[Dead]
+    ) -> None:
+        """Handle what decoded, then ack, dead-letter and schedule retries."""
+        max_deliveries = self.settings.max_deliveries
         done: list[tuple[str, Ack]] = []
         retry_later: list[tuple[str, int, BaseException]] = []
         if ready:
@@ -145,14 +162,15 @@ class BatchProcessor(Generic[T]):
         self.stats.acked += len(done)
         self.stats.dead_lettered += len(dead)
         self.stats.retried += len(retry_later)
+        self.metrics.settled(len(done), len(retry_later), len(dead))
         for item in dead:
-            self.log.error(
-                "message dead-lettered",
-                message_id=item.entry_id,
-                attempt=item.attempts,
-                error_type=type(item.error).__name__,
-                error=str(item.error),
-            )
+            with message_context(item.entry_id, fields=item.fields):
+                self.log.error(
+                    "message dead-lettered",
+                    attempt=item.attempts,
+                    error_type=type(item.error).__name__,
+                    error=str(item.error),
+                )
 
     def _with_dead_letter_ops(self, item: Dead) -> Dead:
         assert self.hooks.dead_letter_ops is not None
@@ -168,10 +186,19 @@ class BatchProcessor(Generic[T]):
         outcome for every message, one that answers another number of outcomes than
         messages the missing-outcome policy for every message (it cannot tell which are
         missing). ``ids``: every entry of the batch, kept leased while the handler runs."""
-        lease = BatchLease(self.consumer, ids, self.settings.visibility_timeout_ms)
+        lease = BatchLease(
+            self.consumer,
+            ids,
+            self.settings.visibility_timeout_ms,
+            renewed=self.metrics.lease_renewed,
+        )
         try:
             try:
-                outcomes = await self.handler(ready)
+                if len(ready) == 1:  # the handler's lines are about this message
+                    with message_context(ready[0].id, ready[0].body):
+                        outcomes = await self.handler(ready)
+                else:
+                    outcomes = await self.handler(ready)
             finally:
                 await lease.release()
             if len(outcomes) != len(ready):

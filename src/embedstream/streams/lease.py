@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from embedstream.logging import get_logger
@@ -45,8 +45,17 @@ class BatchLease:
     exists for batches that outlive a renewal interval (a third of the visibility
     timeout)."""
 
-    def __init__(self, consumer: StreamConsumer, ids: list[str], visibility_ms: int) -> None:
+    def __init__(
+        self,
+        consumer: StreamConsumer,
+        ids: list[str],
+        visibility_ms: int,
+        *,
+        renewed: Callable[[], None] | None = None,
+    ) -> None:
+        """``renewed``: called after each renewal that succeeded (for the metrics)."""
         self._consumer = consumer
+        self._renewed = renewed
         self._ids = ids
         self._interval = visibility_ms / 3000
         self._loop = asyncio.get_running_loop()
@@ -61,6 +70,8 @@ class BatchLease:
     async def _renew(self) -> None:
         try:
             await self._consumer.set_idle(self._ids, 0)
+            if self._renewed is not None:
+                self._renewed()
         except Exception as exc:  # a missed renewal must not end the next ones
             log.warning(
                 "lease renewal failed",

@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 from embedstream.adapters.redis_client import NO_REPLICA_ACK, ReplicaAck
 from embedstream.config import ConsumerSettings
 from embedstream.errors.redis import TRANSIENT, is_failover_reply, is_nogroup
+from embedstream.metrics.runtime import ConsumerMetrics
 from embedstream.streams.batch import (
     BatchProcessor,
     DeliveryLimitExceeded,
@@ -67,6 +68,7 @@ class StreamWorker(Generic[T]):
         retain: Mapping[str, int] | None = None,
         heartbeat: Heartbeat | None = None,
         replica_ack: ReplicaAck = NO_REPLICA_ACK,
+        metrics: bool = True,
     ) -> None:
         """``retain``: other streams this worker keeps bounded, each with its retention
         in ms: housekeeping trims their entries older than that which every group on the
@@ -74,7 +76,10 @@ class StreamWorker(Generic[T]):
         to run, by entry id, in the transaction that takes an entry off the pending list
         (its ack or its dead letter). ``heartbeat``: where the loop marks its progress
         (read by the liveness probe); one of its own by default. ``replica_ack``: the
-        replicas to wait for after each ack (``EMBEDSTREAM_REDIS_MIN_REPLICAS_ACK``)."""
+        replicas to wait for after each ack (``EMBEDSTREAM_REDIS_MIN_REPLICAS_ACK``).
+        ``metrics``: count messages, batches, reclaims and lease renewals for Prometheus
+        (``embedstream.metrics.runtime``), labelled with the stage (else "subscriber")
+        and the group."""
         self.settings = settings
         self.heartbeat = heartbeat or Heartbeat()
         self.create_group = create_group
@@ -90,8 +95,11 @@ class StreamWorker(Generic[T]):
         )
         self.hooks = RuntimeHooks(dead_letter_ops, settle_ops, dict(retain or {}))
         self.stats = RunStats()
+        self.metrics = (
+            ConsumerMetrics(stage or "subscriber", group) if metrics else ConsumerMetrics.off()
+        )
         self.batches = BatchProcessor(
-            self.consumer, settings, handler, decode, self.hooks, self.stats
+            self.consumer, settings, handler, decode, self.hooks, self.stats, metrics=self.metrics
         )
         self.log = self.batches.log
         self._own_done = False
@@ -181,6 +189,7 @@ class StreamWorker(Generic[T]):
                     self.settings.visibility_timeout_ms, count, self._claim_cursor
                 )
                 self._claim_cursor = cursor
+                self.metrics.claimed(len(claimed))
                 more = cursor != "0-0"
                 self._next_claim = time.monotonic() + (
                     0 if more else self.settings.claim_interval_ms / 1000
@@ -232,6 +241,7 @@ class StreamWorker(Generic[T]):
         are redelivered after the visibility timeout. The batch's progress is tracked
         for the liveness probe while it runs."""
         progress = self.heartbeat.batch_started()
+        started = self.metrics.batch_started(len(entries))
         try:
             await self._process(entries)
         except Exception:
@@ -240,6 +250,7 @@ class StreamWorker(Generic[T]):
                 messages=[entry_id for entry_id, _, _ in entries],
             )
         finally:
+            self.metrics.batch_ended(started)
             self.heartbeat.batch_ended(progress)
 
     async def _process(self, entries: list[RawEntry]) -> None:

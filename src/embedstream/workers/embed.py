@@ -22,6 +22,7 @@ from typing import TypeAlias
 import redis.asyncio as redis
 from pydantic import BaseModel
 
+from embedstream import tracing
 from embedstream.adapters.chunking import Chunk, Chunker
 from embedstream.adapters.embedder import Embedder, load_embedder
 from embedstream.config import ConsumerSettings, EmbedSettings, EventSettings, Settings
@@ -236,7 +237,10 @@ class EmbedHandler:
         split = await asyncio.to_thread(self.chunker.split_many, list(texts.values()))
         flat = [chunk for chunks in split for chunk in chunks]
         started = time.perf_counter()
-        vectors = await self.embedder.encode([c.text for c in flat], [c.tokens for c in flat])
+        with tracing.span(
+            "encode", {"embedstream.chunks": len(flat), "embedstream.model": self.embedder.name}
+        ):
+            vectors = await self.embedder.encode([c.text for c in flat], [c.tokens for c in flat])
         encode_s = time.perf_counter() - started
         encoded = iter(encode_vector(v) for v in vectors)
         by_hash = {
@@ -324,6 +328,11 @@ class EmbedHandler:
 async def open_model(settings: Settings, stop: asyncio.Event) -> AsyncIterator[EmbedModel]:
     """Load the model (off the event loop); on the way out, log what it did and close it."""
     embedder = await load_embedder(settings.embed)
+    collector = None
+    if settings.metrics.metrics:
+        from embedstream.metrics.embedder import register_embedder
+
+        collector = register_embedder(embedder)
     try:
         yield EmbedModel(
             embedder, embedder.chunker(settings.embed.chunk_tokens, settings.embed.chunk_overlap)
@@ -337,6 +346,10 @@ async def open_model(settings: Settings, stop: asyncio.Event) -> AsyncIterator[E
             padded_tokens=embedder.stats.padded_tokens,
             encode_s=round(embedder.stats.seconds, 2),
         )
+        if collector is not None:
+            from prometheus_client import REGISTRY
+
+            REGISTRY.unregister(collector)
         await asyncio.to_thread(embedder.close)
 
 

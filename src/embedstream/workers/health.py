@@ -14,8 +14,11 @@ can say so:
   own clients, so a blocked loop is "not ready" too (the check times out). 503 while
   starting and once stopping.
 
-Off unless ``EMBEDSTREAM_HEALTH_PORT`` is set. ``HealthServer.routes`` is a plain table:
-another endpoint (``/metrics``) is one more entry.
+- **metrics** (``/metrics``): the process' Prometheus metrics (``embedstream.metrics``),
+  unless ``EMBEDSTREAM_METRICS=false``. A worker reports what it does, never the queue
+  gauges (those come from one place, see ``embedstream.metrics.queues``).
+
+Off unless ``EMBEDSTREAM_HEALTH_PORT`` is set. ``HealthServer.routes`` is a plain table.
 """
 
 from __future__ import annotations
@@ -57,8 +60,11 @@ Route = Callable[[], Reply]
 class WorkerHealth:
     """Liveness and readiness of one worker process (see the module doc)."""
 
-    def __init__(self, settings: HealthSettings, stage: str, stop: asyncio.Event) -> None:
+    def __init__(
+        self, settings: HealthSettings, stage: str, stop: asyncio.Event, *, metrics: bool = True
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.stage = stage
         self.stop = stop
         self.heartbeat = Heartbeat()  # replaced by the worker's own in watch()
@@ -133,11 +139,21 @@ class WorkerHealth:
         return dict(zip(names, results, strict=True))
 
     def routes(self) -> dict[str, Route]:
-        return {
+        routes = {
             "/healthz": self.liveness,
             "/livez": self.liveness,
             "/readyz": self.readiness,
         }
+        if self.metrics:
+            routes["/metrics"] = metrics_reply
+        return routes
+
+
+def metrics_reply() -> Reply:
+    """The process' metrics in Prometheus' text format."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+    return Reply(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
 
 
 class HealthServer:
@@ -193,11 +209,12 @@ def _handler_for(routes: Mapping[str, Route]) -> type[BaseHTTPRequestHandler]:
 
 @contextlib.asynccontextmanager
 async def worker_health(
-    settings: HealthSettings, stage: str, stop: asyncio.Event
+    settings: HealthSettings, stage: str, stop: asyncio.Event, *, metrics: bool = True
 ) -> AsyncIterator[WorkerHealth]:
     """A ``WorkerHealth`` for the worker's run, served on ``settings.health_port`` from
-    here to the end of the block (nothing is served when no port is set)."""
-    health = WorkerHealth(settings, stage, stop)
+    here to the end of the block (nothing is served when no port is set); ``metrics``:
+    with ``/metrics``."""
+    health = WorkerHealth(settings, stage, stop, metrics=metrics)
     server: HealthServer | None = None
     if settings.health_port is not None:
         try:

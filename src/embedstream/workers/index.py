@@ -31,6 +31,7 @@ from embedstream.errors.chroma import classify_write_error
 from embedstream.jobs.results import JobContext
 from embedstream.jobs.tracker import JobTracker
 from embedstream.logging import get_logger
+from embedstream.metrics.runtime import store_write
 from embedstream.schemas.events import (
     EMBEDDED_STREAM_EVENTS,
     DocumentEmbeddedV2,
@@ -162,7 +163,8 @@ class IndexHandler:
             return {}
         writes = [plan_write(d, store_documents=self.store_documents) for d in documents]
         try:
-            return dict(await self.index.apply(writes))
+            with store_write("chroma"):
+                return dict(await self.index.apply(writes))
         except Exception as exc:
             error = classify_write_error(exc)
             if len(writes) == 1 or not isinstance(error, PermanentError):
@@ -171,7 +173,8 @@ class IndexHandler:
         results: dict[str, BaseException] = {}
         for write in writes:
             try:
-                results.update(await self.index.apply([write]))
+                with store_write("chroma"):
+                    results.update(await self.index.apply([write]))
             except Exception as exc:
                 results[write.key] = classify_write_error(exc)
         return results

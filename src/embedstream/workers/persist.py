@@ -40,6 +40,7 @@ from embedstream.errors import postgres as postgres_errors
 from embedstream.jobs.results import JobContext
 from embedstream.jobs.tracker import JobTracker
 from embedstream.logging import get_logger
+from embedstream.metrics.runtime import store_write
 from embedstream.schemas.events import (
     EMBEDDED_STREAM_EVENTS,
     DocumentEmbeddedV2,
@@ -108,7 +109,8 @@ class PersistHandler:
         if not items:
             return []
         try:
-            results = await self.store.write([item.write for item in items])
+            with store_write("postgres"):
+                results = await self.store.write([item.write for item in items])
         except postgres_errors.REFUSED as exc:
             log.warning(
                 "postgres refused the batch; writing its documents one by one",
@@ -127,7 +129,8 @@ class PersistHandler:
         outcomes: dict[int, Outcome] = {}
         for positions in groups.values():
             try:
-                results = await self.store.write([items[p].write for p in positions])
+                with store_write("postgres"):
+                    results = await self.store.write([items[p].write for p in positions])
                 for p, result in zip(positions, results, strict=True):
                     outcomes[p] = self._outcome(items[p], result)
             except postgres_errors.REFUSED as exc:

@@ -5,8 +5,9 @@ its names (``embedstream.streams.names``: its own, its stream's, its group's), t
 payload types it reads, the clients it opens (its model or its store, waiting for the
 store where it is away), the readiness checks of those clients, how its handler is made
 and the runtime hooks it adds. ``run_stage`` does the rest the same way for all:
-Redis, the health endpoint, the job bookkeeping, the stream runtime with the stage's
-decoder, and closing everything on the way out. ``embedstream worker KIND`` and
+Redis, the health endpoint (with the process' ``/metrics``), tracing when the ``OTEL_*``
+variables ask for it, the job bookkeeping, the stream runtime with the stage's decoder,
+and closing everything on the way out. ``embedstream worker KIND`` and
 ``embedstream dev`` run stages through it; ``embedstream init`` creates their groups.
 """
 
@@ -22,6 +23,7 @@ from typing import Any, Generic, TypeVar
 import redis.asyncio as redis
 from pydantic import BaseModel
 
+from embedstream import tracing
 from embedstream.adapters.redis_client import NO_REPLICA_ACK, ReplicaAck, create_redis
 from embedstream.config import ConsumerSettings, EventSettings, Settings
 from embedstream.errors.redis import TRANSIENT
@@ -58,6 +60,8 @@ class StageContext:
     """``RESULTS_RETENTION_S``: the persist stage keeps the results stream this long."""
     replica_ack: ReplicaAck = NO_REPLICA_ACK
     """``REDIS_MIN_REPLICAS_ACK``: the replicas the worker waits for after an ack."""
+    metrics: bool = True
+    """count for Prometheus (``EMBEDSTREAM_METRICS``)"""
     jobs: JobTracker = field(init=False)
 
     def __post_init__(self) -> None:
@@ -126,6 +130,7 @@ class Stage(Generic[C, P]):
             retain=hooks.retain if context.names.partition == 0 else None,
             replica_ack=context.replica_ack,
             heartbeat=heartbeat,
+            metrics=context.metrics,
         )
 
     def build(
@@ -151,10 +156,13 @@ async def run_stage(
     """Run one replica of ``stage`` until ``stop`` is set (or, with ``burst``, until its
     stream has nothing left for it): open Redis and the stage's clients (live, not
     ready, while they are waited for), consume, close."""
+    tracing.setup_tracing(f"embedstream-{stage.name}")
     client = create_redis(settings.redis)
     try:
         async with (
-            worker_health(settings.health, stage.name, stop) as health,
+            worker_health(
+                settings.health, stage.name, stop, metrics=settings.metrics.metrics
+            ) as health,
             stage.clients(settings, stop) as clients,
         ):
             if clients is None:  # stopped while waiting for a store or a writer lock
@@ -166,6 +174,7 @@ async def run_stage(
                 settings.events,
                 results_retention_s=settings.redis.results_retention_s,
                 replica_ack=ReplicaAck.of(settings.redis),
+                metrics=settings.metrics.metrics,
             )
             while True:
                 try:
@@ -183,3 +192,4 @@ async def run_stage(
             )
     finally:
         await client.aclose()
+        await asyncio.to_thread(tracing.flush)

@@ -29,6 +29,7 @@ from embedstream.api.security.route import AuthenticatedRoute
 from embedstream.config import ApiSettings
 from embedstream.jobs.tracker import JobTracker, Submission
 from embedstream.logging import get_logger
+from embedstream.metrics.http import documents_accepted
 from embedstream.schemas.api import (
     DOCUMENT_ID_MAX_CHARS,
     AcceptedDocument,
@@ -170,7 +171,9 @@ async def submit_job(
     )
     documents = [{"id": s.document_id, "kind": s.kind} for s in submissions]
     state = "queued"
-    if not submitted.created:
+    if submitted.created:
+        documents_accepted(submissions[0].kind, len(submissions))
+    else:
         response.headers["Idempotent-Replayed"] = "true"
         existing = await tracker.status(submitted.job_id, tenant=tenant)
         if existing is not None:
