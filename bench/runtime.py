@@ -14,6 +14,8 @@ own CPU is not in it).
     python -m bench.runtime                      # N=20,000, 3 repetitions
     python -m bench.runtime --quick              # N=2,000, 2 repetitions
     python -m bench.runtime --only embedstream   # one case, e.g. under py-spy
+    python -m bench.runtime --cluster            # Redis Cluster vs single node, partitions
+                                                 # (bench.cluster_runtime)
 
 All cases run on the same event loop type: uvloop by default, since both peers' worker
 CLIs (``taskiq worker``, ``faststream run``) switch to uvloop when it is installed.
@@ -55,12 +57,12 @@ from redis import __version__ as redis_version
 from redis.utils import HIREDIS_AVAILABLE
 
 from embedstream import tracing
-from embedstream.config import ConsumerSettings
+from embedstream.adapters.redis_client import create_redis
+from embedstream.config import ConsumerSettings, RedisSettings
 from embedstream.logging import configure_logging
 from embedstream.metrics.runtime import ConsumerMetrics
 from embedstream.schemas.envelope import Envelope
 from embedstream.streams.messages import Ack, Message, Outcome
-from embedstream.streams.names import StreamNames
 from embedstream.streams.runner import StreamWorker
 
 GROUP = "bench"
@@ -304,7 +306,7 @@ async def consume_embedstream(
     timed). Burst (``burst=True``): ``run(burst=True)`` until it returns, which includes
     its closing housekeeping (reap + trim of the acked entries).
     """
-    client = redis.Redis.from_url(cfg.url)
+    client = create_redis(RedisSettings(redis_url=cfg.url))
 
     async def handler(messages: Sequence[Message[Envelope]]) -> Sequence[Outcome]:
         run.handled(len(messages))
@@ -312,7 +314,13 @@ async def consume_embedstream(
 
     settings = ConsumerSettings(consumer_name=consumer_name("es"), batch_size=cfg.batch)
     worker: StreamWorker[Envelope] = StreamWorker(
-        client, StreamNames(cfg.prefix), stream, GROUP, handler, settings, metrics=metrics
+        client,
+        RedisSettings(redis_url=cfg.url, stream_prefix=cfg.prefix).names(),
+        stream,
+        GROUP,
+        handler,
+        settings,
+        metrics=metrics,
     )
     try:
         run.start()
@@ -552,7 +560,8 @@ async def run_once(cfg: Config, admin: redis.Redis, case: Case, rep: int) -> Non
             flush=True,
         )
     finally:
-        await admin.delete(stream, f"autoclaim:{GROUP}:{stream}")
+        for key in (stream, f"autoclaim:{GROUP}:{stream}"):  # one by one: a cluster's slots
+            await admin.delete(key)
 
 
 async def cleanup(admin: redis.Redis, prefix: str) -> None:
@@ -693,6 +702,11 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    if "--cluster" in (sys.argv[1:] if argv is None else argv):
+        from bench.cluster_runtime import main as cluster_main
+
+        cluster_main([a for a in (sys.argv[1:] if argv is None else argv) if a != "--cluster"])
+        return
     args = parse_args(argv)
     configure_logging("WARNING")
     words = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from embedstream.adapters.redis_client import create_redis
+from embedstream.config import RedisSettings
 from embedstream.streams.names import StreamNames
 
 MODEL_CACHE = Path(__file__).resolve().parents[1] / ".data" / "models"
@@ -155,7 +157,9 @@ def stack_env(
         **overrides,
     }
     env.pop("EMBEDSTREAM_CHROMA_URL", None)
-    return env, StreamNames(prefix), schema, port
+    partitions = int(env.get("EMBEDSTREAM_PARTITIONS", "1"))
+    redis = RedisSettings(redis_url=redis_url, stream_prefix=prefix, partitions=partitions)
+    return env, redis.names(), schema, port
 
 
 STACK_TENANT = "bench"
@@ -200,12 +204,11 @@ def create_stack(tmp: Path, *, redis_url: str, database_url: str, **overrides: s
 async def remove_stack_data(stack: Stack) -> None:
     """Delete the stack's Redis keys and drop its PostgreSQL schema."""
     import asyncpg
-    import redis.asyncio as redis
 
-    client = redis.Redis.from_url(stack.env["EMBEDSTREAM_REDIS_URL"])
-    keys = [k async for k in client.scan_iter(match=f"{stack.names.prefix}:*", count=1000)]
-    if keys:
-        await client.delete(*keys)
+    client = create_redis(RedisSettings(redis_url=stack.env["EMBEDSTREAM_REDIS_URL"]))
+    keys = [k for pattern in stack.names.patterns() async for k in client.scan_iter(match=pattern)]
+    for key in keys:  # one by one: a cluster refuses a multi-key DEL across slots
+        await client.delete(key)
     await client.aclose()
     conn = await asyncpg.connect(stack.env["EMBEDSTREAM_DATABASE_URL"])
     await conn.execute(f'DROP SCHEMA IF EXISTS "{stack.schema}" CASCADE')

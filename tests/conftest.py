@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
 
-from embedstream.config import ConsumerSettings
+from embedstream.adapters.redis_client import create_redis
+from embedstream.config import ConsumerSettings, RedisSettings
 from embedstream.streams.names import StreamNames
+from tests.support.redis_cluster import LocalRedisCluster
 from tests.support.redis_server import PrivateRedis
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -31,22 +33,52 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-def names(prefix: str) -> StreamNames:
-    return StreamNames(prefix)
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """A real local Redis Cluster (three primaries, one replica each) for the session,
+    started on first use and torn down at the end."""
+    cluster = LocalRedisCluster.start(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture
-async def redis_client(prefix: str) -> AsyncIterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
+def redis_backend() -> str:
+    """Which Redis the ``redis_client`` and ``names`` fixtures use: ``single`` (the
+    shared server) or ``cluster`` (``redis_cluster``). A module runs its tests on both
+    by overriding this fixture with ``params=REDIS_BACKENDS``."""
+    return "single"
+
+
+REDIS_BACKENDS = ["single", "cluster"]
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest, redis_backend: str) -> str:
+    if redis_backend == "cluster":
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    return REDIS_URL
+
+
+@pytest.fixture
+def names(prefix: str, redis_backend: str) -> StreamNames:
+    return StreamNames(prefix, cluster=redis_backend == "cluster")
+
+
+@pytest.fixture
+async def redis_client(redis_url: str, names: StreamNames) -> AsyncIterator[redis.Redis]:
+    client = create_redis(RedisSettings(redis_url=redis_url))
     try:
         await client.ping()
     except Exception as exc:  # pragma: no cover - environment problem
-        pytest.fail(f"the real Redis at {REDIS_URL} does not answer: {exc}")
+        pytest.fail(f"the real Redis at {redis_url} does not answer: {exc}")
     yield client
-    keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-    if keys:
-        await client.delete(*keys)
+    keys = [key async for key in client.scan_iter(match=names.pattern, count=1000)]
+    for key in keys:  # one by one: a cluster refuses a DEL across slots
+        await client.delete(key)
     await client.aclose()
 
 

@@ -75,7 +75,7 @@ def cli_settings() -> Settings:
 
 
 def _names(settings: Settings) -> StreamNames:
-    return StreamNames(settings.redis.stream_prefix)
+    return settings.redis.names()
 
 
 def _with_redis(settings: Settings, body: Callable[[Any], Awaitable[T]]) -> T:

@@ -73,7 +73,7 @@ def _run(body: Callable[[Any], Awaitable[T]]) -> T:
 def _names() -> StreamNames:
     from embedstream.cli import cli_settings
 
-    return StreamNames(cli_settings().redis.stream_prefix)
+    return cli_settings().redis.names()
 
 
 def build_filter(

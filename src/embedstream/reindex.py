@@ -27,12 +27,11 @@ async def reindex(
     from embedstream.adapters.postgres import DocumentStore, create_pool
     from embedstream.adapters.redis_client import create_redis
     from embedstream.schemas.tenancy import document_key
-    from embedstream.streams.names import StreamNames
 
     pool = await create_pool(settings.postgres)
     index = ChromaIndex(settings.chroma)
     redis = create_redis(settings.redis)
-    register = StreamNames(settings.redis.stream_prefix).key("index", "versions")
+    register = settings.redis.names().key("index", "versions")
     written = 0
     try:
         store = DocumentStore(pool)

@@ -15,7 +15,6 @@ from rich.table import Table
 
 from embedstream.cli_output import ExitCode, JsonOption, print_json
 from embedstream.config import Settings
-from embedstream.streams.names import StreamNames
 from embedstream.streams.status import StatusReport, collect_status
 from embedstream.streams.status_checks import HealthBounds, Problem, check_status
 
@@ -113,7 +112,7 @@ def status(
     async def read() -> StatusReport:
         client = create_redis(settings.redis)
         try:
-            return await collect_status(client, StreamNames(settings.redis.stream_prefix))
+            return await collect_status(client, settings.redis.names())
         finally:
             await client.aclose()
 

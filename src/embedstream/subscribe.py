@@ -53,7 +53,7 @@ import structlog
 from pydantic import BaseModel
 
 from embedstream import tracing
-from embedstream.adapters.redis_client import create_redis
+from embedstream.adapters.redis_client import create_redis, is_cluster_client
 from embedstream.config import ConsumerSettings, RedisSettings
 from embedstream.contracts.catalog import MessageType, message_for_model, message_type
 from embedstream.errors import PoisonMessage
@@ -107,13 +107,26 @@ class Subscriber:
         unknown: UnknownPolicy = "ignore",
         start_id: str = "0",
         trim: bool = False,
+        partitions: int = 1,
     ) -> None:
+        """``partitions``: the deployment's ``EMBEDSTREAM_PARTITIONS``; a subscriber of
+        ``embedded`` then reads every partition's stream (results are not partitioned)."""
         if not group or group in {stage.group for stage in PIPELINE}:
             raise ValueError(f"group {group!r}: use a consumer group of your own")
         if unknown not in ("ignore", "dead_letter"):
             raise ValueError(f"unknown={unknown!r}: expected 'ignore' or 'dead_letter'")
-        self.names = StreamNames(prefix)
-        self.stream = self.names.results if stream == "results" else self.names.embedded
+        # on a Redis Cluster (a redis+cluster:// URL, or a cluster client) every key
+        # carries the prefix as a hash tag, as the pipeline writes them
+        cluster = (
+            RedisSettings(redis_url=redis_client).is_cluster
+            if isinstance(redis_client, str)
+            else is_cluster_client(redis_client)
+        )
+        self.names = StreamNames(prefix, cluster=cluster, partitions=partitions)
+        self.streams = (
+            (self.names.results,) if stream == "results" else self.names.embedded_streams()
+        )
+        self.stream = self.streams[0]
         self.group = group
         self.unknown: UnknownPolicy = unknown
         self.start_id = start_id
@@ -227,14 +240,15 @@ class Subscriber:
 
     # -- running -------------------------------------------------------------------------
 
-    def worker(self, client: redis.Redis) -> StreamWorker[Delivery]:
-        """The runtime loop over ``client`` (``run`` builds one per run)."""
+    def worker(self, client: redis.Redis, stream: str | None = None) -> StreamWorker[Delivery]:
+        """The runtime loop over ``client`` on ``stream`` (the first of ``streams`` by
+        default; ``run`` builds one per stream per run)."""
         if not self._handlers:
             raise RuntimeError("no handlers registered: use @subscriber.on(EventModel)")
         return StreamWorker[Delivery](
             client,
             self.names,
-            self.stream,
+            stream or self.stream,
             self.group,
             self.handle,
             self.settings,
@@ -252,15 +266,19 @@ class Subscriber:
             else self._client
         )
         try:
-            worker = self.worker(client)
+            workers = [self.worker(client, stream) for stream in self.streams]
             log.info(
                 "subscriber started",
-                stream=self.stream,
+                streams=list(self.streams),
                 group=self.group,
                 consumer=self.settings.consumer_name,
                 types=list(self._handlers),
             )
-            self.stats = await worker.run(stop, burst=burst)
+            stop = stop or asyncio.Event()
+            runs = await asyncio.gather(*(w.run(stop, burst=burst) for w in workers))
+            self.stats = RunStats(
+                **{name: sum(getattr(r, name) for r in runs) for name in vars(RunStats())}
+            )
             return self.stats
         finally:
             if owned:

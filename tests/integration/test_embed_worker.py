@@ -45,9 +45,18 @@ from embedstream.workers import embed as embed_worker
 from embedstream.workers.embed import EMBED_STAGE, build_embed_worker
 from embedstream.workers.reuse import EmbeddingRegister, StoredEmbedding
 from embedstream.workers.stage import run_stage
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_BACKENDS
+from tests.support.builders import apply_ops
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=REDIS_BACKENDS)
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    """Every test on the single Redis and on a real local Redis Cluster."""
+    backend: str = request.param
+    return backend
+
 
 LONG_TEXT = " ".join(
     f"Paragraph {i}: Redis Streams deliver commands to consumer groups, and the embed "
@@ -370,9 +379,7 @@ async def test_stored_hash_never_moves_backwards(
     big = stream_id_to_version("1767225600000-5")  # beyond a Lua double's exact range
     for version, digest in [(big, "new"), (big - 1, "older"), (big, "same"), (big + 1, "newer")]:
         stored = StoredEmbedding(digest, version, 3, "p")
-        async with redis_client.pipeline(transaction=True) as pipe:
-            await register.advance("acme/doc", stored)(pipe)
-            await pipe.execute()
+        await apply_ops(redis_client, [register.advance("acme/doc", stored)])
     assert await redis_client.hget(key, "acme/doc") == f"newer|{big + 1}|3|p".encode()
 
 
@@ -383,8 +390,9 @@ async def test_run_loads_the_model_and_closes_what_it_opened(
     tracker: JobTracker,
     fast_settings: ConsumerSettings,
     monkeypatch: pytest.MonkeyPatch,
+    redis_url: str,
 ) -> None:
-    monkeypatch.setenv("EMBEDSTREAM_REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("EMBEDSTREAM_REDIS_URL", redis_url)
     monkeypatch.setenv("EMBEDSTREAM_STREAM_PREFIX", names.prefix)
     settings = Settings()
     settings.__dict__["consumer"] = fast_settings

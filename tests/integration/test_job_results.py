@@ -22,9 +22,17 @@ from embedstream.schemas.events import (
     JobFailed,
 )
 from embedstream.streams.names import StreamNames, stream_id_to_version
+from tests.conftest import REDIS_BACKENDS
 from tests.support.builders import TENANT, TRACEPARENT, apply_ops, submit_job
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=REDIS_BACKENDS)
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    """Every test on the single Redis and on a real local Redis Cluster."""
+    backend: str = request.param
+    return backend
 
 
 async def results(client: redis.Redis, names: StreamNames) -> list[Envelope]:

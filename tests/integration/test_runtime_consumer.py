@@ -1,7 +1,9 @@
 """The consumer runtime on the real Redis: groups, outcomes, poison, the delivery cap,
 dead-letter hooks, burst mode, restart under a stable name, leases, reaping, trimming.
 
-Every test uses its own key prefix (fixtures in tests/conftest.py)."""
+Every test runs twice: on the single Redis and on a real local Redis Cluster (three
+primaries, one replica each; ``redis_cluster`` in tests/conftest.py), where every key
+carries the deployment's hash tag. Every test uses its own key prefix."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-import redis as sync_redis
 import redis.asyncio as redis
 
 from embedstream.config import ConsumerSettings
@@ -29,7 +30,8 @@ from embedstream.streams.messages import (
 )
 from embedstream.streams.names import StreamNames
 from embedstream.streams.runner import StreamWorker
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_BACKENDS
+from tests.support.redis_cluster import sync_client
 from tests.support.streams import (
     Item,
     Recorder,
@@ -46,6 +48,12 @@ from tests.support.streams import (
 pytestmark = pytest.mark.integration
 
 GROUP = "g"
+
+
+@pytest.fixture(params=REDIS_BACKENDS)
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    backend: str = request.param
+    return backend
 
 
 def worker(
@@ -316,7 +324,10 @@ async def test_dead_letter_ops_run_in_the_dead_letter_transaction(
 
 
 async def test_aborted_dead_letter_transaction_writes_neither_and_is_redelivered(
-    redis_client: redis.Redis, names: StreamNames, fast_settings: ConsumerSettings
+    redis_client: redis.Redis,
+    names: StreamNames,
+    fast_settings: ConsumerSettings,
+    redis_url: str,
 ) -> None:
     """The first dead-letter transaction is aborted (a queued command is invalid): no DLQ
     entry, no hook write, no ack. The entry is redelivered and the second attempt writes
@@ -325,7 +336,7 @@ async def test_aborted_dead_letter_transaction_writes_neither_and_is_redelivered
     [entry_id] = await produce(redis_client, names.ingest, 1)
     calls = 0
     state_at_second_call: tuple[int, bool, int] | None = None
-    sync = sync_redis.Redis.from_url(REDIS_URL)
+    sync = sync_client(redis_url)
 
     def ops(fields: Fields, error: BaseException) -> Sequence[TransactionOp]:
         nonlocal calls, state_at_second_call

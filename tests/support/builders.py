@@ -103,7 +103,7 @@ async def apply_ops(client: redis.Redis, ops: Iterable[TransactionOp]) -> None:
     async with client.pipeline(transaction=True) as pipe:
         for op in ops:
             queued = op(pipe)
-            if inspect.isawaitable(queued):
+            if inspect.iscoroutine(queued):
                 await queued
         await pipe.execute()
 

@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 import embedstream
 from embedstream import tracing
-from embedstream.adapters.redis_client import create_redis
+from embedstream.adapters.redis_client import ReplicaAck, create_redis
 from embedstream.api.console import mount_console
 from embedstream.api.errors import install_error_handlers
 from embedstream.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -30,9 +30,10 @@ from embedstream.api.security.route import AuthenticatedRoute
 from embedstream.api.security.setup import build_guards, check_production, create_key_pool
 from embedstream.api.stores import open_read_side
 from embedstream.config import Settings
+from embedstream.errors import redis as redis_errors
 from embedstream.jobs.tracker import JobTracker
 from embedstream.logging import get_logger
-from embedstream.streams.names import StreamNames
+from embedstream.streams.partitions import check_partitions
 from embedstream.streams.status_cache import StatusCache
 
 if TYPE_CHECKING:
@@ -89,9 +90,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     (API keys only) and the guards per process."""
     settings: Settings = app.state.settings
     client = create_redis(settings.redis, socket_timeout=5.0)
+    try:  # the API writes commands to partitions: refuse a number that disagrees
+        await check_partitions(client, settings.redis.names())
+    except redis_errors.TRANSIENT as exc:  # Redis away: the workers check too
+        log.warning("partitions not checked: redis unavailable", error=str(exc))
     pool = await create_key_pool(settings)
     app.state.redis = client
-    app.state.tracker = JobTracker(client, StreamNames(settings.redis.stream_prefix))
+    app.state.tracker = JobTracker(
+        client, settings.redis.names(), replica_ack=ReplicaAck.of(settings.redis)
+    )
     app.state.guards = build_guards(settings, client, pool)
     await app.state.guards.keys.warm()
     read_side = await open_read_side(app, settings)
@@ -123,7 +130,7 @@ def queue_metrics(settings: Settings, client: redis.Redis) -> QueueMetrics | Non
         return None
     from embedstream.metrics.queues import QueueMetrics
 
-    names = StreamNames(settings.redis.stream_prefix)
+    names = settings.redis.names()
     cache = StatusCache(client, names, ttl_s=settings.metrics.metrics_cache_s)
     return QueueMetrics(cache, active_idle_ms=settings.consumer.visibility_timeout_ms)
 

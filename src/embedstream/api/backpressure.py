@@ -50,7 +50,8 @@ class IngestLagGauge:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
-        self.stream = names.ingest
+        self.streams = names.ingest_streams()  # every partition's
+        self.stream = self.streams[0] if len(self.streams) == 1 else names.key("ingest")
         self.group = group
         self.ttl_s = ttl_s
         self.clock = clock
@@ -71,8 +72,15 @@ class IngestLagGauge:
         return self._read_at is not None and self.clock() - self._read_at < self.ttl_s
 
     async def _read(self) -> int:
+        """The group's lag summed over the partitions' ingest streams."""
+        total = 0
+        for stream in self.streams:
+            total += await self._read_stream(stream)
+        return total
+
+    async def _read_stream(self, stream: str) -> int:
         try:
-            groups: list[dict[str, Any]] = await self.client.xinfo_groups(self.stream)
+            groups: list[dict[str, Any]] = await self.client.xinfo_groups(stream)
         except ResponseError as exc:
             if "no such key" in str(exc).lower():
                 return 0
@@ -84,7 +92,7 @@ class IngestLagGauge:
                 if lag is not None:
                     return int(lag)
                 break
-        return int(await self.client.xlen(self.stream))
+        return int(await self.client.xlen(stream))
 
 
 class Backpressure:

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 
+from embedstream.adapters.redis_client import ReplicationTimeout
 from embedstream.api.middleware import request_id_of
 from embedstream.api.security.credentials import CredentialStoreUnavailable
 from embedstream.errors import redis as redis_errors
@@ -175,6 +176,16 @@ async def _on_redis_unavailable(request: Request, exc: Exception) -> JSONRespons
     return error_response(request, 503, message, {"Retry-After": str(RETRY_AFTER_S)})
 
 
+async def _on_not_replicated(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("write not replicated in time", error=str(exc))
+    message = (
+        f"the request was written but not confirmed on enough Redis replicas ({exc}); "
+        f"retry in {RETRY_AFTER_S} seconds with the same Idempotency-Key (the retry does "
+        "not enqueue twice and answers 202 once the job is replicated)"
+    )
+    return error_response(request, 503, message, {"Retry-After": str(RETRY_AFTER_S)})
+
+
 async def _on_credential_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("credential store unavailable", error=str(exc))
     message = (
@@ -189,6 +200,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_exception)
     app.add_exception_handler(IdempotencyConflict, _on_idempotency_conflict)
+    app.add_exception_handler(ReplicationTimeout, _on_not_replicated)
     for error_type in redis_errors.UNAVAILABLE:
         app.add_exception_handler(error_type, _on_redis_unavailable)
 

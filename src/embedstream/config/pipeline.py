@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode
 
 from embedstream.config.env import Environment, settings_config
+from embedstream.streams.names import StreamNames
 
 Backend = Literal["torch", "onnx", "onnx-int8"]
 
@@ -49,12 +50,59 @@ class RedisSettings(BaseSettings):
         "group on it has acknowledged them (with no group: once older); 0 keeps them all",
     )
 
+    redis_cluster: bool | None = Field(
+        default=None,
+        description="talk to a Redis Cluster (redis-py's cluster client); by default on "
+        "when EMBEDSTREAM_REDIS_URL has the redis+cluster:// (or rediss+cluster://) scheme. "
+        "Every key then carries the prefix as a hash tag (embedstream.streams.names)",
+    )
+    partitions: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="EMBEDSTREAM_PARTITIONS: the ingest and embedded streams exist once per "
+        "partition (each with its own hash tag on a cluster); a document's partition is a "
+        "stable hash of (tenant, document id). Every process of a deployment must agree; "
+        "a change is refused while entries are pending",
+    )
+    redis_min_replicas_ack: int = Field(
+        default=0,
+        ge=0,
+        description="durable acknowledgement: the API answers 202 (and a worker acks what "
+        "it wrote) only after WAIT reports the write on at least this many replicas; "
+        "0 (the default) does not wait (Redis replication is asynchronous)",
+    )
+    redis_replicas_ack_timeout_ms: int = Field(
+        default=1_000,
+        ge=1,
+        description="how long WAIT may take before the write counts as not replicated "
+        "(the API answers 503, a worker leaves the entry pending for redelivery)",
+    )
+
     @field_validator("stream_prefix")
     @classmethod
     def _prefix_has_no_spaces(cls, value: str) -> str:
         if not value or any(ch.isspace() for ch in value):
             raise ValueError("stream_prefix must be a non-empty string without whitespace")
+        if ("{" in value or "}" in value) and not (
+            value.startswith("{") and "}" in value[2:] and value.count("{") == 1
+        ):
+            raise ValueError(
+                "stream_prefix may hold braces only as one leading hash tag ('{es}' or "
+                "'{es}:blue'); on a Redis Cluster a plain prefix is tagged for you"
+            )
         return value
+
+    @property
+    def is_cluster(self) -> bool:
+        """Cluster mode: ``redis_cluster`` when set, else the URL's scheme says."""
+        if self.redis_cluster is not None:
+            return self.redis_cluster
+        return self.redis_url.split("://", 1)[0].endswith("+cluster")
+
+    def names(self) -> StreamNames:
+        """The deployment's key names (tagged on a cluster, see ``StreamNames``)."""
+        return StreamNames(self.stream_prefix, cluster=self.is_cluster, partitions=self.partitions)
 
 
 class ConsumerSettings(BaseSettings):

@@ -6,7 +6,18 @@ does not exist, or exists already), by the error code Redis puts first in its re
 
 from __future__ import annotations
 
-from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    ClusterError,
+    MasterDownError,
+    MovedError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -18,7 +29,18 @@ CLIENT_RETRIES: tuple[type[Exception], ...] = (
 """What the client retries at once, a few times: a brief connection loss, a server still
 loading its data (``embedstream.adapters.redis_client``)."""
 
-TRANSIENT: tuple[type[Exception], ...] = (*CLIENT_RETRIES, OSError)
+CLUSTER_FAILOVER: tuple[type[Exception], ...] = (
+    ClusterDownError,  # CLUSTERDOWN: slots unserved while a replica is promoted
+    TryAgainError,  # TRYAGAIN: keys of a slot being moved
+    MasterDownError,  # MASTERDOWN: a replica lost its primary
+    ReadOnlyError,  # READONLY: a write to a primary just demoted to a replica
+    MovedError,  # MOVED after the client's redirections ran out
+    SlotNotCoveredError,  # the client's slot map has no node for a slot (yet)
+    ClusterError,  # redirections or retries exhausted
+)
+"""What a Redis Cluster answers while a failover is under way: waited out like an outage."""
+
+TRANSIENT: tuple[type[Exception], ...] = (*CLIENT_RETRIES, *CLUSTER_FAILOVER, OSError)
 """What the stream runtime waits out with backoff, however long: Redis (or the network
 to it) is away, restarting or loading."""
 
@@ -27,6 +49,7 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     RedisTimeoutError,
     ReadOnlyError,  # a replica after a failover
     OutOfMemoryError,  # maxmemory reached
+    *CLUSTER_FAILOVER,
 )
 """What the ingress answers 503 for: "not now" rather than "this request is wrong"."""
 
@@ -35,6 +58,15 @@ def is_nogroup(exc: ResponseError) -> bool:
     """NOGROUP, or "no such key" (what XINFO answers when the stream is missing)."""
     text = str(exc)
     return text.startswith("NOGROUP") or text.startswith("no such key")
+
+
+FAILOVER_REPLIES = ("UNBLOCKED", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "LOADING")
+
+
+def is_failover_reply(exc: ResponseError) -> bool:
+    """A reply a primary gives while it is being demoted or a replica promoted (a blocked
+    XREADGROUP is answered ``UNBLOCKED ... (master -> replica?)``): wait and retry."""
+    return str(exc).startswith(FAILOVER_REPLIES)
 
 
 def is_busygroup(exc: ResponseError) -> bool:

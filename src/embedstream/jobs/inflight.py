@@ -27,6 +27,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
+from embedstream.adapters.redis_client import queue_script
 from embedstream.streams.messages import TransactionOp
 from embedstream.streams.names import StreamNames, as_text
 
@@ -82,7 +83,7 @@ class InFlight:
         keys, args = self.keys, [entry_id]
 
         def op(pipe: Pipeline) -> Any:
-            return self._settle(keys=keys, args=args, client=pipe)
+            return queue_script(self._settle, keys, args, pipe)
 
         return (op,)
 

@@ -13,15 +13,16 @@ from embedstream.jobs.inflight import COUNT_LUA
 
 # Accept a request: idempotency key + job record + one XADD per command, each counted
 # in flight for its document (embedstream.jobs.inflight).
-# KEYS: idempotency key, job key, job documents key, ingest stream, in-flight counts,
-#       in-flight entries
+# KEYS: idempotency key (the job key again when the request has none: every key is
+#       declared, none is '', so the script runs on a Redis Cluster too), job key, job
+#       documents key, ingest stream, in-flight counts, in-flight entries
 # ARGV: job_id, request_hash, created_at, ttl_s, tenant, traceparent ('' when none),
 #       n_docs, then per document: document_id, kind, n_fields, field, value, ...
 # Returns {job_id, "new"|"existing"|"conflict"}
 SUBMIT = (
     COUNT_LUA
     + """
-if KEYS[1] ~= '' then
+if KEYS[1] ~= KEYS[2] then
   local existing = redis.call('HMGET', KEYS[1], 'job_id', 'request_hash')
   if existing[1] then
     if existing[2] ~= ARGV[2] then return {existing[1], 'conflict'} end
@@ -49,6 +50,76 @@ redis.call('EXPIRE', KEYS[3], ARGV[4])
 return {ARGV[1], 'new'}
 """
 )
+
+# -- a submit over several partitions ---------------------------------------------------
+# With partitions, a request's commands go to the streams of their documents' partitions:
+# hash slots of their own on a cluster, which no single script can write together with
+# the job record. A submit is then three idempotent steps (``JobTracker.submit``): OPEN
+# the job (idempotency key, job record, its documents), ENQUEUE each partition's
+# commands (once per job and partition, guarded by a marker), CLOSE the job (the
+# documents' versions, ``enqueued``). The API answers 202 only after CLOSE; a request
+# retried with the same Idempotency-Key after a crash between the steps finds the job
+# open and finishes the enqueue without adding any command twice.
+
+# KEYS: idempotency key (the job key again when none), job key, job documents key
+# ARGV: job_id, request_hash, created_at, ttl_s, tenant, traceparent ('' when none),
+#       n_docs, then per document: document_id, kind
+# Returns {job_id, "new"|"existing"|"conflict"} (whether an existing job was enqueued
+# completely, its record's ``enqueued``, is read apart: its key is not declared here)
+OPEN_JOB = """
+if KEYS[1] ~= KEYS[2] then
+  local existing = redis.call('HMGET', KEYS[1], 'job_id', 'request_hash')
+  if existing[1] then
+    if existing[2] ~= ARGV[2] then return {existing[1], 'conflict'} end
+    return {existing[1], 'existing'}
+  end
+  redis.call('HSET', KEYS[1], 'job_id', ARGV[1], 'request_hash', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+local n = tonumber(ARGV[7])
+redis.call('HSET', KEYS[2], 'id', ARGV[1], 'tenant', ARGV[5], 'state', 'queued',
+           'documents', n, 'done', 0, 'failed', 0, 'created_at', ARGV[3])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'traceparent', ARGV[6]) end
+for i = 8, 7 + n * 2, 2 do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1] .. '|')
+end
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return {ARGV[1], 'new'}
+"""
+
+# Add one partition's commands of a job, once: a second call (a retried request) finds
+# the marker and answers the entry ids of the first.
+# KEYS: marker (a hash document_id -> entry id), the partition's ingest stream, its
+#       in-flight counts, its in-flight entries
+# ARGV: ttl_s, tenant, n_docs, then per document: document_id, n_fields, field, value, ...
+# Returns {document_id, entry id, ...}
+ENQUEUE_PARTITION = (
+    COUNT_LUA
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local i = 4
+  for _ = 1, tonumber(ARGV[3]) do
+    local doc, nfields = ARGV[i], tonumber(ARGV[i + 1])
+    local fields = {}
+    for j = 1, nfields * 2 do fields[j] = ARGV[i + 1 + j] end
+    local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
+    redis.call('HSET', KEYS[1], doc, id)
+    count_in_flight(KEYS[3], KEYS[4], id, ARGV[2] .. '/' .. doc)
+    i = i + 2 + nfields * 2
+  end
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+)
+
+# KEYS: job key, job documents key; ARGV: then per document: document_id, "kind|entry id"
+CLOSE_JOB = """
+for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'enqueued', '1')
+return 1
+"""
 
 # Record that a stage is done (or failed) for one document of a job, once. When the
 # document has every required stage (or any failure) it is finished; when every

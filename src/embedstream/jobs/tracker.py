@@ -12,16 +12,20 @@ where a job completes, the mark that finishes its last document adds its one
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import redis.asyncio as redis
 from pydantic import BaseModel
 from redis.asyncio.client import Pipeline
 
+from embedstream.adapters.redis_client import NO_REPLICA_ACK, ReplicaAck, queue_script
 from embedstream.errors import public_error
 from embedstream.jobs import scripts
 from embedstream.jobs.inflight import InFlight
@@ -30,7 +34,7 @@ from embedstream.jobs.results import JobContext, ResultEnvelopes, deleted_payloa
 from embedstream.jobs.status import JobStatus, read_status
 from embedstream.logging import get_logger
 from embedstream.schemas.envelope import Envelope, Fields
-from embedstream.streams.messages import DeadLetterOps, TransactionOp
+from embedstream.streams.messages import DeadLetterOps, KeyedOp, TransactionOp
 from embedstream.streams.names import StreamNames, as_text
 
 log = get_logger(__name__)
@@ -74,16 +78,22 @@ class JobTracker:
         *,
         ttl_s: int = DEFAULT_TTL_S,
         results_versions: Sequence[int] = (1, 2),
+        replica_ack: ReplicaAck = NO_REPLICA_ACK,
     ) -> None:
         """``results_versions``: the type versions of ``document.deleted`` to emit
-        (``EventSettings.results_event_versions``)."""
+        (``EventSettings.results_event_versions``). ``replica_ack``: what ``submit`` waits
+        for before it returns (``EMBEDSTREAM_REDIS_MIN_REPLICAS_ACK``)."""
         self.client = client
         self.names = names
         self.ttl_s = ttl_s
         self.results_versions = tuple(results_versions)
+        self.replica_ack = replica_ack
         self.results = ResultEnvelopes()
         self._submit = client.register_script(scripts.SUBMIT)
         self._mark = client.register_script(scripts.MARK_STAGE)
+        self._open = client.register_script(scripts.OPEN_JOB)
+        self._enqueue_partition = client.register_script(scripts.ENQUEUE_PARTITION)
+        self._close = client.register_script(scripts.CLOSE_JOB)
         self._in_flight_keys = InFlight(client, names).keys
 
     # -- keys ------------------------------------------------------------------------
@@ -111,8 +121,17 @@ class JobTracker:
     ) -> Submitted:
         """Atomically: idempotency record, job record (owned by ``tenant``, with the
         request's ``traceparent``), and one XADD per command. Idempotency keys are scoped
-        per tenant."""
-        idem_key = self.idempotency_key(tenant, idempotency_key) if idempotency_key else ""
+        per tenant. With partitions, in idempotent steps instead (``_submit_partitioned``).
+        Returns once the writes are on the replicas ``replica_ack`` asks for."""
+        if self.names.partitioned:
+            return await self._submit_partitioned(
+                job_id,
+                submissions,
+                tenant=tenant,
+                idempotency_key=idempotency_key,
+                body_hash=body_hash,
+                traceparent=traceparent,
+            )
         args: list[Any] = [
             job_id,
             body_hash,
@@ -128,6 +147,7 @@ class JobTracker:
             for key, value in fields.items():
                 args.extend((key, value))
         keys = JobKeys.of(self.names, job_id)
+        idem_key = self.idempotency_key(tenant, idempotency_key) if idempotency_key else keys.record
         reply: list[bytes] = await self._submit(
             keys=[idem_key, keys.record, keys.documents, self.names.ingest, *self._in_flight_keys],
             args=args,
@@ -135,7 +155,103 @@ class JobTracker:
         existing_id, outcome = reply[0].decode(), reply[1].decode()
         if outcome == "conflict":
             raise IdempotencyConflict(existing_id)
+        # a replayed key waits too: the first answer may have been a 503 from this WAIT
+        await self.replica_ack.wait(self.client, self.names.ingest)
         return Submitted(existing_id, created=outcome == "new")
+
+    async def _submit_partitioned(
+        self,
+        job_id: str,
+        submissions: Sequence[Submission],
+        *,
+        tenant: str,
+        idempotency_key: str | None,
+        body_hash: str,
+        traceparent: str | None,
+    ) -> Submitted:
+        """A submit whose commands go to several partitions (hash slots of their own on a
+        cluster), in steps that are each atomic and idempotent (``scripts.OPEN_JOB``):
+
+        1. OPEN: idempotency record, job record, its documents (no version yet);
+        2. ENQUEUE, per partition: its commands, once per (job, partition): a marker
+           holds the entry ids, and a second call answers them without adding anything;
+        3. CLOSE: the documents' versions and ``enqueued`` on the job record.
+
+        The caller answers 202 only after all three, so a 202 still means every command
+        is in a stream. A crash in between leaves an open job whose enqueued commands
+        are processed; the request retried with the same Idempotency-Key finds the job
+        not ``enqueued`` and runs 2 and 3 again with the job's id (the markers keep
+        commands already added from being added twice). Without an Idempotency-Key a
+        retry is a new job, and the open one expires with its TTL."""
+        keys = JobKeys.of(self.names, job_id)
+        idem_key = self.idempotency_key(tenant, idempotency_key) if idempotency_key else keys.record
+        args: list[Any] = [
+            job_id,
+            body_hash,
+            datetime.now(UTC).isoformat(),
+            self.ttl_s,
+            tenant,
+            traceparent or "",
+            len(submissions),
+        ]
+        for sub in submissions:
+            args.extend((sub.document_id, sub.kind))
+        reply: list[bytes] = await self._open(
+            keys=[idem_key, keys.record, keys.documents], args=args
+        )
+        existing_id, outcome = reply[0].decode(), reply[1].decode()
+        if outcome == "conflict":
+            raise IdempotencyConflict(existing_id)
+        if outcome == "existing":
+            keys = JobKeys.of(self.names, existing_id)
+            if await self.client.hget(keys.record, "enqueued") is not None:
+                await self._wait_for_replicas(submissions, tenant, keys)
+                return Submitted(existing_id, created=False)
+            # an earlier attempt stopped half way: finish it, as that job
+            submissions = [with_job_id(sub, existing_id) for sub in submissions]
+        versions: dict[str, str] = {}
+        for view, subs in self._by_partition(submissions, tenant).items():
+            versions.update(await self._enqueue(view, existing_id, subs, tenant))
+        close_args: list[str] = []
+        for sub in submissions:
+            close_args.extend((sub.document_id, f"{sub.kind}|{versions[sub.document_id]}"))
+        await self._close(keys=[keys.record, keys.documents], args=close_args)
+        await self._wait_for_replicas(submissions, tenant, keys)
+        return Submitted(existing_id, created=outcome == "new")
+
+    def _by_partition(
+        self, submissions: Sequence[Submission], tenant: str
+    ) -> dict[StreamNames, list[Submission]]:
+        groups: dict[StreamNames, list[Submission]] = {}
+        for sub in submissions:
+            groups.setdefault(self.names.for_document(tenant, sub.document_id), []).append(sub)
+        return groups
+
+    async def _enqueue(
+        self, view: StreamNames, job_id: str, subs: Sequence[Submission], tenant: str
+    ) -> dict[str, str]:
+        """One partition's commands of a job, once; document id -> entry id."""
+        in_flight = InFlight(self.client, view)
+        args: list[Any] = [self.ttl_s, tenant, len(subs)]
+        for sub in subs:
+            fields = sub.envelope.to_fields()
+            args.extend((sub.document_id, len(fields)))
+            for key, value in fields.items():
+                args.extend((key, value))
+        marker = view.key("ingest", "enqueued", job_id)
+        flat: list[bytes] = await self._enqueue_partition(
+            keys=[marker, view.ingest, *in_flight.keys], args=args
+        )
+        return {as_text(flat[i]): as_text(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    async def _wait_for_replicas(
+        self, submissions: Sequence[Submission], tenant: str, keys: JobKeys
+    ) -> None:
+        """``replica_ack`` on every node this submit wrote to: the job's, each
+        partition's."""
+        await self.replica_ack.wait(self.client, keys.record)
+        for view in self._by_partition(submissions, tenant):
+            await self.replica_ack.wait(self.client, view.ingest)
 
     # -- worker bookkeeping ----------------------------------------------------------
 
@@ -233,16 +349,18 @@ class JobTracker:
             known = args(job)
 
             def op(pipe: Pipeline) -> Any:
-                return self._mark(keys=script_keys, args=known, client=pipe)
+                return queue_script(self._mark, script_keys, known, pipe)
 
-            return op
+            return KeyedOp(keys.record, op)
 
         async def op_reading_the_record(pipe: Pipeline) -> None:
             context = await self._job_context(keys)
             if context is not None:  # an unknown or expired job: nothing to mark
-                await self._mark(keys=script_keys, args=args(context), client=pipe)
+                queued = queue_script(self._mark, script_keys, args(context), pipe)
+                if inspect.iscoroutine(queued):
+                    await queued
 
-        return op_reading_the_record
+        return KeyedOp(keys.record, op_reading_the_record)
 
     async def _job_context(self, keys: JobKeys) -> JobContext | None:
         """The tenant and trace context the job record stored at submission."""
@@ -259,6 +377,15 @@ class JobTracker:
         if not valid_job_id(job_id):
             return None
         return await read_status(self.client, JobKeys.of(self.names, job_id), tenant=tenant)
+
+
+def with_job_id(submission: Submission, job_id: str) -> Submission:
+    """The submission with its command's ``job_id`` replaced (resuming an open job)."""
+    envelope = submission.envelope
+    payload = json.loads(envelope.data)
+    payload["job_id"] = job_id
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    return dataclasses.replace(submission, envelope=msgspec.structs.replace(envelope, data=data))
 
 
 def _no_op(pipe: Pipeline) -> None:

@@ -22,7 +22,6 @@ from embedstream.adapters.redis_client import create_redis
 from embedstream.config import Settings
 from embedstream.logging import get_logger
 from embedstream.metrics.queues import QueueMetrics
-from embedstream.streams.names import StreamNames
 from embedstream.streams.status_cache import StatusCache
 
 log = get_logger("embedstream.exporter")
@@ -44,7 +43,7 @@ def exporter_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         client = create_redis(settings.redis, socket_timeout=5.0)
-        names = StreamNames(settings.redis.stream_prefix)
+        names = settings.redis.names()
         cache = StatusCache(client, names, ttl_s=settings.metrics.metrics_cache_s)
         app.state.queue_metrics = QueueMetrics(
             cache, active_idle_ms=settings.consumer.visibility_timeout_ms

@@ -29,6 +29,7 @@ from typing import Generic, TypeVar
 from structlog.typing import FilteringBoundLogger
 
 from embedstream import tracing
+from embedstream.adapters.redis_client import ReplicationTimeout
 from embedstream.config import ConsumerSettings
 from embedstream.errors import PermanentError, PoisonMessage
 from embedstream.errors.redis import TRANSIENT
@@ -47,6 +48,8 @@ from embedstream.streams.messages import (
     outcome_for,
 )
 from embedstream.streams.outcomes import missing_outcome
+
+NOT_CONFIRMED: tuple[type[Exception], ...] = (ReplicationTimeout, *TRANSIENT)
 
 T = TypeVar("T")
 
@@ -222,7 +225,6 @@ class BatchProcessor(Generic[T]):
         while True:
             try:
                 await self.consumer.finish(done, dead)
-                return
             except TRANSIENT as exc:
                 if time.monotonic() > deadline:
                     self.log.error(
@@ -230,6 +232,22 @@ class BatchProcessor(Generic[T]):
                     )
                     return
                 await asyncio.sleep(backoff.next_delay())
+                continue
+            await self._confirm_replicated()
+            return
+
+    async def _confirm_replicated(self) -> None:
+        """With ``EMBEDSTREAM_REDIS_MIN_REPLICAS_ACK``: wait for the replicas after the
+        ack; never repeats the ack (what could go wrong is logged: the entries are
+        already acknowledged, see ``StreamConsumer.confirm_replicated``)."""
+        try:
+            await self.consumer.confirm_replicated()
+        except NOT_CONFIRMED as exc:
+            self.log.warning(
+                "acknowledged writes not confirmed on the replicas; a failover now would "
+                "have them handled again",
+                error=str(exc),
+            )
 
     async def _schedule_retries(self, retries: list[tuple[str, int, BaseException]]) -> None:
         """Postpone each entry by its backoff: its idle time is set so that it becomes

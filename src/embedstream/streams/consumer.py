@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 from typing import Any, TypeAlias, TypeVar
 
 import redis.asyncio as redis
+from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
+from embedstream.adapters.redis_client import NO_REPLICA_ACK, ReplicaAck, is_cluster_client
 from embedstream.errors import GroupMissingError
 from embedstream.errors.redis import is_busygroup
 from embedstream.schemas.envelope import Fields
@@ -71,7 +73,10 @@ class StreamConsumer:
         *,
         stage: str | None = None,
         start_id: str = "0",
+        replica_ack: ReplicaAck = NO_REPLICA_ACK,
     ) -> None:
+        """``replica_ack``: after a transaction that acks entries and writes their
+        follow-ups, wait for that many replicas (``finish``)."""
         self.client = client
         self.names = names
         self.stream = stream
@@ -82,9 +87,15 @@ class StreamConsumer:
         # XREADGROUP is read through a view of the same connection pool without redis-py's
         # reply conversion (a dict per entry, built twice over, and a metrics hook): on
         # ~1 KB entries that conversion cost as much as decoding the envelopes.
-        reader = redis.Redis(connection_pool=client.connection_pool)
-        reader.response_callbacks.pop("XREADGROUP", None)
-        self._reader: Any = reader  # Any: redis-py leaves execute_command untyped
+        # (A cluster client has a pool per node; ``create_redis`` drops the conversion
+        # from the cluster client itself.)
+        self._reader: Any = client  # Any: redis-py leaves execute_command untyped
+        if not is_cluster_client(client):
+            reader = redis.Redis(connection_pool=client.connection_pool)
+            reader.response_callbacks.pop("XREADGROUP", None)
+            self._reader = reader
+        self.replica_ack = replica_ack
+        self.split_by_slot = names.partitioned and is_cluster_client(client)
         self._claim_idle = client.register_script(scripts.CLAIM_IDLE)
         self._claim_own = client.register_script(scripts.CLAIM_OWN)
         self._set_idle = client.register_script(scripts.SET_IDLE_IF_OWNER)
@@ -118,7 +129,11 @@ class StreamConsumer:
             return []
         # RESP3 answers {stream: entries}, RESP2 [[stream, entries]]
         entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-        return [(as_text(entry_id), _fields(flat), 1) for entry_id, flat in entries if flat]
+        return [
+            (as_text(entry_id), flat if isinstance(flat, dict) else _fields(flat), 1)
+            for entry_id, flat in entries
+            if flat
+        ]
 
     async def claim_own(self, count: int, after: str | None = None) -> list[RawEntry]:
         """Take back up to ``count`` of this consumer's own pending entries with ids above
@@ -159,28 +174,71 @@ class StreamConsumer:
     # -- finishing -------------------------------------------------------------------
 
     async def finish(self, done: Sequence[tuple[str, Ack]], dead: Sequence[Dead]) -> None:
-        """One MULTI/EXEC: publish follow-ups, run extra ops, dead-letter, then XACK."""
+        """One MULTI/EXEC: publish follow-ups, run extra ops, dead-letter, then XACK.
+
+        Every key involved shares the deployment's hash tag (``StreamNames``), so on a
+        Redis Cluster this is one transaction on one node too."""
         if not done and not dead:
             return
         if not dead and not any(ack.publish or ack.ops for _, ack in done):
             # Nothing to write but acks: one XACK is atomic on its own.
             await self.client.xack(self.stream, self.group, *[entry_id for entry_id, _ in done])
             return
+        writes: list[tuple[str | None, TransactionOp]] = []  # (a key of its slot, op)
+        for _, ack in done:
+            for pub in ack.publish:
+                writes.append((pub.stream, _xadd(pub.stream, dict(pub.fields))))
+            for op in ack.ops:
+                writes.append((getattr(op, "key", None), op))
+        for item in dead:
+            writes.append((self.names.dlq, _xadd(self.names.dlq, self.dead_letter_fields(item))))
+            writes.append((self.names.dlq, _count_dead_letter(self.names, self.stream, self.group)))
+            writes.extend((getattr(op, "key", None), op) for op in item.ops)
+        ids = [entry_id for entry_id, _ in done] + [item.entry_id for item in dead]
+        if not self.split_by_slot:
+            await self._transaction(writes, ids)
+            return
+        # A cluster with partitions: the writes in other hash slots than the stream's
+        # (job bookkeeping, dead letters, on the deployment's slot) go first, one
+        # transaction per slot, each waited for on the replicas; then the stream's slot
+        # with its follow-ups and the XACK. Those other writes are idempotent (a stage
+        # mark counts once; a dead letter may be written again if the XACK is lost, the
+        # only duplicate this allows), so a crash between the steps leaves the entry
+        # pending, to be handled again, never acked without its writes.
+        own = key_slot(self.stream.encode())
+        by_slot: dict[int, list[TransactionOp]] = {}
+        by_key: dict[int, str] = {}
+        for key, op in writes:
+            slot = own if key is None else key_slot(key.encode())
+            by_slot.setdefault(slot, []).append(op)
+            by_key.setdefault(slot, key or self.stream)
+        for slot, ops in by_slot.items():
+            if slot != own:
+                await self._transaction([(None, op) for op in ops], [])
+                await self.replica_ack.wait(self.client, by_key[slot])
+        await self._transaction([(None, op) for op in by_slot.get(own, [])], ids)
+
+    async def _transaction(
+        self, writes: Sequence[tuple[str | None, TransactionOp]], ack_ids: Sequence[str]
+    ) -> None:
         pipe: Any
         async with self.client.pipeline(transaction=True) as pipe:
-            for _, ack in done:
-                for pub in ack.publish:
-                    pipe.xadd(pub.stream, dict(pub.fields))
-                for op in ack.ops:
-                    await _queue(op, pipe)
-            for item in dead:
-                pipe.xadd(self.names.dlq, self.dead_letter_fields(item))
-                pipe.hincrby(self.names.dlq_counts, f"{self.stream}|{self.group}", 1)
-                for op in item.ops:
-                    await _queue(op, pipe)
-            ids = [entry_id for entry_id, _ in done] + [item.entry_id for item in dead]
-            pipe.xack(self.stream, self.group, *ids)
+            for _, op in writes:
+                await _queue(op, pipe)
+            if ack_ids:
+                pipe.xack(self.stream, self.group, *ack_ids)
             await pipe.execute()
+
+    async def confirm_replicated(self) -> None:
+        """With ``replica_ack``: wait until this consumer's writes (its last ``finish``)
+        are on that many replicas; ``ReplicationTimeout`` when they are not in time.
+
+        A transaction replicates as one unit, so a failover before that loses the
+        follow-ups and the ack together: the entries come back (pending or new on the
+        promoted replica) and are handled again, their effects idempotent; never acked
+        without their follow-ups. Waiting keeps a replica from taking more work while
+        its last writes are only on the primary."""
+        await self.replica_ack.wait(self.client, self.stream)
 
     def dead_letter_fields(self, item: Dead) -> dict[bytes | str, bytes | str]:
         fields: dict[bytes | str, bytes | str] = {
@@ -247,8 +305,19 @@ def split_outcomes(messages: Sequence[Message[T]], outcomes: Sequence[Outcome]) 
     return done, dead, retry
 
 
+def _xadd(stream: str, fields: dict[Any, Any]) -> TransactionOp:
+    return lambda pipe: pipe.xadd(stream, fields)
+
+
+def _count_dead_letter(names: StreamNames, stream: str, group: str) -> TransactionOp:
+    return lambda pipe: pipe.hincrby(names.dlq_counts, f"{stream}|{group}", 1)
+
+
 async def _queue(op: TransactionOp, pipe: Any) -> None:
-    """Queue an op's commands on the pipeline (script calls are coroutines there)."""
+    """Queue an op's commands on the pipeline (script calls are coroutines there).
+
+    Only a coroutine is awaited: a queued command returns the pipeline, and awaiting a
+    cluster pipeline re-initializes it, dropping what was queued."""
     queued = op(pipe)
-    if inspect.isawaitable(queued):
+    if inspect.iscoroutine(queued):
         await queued

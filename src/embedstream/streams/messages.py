@@ -41,8 +41,22 @@ class Publish:
 
 
 TransactionOp: TypeAlias = Callable[[Pipeline], Any]
-"""Queues commands on the ack's MULTI/EXEC pipeline; may return an awaitable (a Lua
-script call does), which the runtime awaits before EXEC."""
+"""Queues commands on the ack's MULTI/EXEC pipeline; may return a coroutine (a Lua
+script call does), which the runtime awaits before EXEC. Call scripts through
+``embedstream.adapters.redis_client.queue_script`` (a cluster pipeline needs EVAL)."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedOp:
+    """A ``TransactionOp`` that says which hash slot it writes: ``key`` is one of its
+    keys. An op without one writes the slot of the stream being acked. On a cluster with
+    partitions, the ack's writes are grouped by slot (``StreamConsumer.finish``)."""
+
+    key: str
+    op: TransactionOp
+
+    def __call__(self, pipe: Pipeline) -> Any:
+        return self.op(pipe)
 
 
 @dataclass(slots=True)

@@ -20,8 +20,9 @@ from typing import Generic, TypeVar
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
+from embedstream.adapters.redis_client import NO_REPLICA_ACK, ReplicaAck
 from embedstream.config import ConsumerSettings
-from embedstream.errors.redis import TRANSIENT, is_nogroup
+from embedstream.errors.redis import TRANSIENT, is_failover_reply, is_nogroup
 from embedstream.metrics.runtime import ConsumerMetrics
 from embedstream.streams.batch import (
     BatchProcessor,
@@ -66,6 +67,7 @@ class StreamWorker(Generic[T]):
         settle_ops: SettleOps | None = None,
         retain: Mapping[str, int] | None = None,
         heartbeat: Heartbeat | None = None,
+        replica_ack: ReplicaAck = NO_REPLICA_ACK,
         metrics: bool = True,
     ) -> None:
         """``retain``: other streams this worker keeps bounded, each with its retention
@@ -73,15 +75,23 @@ class StreamWorker(Generic[T]):
         stream has acknowledged (``StreamConsumer.trim_acked``). ``settle_ops``: writes
         to run, by entry id, in the transaction that takes an entry off the pending list
         (its ack or its dead letter). ``heartbeat``: where the loop marks its progress
-        (read by the liveness probe); one of its own by default. ``metrics``: count
-        messages, batches, reclaims and lease renewals for Prometheus
+        (read by the liveness probe); one of its own by default. ``replica_ack``: the
+        replicas to wait for after each ack (``EMBEDSTREAM_REDIS_MIN_REPLICAS_ACK``).
+        ``metrics``: count messages, batches, reclaims and lease renewals for Prometheus
         (``embedstream.metrics.runtime``), labelled with the stage (else "subscriber")
         and the group."""
         self.settings = settings
         self.heartbeat = heartbeat or Heartbeat()
         self.create_group = create_group
         self.consumer = StreamConsumer(
-            client, names, stream, group, settings.consumer_name, stage=stage, start_id=start_id
+            client,
+            names,
+            stream,
+            group,
+            settings.consumer_name,
+            stage=stage,
+            start_id=start_id,
+            replica_ack=replica_ack,
         )
         self.hooks = RuntimeHooks(dead_letter_ops, settle_ops, dict(retain or {}))
         self.stats = RunStats()
@@ -190,6 +200,10 @@ class StreamWorker(Generic[T]):
             self._backoff.reset()
             return entries
         except ResponseError as exc:
+            if is_failover_reply(exc):  # e.g. a blocked read on a primary just demoted
+                if not stop.is_set():
+                    await self._wait_out(exc)
+                return []
             if not is_nogroup(exc):
                 raise
             if not self.create_group:

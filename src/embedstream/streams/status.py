@@ -64,7 +64,7 @@ async def discover_streams(client: redis.Redis, names: StreamNames) -> list[str]
     """The pipeline's streams, then any other stream under ``names.prefix`` but the
     dead-letter stream (a SCAN of the keyspace: every key under the prefix is looked at)."""
     streams = list(names.pipeline_streams())
-    async for key in client.scan_iter(match=f"{names.prefix}:*", _type="stream", count=500):
+    async for key in client.scan_iter(match=names.pattern, _type="stream", count=500):
         stream = as_text(key)
         if stream not in streams and stream != names.dlq:
             streams.append(stream)

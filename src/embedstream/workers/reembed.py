@@ -36,6 +36,7 @@ from typing import Any, Literal, cast
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
+from embedstream.adapters.redis_client import queue_script
 from embedstream.jobs.inflight import COUNT_LUA, InFlight
 from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.commands import DOCUMENT_REEMBED, DocumentReembed
@@ -127,7 +128,7 @@ class ReembedRequests:
             args += [field, value]
 
         def op(pipe: Pipeline) -> Any:
-            return self._request(keys=keys, args=args, client=pipe)
+            return queue_script(self._request, keys, args, pipe)
 
         return op
 

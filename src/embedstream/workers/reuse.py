@@ -28,6 +28,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.asyncio.client import Pipeline
 
+from embedstream.adapters.redis_client import queue_script
 from embedstream.jobs.inflight import InFlight, InFlightState
 from embedstream.streams.messages import TransactionOp
 from embedstream.streams.names import StreamNames, as_text
@@ -154,6 +155,6 @@ class EmbeddingRegister:
         args = [key, str(stored.version), stored.value()]
 
         def op(pipe: Pipeline) -> Any:
-            return self._set_if_newer(keys=keys, args=args, client=pipe)
+            return queue_script(self._set_if_newer, keys, args, pipe)
 
         return op

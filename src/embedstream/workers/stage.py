@@ -14,6 +14,7 @@ and closing everything on the way out. ``embedstream worker KIND`` and
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -23,14 +24,17 @@ import redis.asyncio as redis
 from pydantic import BaseModel
 
 from embedstream import tracing
-from embedstream.adapters.redis_client import create_redis
+from embedstream.adapters.redis_client import NO_REPLICA_ACK, ReplicaAck, create_redis
 from embedstream.config import ConsumerSettings, EventSettings, Settings
+from embedstream.errors.redis import TRANSIENT
 from embedstream.jobs.tracker import JobTracker
 from embedstream.schemas.envelope import Fields
 from embedstream.streams.batch import RunStats, RuntimeHooks
 from embedstream.streams.decoding import Decoded, payload_decoder
+from embedstream.streams.heartbeat import Heartbeat
 from embedstream.streams.messages import Handler
 from embedstream.streams.names import StageNames, StreamNames
+from embedstream.streams.partitions import check_partitions
 from embedstream.streams.runner import StreamWorker
 from embedstream.workers.health import ReadyCheck, worker_health
 
@@ -54,6 +58,8 @@ class StageContext:
     """the job bookkeeping; one of its own (with ``events``' result versions) by default"""
     results_retention_s: int = 0
     """``RESULTS_RETENTION_S``: the persist stage keeps the results stream this long."""
+    replica_ack: ReplicaAck = NO_REPLICA_ACK
+    """``REDIS_MIN_REPLICAS_ACK``: the replicas the worker waits for after an ack."""
     metrics: bool = True
     """count for Prometheus (``EMBEDSTREAM_METRICS``)"""
     jobs: JobTracker = field(init=False)
@@ -100,8 +106,14 @@ class Stage(Generic[C, P]):
         """The runtime's decoder for the stage: its payload types, anything else poison."""
         return payload_decoder(self.payloads, reader=f"the {self.name} stage")
 
-    def worker(self, context: StageContext, handler: StageHandler[P]) -> StreamWorker[Any]:
-        """The stream runtime running ``handler`` on the stage's stream and group."""
+    def worker(
+        self,
+        context: StageContext,
+        handler: StageHandler[P],
+        heartbeat: Heartbeat | None = None,
+    ) -> StreamWorker[Any]:
+        """The stream runtime running ``handler`` on the stage's stream (of the
+        partition ``context.names`` is a view of) and group."""
         hooks = self.hooks(context)
         return StreamWorker(
             context.client,
@@ -114,13 +126,28 @@ class Stage(Generic[C, P]):
             stage=self.name,
             dead_letter_ops=hooks.dead_letter_ops,
             settle_ops=hooks.settle_ops,
-            retain=hooks.retain,
+            # one partition's worker keeps the shared streams bounded
+            retain=hooks.retain if context.names.partition == 0 else None,
+            replica_ack=context.replica_ack,
+            heartbeat=heartbeat,
             metrics=context.metrics,
         )
 
-    def build(self, clients: C, context: StageContext) -> StreamWorker[Any]:
+    def build(
+        self, clients: C, context: StageContext, heartbeat: Heartbeat | None = None
+    ) -> StreamWorker[Any]:
         """The stage's worker over open clients."""
-        return self.worker(context, self.handler(clients, context))
+        return self.worker(context, self.handler(clients, context), heartbeat)
+
+    def build_all(self, clients: C, context: StageContext) -> list[StreamWorker[Any]]:
+        """A worker per partition (one without partitions), sharing one heartbeat: a
+        replica consumes every partition. Each has its own loop, reads and leases, so a
+        busy partition does not hold back the others."""
+        heartbeat = Heartbeat()
+        return [
+            self.build(clients, dataclasses.replace(context, names=view), heartbeat)
+            for view in context.names.views()
+        ]
 
 
 async def run_stage(
@@ -142,15 +169,27 @@ async def run_stage(
                 return RunStats()
             context = StageContext(
                 client,
-                StreamNames(settings.redis.stream_prefix),
+                settings.redis.names(),
                 settings.consumer,
                 settings.events,
                 results_retention_s=settings.redis.results_retention_s,
+                replica_ack=ReplicaAck.of(settings.redis),
                 metrics=settings.metrics.metrics,
             )
-            worker = stage.build(clients, context)
-            health.watch(worker.heartbeat, {"redis": client.ping, **stage.checks(clients)})
-            return await worker.run(stop, burst=burst)
+            while True:
+                try:
+                    await check_partitions(client, context.names)
+                    break
+                except TRANSIENT:
+                    if stop.is_set():
+                        return RunStats()
+                    await asyncio.sleep(1.0)
+            workers = stage.build_all(clients, context)
+            health.watch(workers[0].heartbeat, {"redis": client.ping, **stage.checks(clients)})
+            runs = await asyncio.gather(*(worker.run(stop, burst=burst) for worker in workers))
+            return RunStats(
+                **{name: sum(getattr(r, name) for r in runs) for name in vars(RunStats())}
+            )
     finally:
         await client.aclose()
         await asyncio.to_thread(tracing.flush)

@@ -30,7 +30,7 @@ from embedstream.schemas.admin_api import (
 from embedstream.schemas.api import is_job_id
 from embedstream.streams.dlq_query import read_dead_letters
 from embedstream.streams.entry_state import entry_state
-from embedstream.streams.names import StreamNames, as_text
+from embedstream.streams.names import as_text
 from embedstream.streams.status import StatusReport
 from embedstream.streams.status_cache import StatusCache
 from embedstream.streams.status_checks import HealthBounds, check_status, live_consumers
@@ -83,7 +83,7 @@ def status_cache(request: Request, client: redis.Redis, settings: Settings) -> S
     """The process's ``StatusCache`` (made on first use, kept on ``app.state``)."""
     cache: StatusCache | None = getattr(request.app.state, "status_cache", None)
     if cache is None:
-        names = StreamNames(settings.redis.stream_prefix)
+        names = settings.redis.names()
         cache = request.app.state.status_cache = StatusCache(client, names)
     return cache
 
@@ -163,10 +163,10 @@ async def get_entry(
     The entry may be gone (consumed entries are trimmed): its position in each group
     still answers. A stream of this deployment only; an existing entry of another
     tenant is a 404."""
-    names = StreamNames(settings.redis.stream_prefix)
+    names = settings.redis.names()
     kind = as_text(await client.type(stream))
     if (
-        not stream.startswith(f"{names.prefix}:")
+        not (stream.startswith(f"{names.base}:") or names.view_of_stream(stream))
         or stream == names.dlq
         or kind
         not in (

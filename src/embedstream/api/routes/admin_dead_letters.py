@@ -35,7 +35,6 @@ from embedstream.streams.dlq_query import (
     parse_when,
     read_dead_letter,
 )
-from embedstream.streams.names import StreamNames
 
 router = APIRouter(prefix="/v1/admin/dead-letters", tags=["admin"], route_class=AuthenticatedRoute)
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -133,7 +132,7 @@ async def list_dead_letters(
     credential's tenant's entries only) or `operator` (every entry, those whose tenant
     cannot be read too). A page looks at no more than 20,000 entries: a sparse filter
     may answer fewer items than `limit` with a `next_cursor` to go on."""
-    names = StreamNames(settings.redis.stream_prefix)
+    names = settings.redis.names()
     filt = to_filter(query, viewer, ("query",))
     page = await find_dead_letters(
         client,
@@ -165,7 +164,7 @@ async def get_dead_letter(
 ) -> DeadLetterDetail:
     """One dead letter: where it came from, the full error, its `dlq_*` metadata, its
     envelope attributes and payload. Another tenant's entry is a 404 like an unknown one."""
-    letter = await read_dead_letter(client, StreamNames(settings.redis.stream_prefix), entry_id)
+    letter = await read_dead_letter(client, settings.redis.names(), entry_id)
     if letter is None or not viewer.may_see(letter.tenant):
         raise HTTPException(status_code=404, detail=NOT_FOUND)
     return DeadLetterDetail(
@@ -194,9 +193,7 @@ async def _act(
         ids=tuple(body.ids) if body.ids is not None else None,
         through_id=body.through_id,
     )
-    report = await act(
-        client, StreamNames(settings.redis.stream_prefix), action, selection, dry_run=body.dry_run
-    )
+    report = await act(client, settings.redis.names(), action, selection, dry_run=body.dry_run)
     return action_out(report)
 
 

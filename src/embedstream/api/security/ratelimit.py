@@ -14,13 +14,15 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from typing import Any
 
 import redis.asyncio as redis
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import RedisStorage
+from limits.aio.storage import RedisClusterStorage, RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from starlette.exceptions import HTTPException
 
+from embedstream.adapters.redis_client import is_cluster_client
 from embedstream.api.security.principal import Principal
 from embedstream.streams.names import StreamNames
 
@@ -54,12 +56,23 @@ def _policy(item: RateLimitItem) -> str:
 class _Limiter:
     def __init__(self, client: redis.Redis, names: StreamNames, spec: str) -> None:
         self.items: list[RateLimitItem] = parse_many(spec) if spec.strip() else []
-        self.storage = RedisStorage(
-            "async+redis://",
-            implementation="redispy",
-            key_prefix=names.key("ratelimit"),
-            connection_pool=client.connection_pool,  # type: ignore[arg-type]
-        )
+        self.storage: RedisStorage | RedisClusterStorage
+        if is_cluster_client(client):
+            # the cluster's seed node (the client may not have connected yet)
+            seeds: Any = client.nodes_manager.startup_nodes  # type: ignore[attr-defined]
+            node = next(iter(seeds.values()))
+            self.storage = RedisClusterStorage(
+                f"async+redis+cluster://{node.host}:{node.port}",
+                implementation="redispy",
+                key_prefix=names.key("ratelimit"),
+            )
+        else:
+            self.storage = RedisStorage(
+                "async+redis://",
+                implementation="redispy",
+                key_prefix=names.key("ratelimit"),
+                connection_pool=client.connection_pool,  # type: ignore[arg-type]
+            )
         self.strategy = SlidingWindowCounterRateLimiter(self.storage)
 
     async def _retry_after(self, item: RateLimitItem, *identifiers: str) -> int:

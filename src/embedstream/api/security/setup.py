@@ -13,7 +13,6 @@ from embedstream.api.security.guards import Guards
 from embedstream.api.security.keycache import ApiKeyVerifier
 from embedstream.api.security.ratelimit import CredentialRateLimiter, FailedAuthLimiter
 from embedstream.config import Settings, jwt_secret_problem
-from embedstream.streams.names import StreamNames
 
 KEY_LOOKUP_TIMEOUT_S = 5.0
 
@@ -50,7 +49,7 @@ async def create_key_pool(settings: Settings) -> asyncpg.Pool:
 
 
 def build_guards(settings: Settings, client: redis.Redis, pool: asyncpg.Pool) -> Guards:
-    names = StreamNames(settings.redis.stream_prefix)
+    names = settings.redis.names()
     return Guards(
         auth=settings.auth,
         keys=ApiKeyVerifier(

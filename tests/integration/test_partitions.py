@@ -1,0 +1,220 @@
+"""Partitioned streams on the single Redis and on a local Redis Cluster: where commands
+go, a submit that stops half way and is retried, the embed stage's acks over several
+partitions, dead-letter replay into a partition, and the refusal to change the number
+of partitions while work is pending."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from embedstream.config import ConsumerSettings
+from embedstream.jobs.tracker import JobTracker, Submission
+from embedstream.schemas.envelope import Envelope
+from embedstream.streams.dlq import replay_dead_letter
+from embedstream.streams.messages import DeadLetter, Message, Outcome
+from embedstream.streams.names import EMBED, StreamNames, partition_of
+from embedstream.streams.partitions import PartitionsChanged, check_partitions
+from embedstream.streams.runner import StreamWorker
+from tests.conftest import REDIS_BACKENDS
+from tests.support.builders import TENANT, apply_ops, command_envelope
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 3
+
+
+@pytest.fixture(params=REDIS_BACKENDS)
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    backend: str = request.param
+    return backend
+
+
+@pytest.fixture
+def names(prefix: str, redis_backend: str) -> StreamNames:
+    return StreamNames(prefix, cluster=redis_backend == "cluster", partitions=PARTITIONS)
+
+
+@pytest.fixture
+async def clean(redis_client: redis.Redis, names: StreamNames) -> Any:
+    yield
+    for pattern in names.patterns():
+        async for key in redis_client.scan_iter(match=pattern, count=1000):
+            await redis_client.delete(key)
+
+
+def submissions(job_id: str, documents: Sequence[str]) -> list[Submission]:
+    return [Submission(d, "upsert", command_envelope(job_id, d, "upsert")) for d in documents]
+
+
+DOCS = [f"doc-{n}" for n in range(30)]
+
+
+async def entries_by_stream(client: redis.Redis, names: StreamNames) -> dict[str, list[str]]:
+    """Stream -> the documents of its commands, in stream order."""
+    out: dict[str, list[str]] = {}
+    for stream in names.ingest_streams():
+        rows = await client.xrange(stream)
+        out[stream] = [Envelope.from_fields(f).subject or "" for _, f in rows]
+    return out
+
+
+async def test_commands_go_to_their_documents_partitions(
+    redis_client: redis.Redis, names: StreamNames, clean: None
+) -> None:
+    tracker = JobTracker(redis_client, names)
+    job_id = uuid.uuid4().hex
+    submitted = await tracker.submit(job_id, submissions(job_id, DOCS), tenant=TENANT)
+
+    assert submitted.created
+    by_stream = await entries_by_stream(redis_client, names)
+    for stream, docs in by_stream.items():
+        view = names.view_of_stream(stream)
+        assert view is not None
+        assert all(partition_of(TENANT, d, PARTITIONS) == view.partition for d in docs)
+    assert sorted(d for docs in by_stream.values() for d in docs) == sorted(DOCS)
+    assert all(by_stream.values())  # 30 documents fill every one of 3 partitions
+    status = await tracker.status(job_id)
+    assert status is not None and status.documents == len(DOCS)
+    assert all(item.version for item in status.items)  # each has its entry id
+
+
+async def test_a_submit_stopped_half_way_is_finished_by_its_retry_without_duplicates(
+    redis_client: redis.Redis, names: StreamNames, clean: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt dies after one partition's commands are in (no 202 was sent);
+    the retry with the same Idempotency-Key (and a new job id, as the API makes) adds
+    the rest, once, to the first attempt's job."""
+    tracker = JobTracker(redis_client, names)
+    calls = 0
+    enqueue = tracker._enqueue
+
+    async def dies_after_the_first_partition(*args: Any) -> dict[str, str]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ConnectionError("the API process died here")
+        return await enqueue(*args)
+
+    monkeypatch.setattr(tracker, "_enqueue", dies_after_the_first_partition)
+    first = uuid.uuid4().hex
+    with pytest.raises(ConnectionError):
+        await tracker.submit(first, submissions(first, DOCS), tenant=TENANT, idempotency_key="k")
+    monkeypatch.undo()
+    partial = sum(len(d) for d in (await entries_by_stream(redis_client, names)).values())
+    assert 0 < partial < len(DOCS)
+
+    retry = uuid.uuid4().hex
+    submitted = await tracker.submit(
+        retry, submissions(retry, DOCS), tenant=TENANT, idempotency_key="k"
+    )
+
+    assert (submitted.job_id, submitted.created) == (first, False)
+    by_stream = await entries_by_stream(redis_client, names)
+    assert Counter(d for docs in by_stream.values() for d in docs) == Counter(DOCS)
+    for stream in names.ingest_streams():  # every command names the first attempt's job
+        for _, fields in await redis_client.xrange(stream):
+            assert json.loads(Envelope.from_fields(fields).data)["job_id"] == first
+    status = await tracker.status(first)
+    assert status is not None and all(item.version for item in status.items)
+    again = await tracker.submit(
+        retry, submissions(retry, DOCS), tenant=TENANT, idempotency_key="k"
+    )
+    assert (again.job_id, again.created) == (first, False)
+
+
+async def test_stage_marks_and_dead_letters_over_partitions_complete_the_job(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    clean: None,
+    fast_settings: ConsumerSettings,
+) -> None:
+    """An embed-like worker per partition dead-letters every command (with the job
+    bookkeeping's dead-letter ops): the job fails once, with every document, whichever
+    slot each partition is in; nothing is left pending."""
+    tracker = JobTracker(redis_client, names)
+    job_id = uuid.uuid4().hex
+    await tracker.submit(job_id, submissions(job_id, DOCS[:9]), tenant=TENANT)
+
+    async def handler(messages: Sequence[Message[Envelope]]) -> Sequence[Outcome]:
+        return [DeadLetter(ValueError("no")) for _ in messages]
+
+    for view in names.views():
+        await StreamWorker(
+            redis_client,
+            view,
+            view.ingest,
+            EMBED.group,
+            handler,
+            fast_settings,
+            dead_letter_ops=tracker.dead_letter_ops(EMBED.name),
+        ).run(burst=True)
+
+    status = await tracker.status(job_id)
+    assert status is not None
+    assert (status.state, status.failed) == ("failed", 9)
+    assert await redis_client.xlen(names.dlq) == 9
+    for stream in names.ingest_streams():
+        assert (await redis_client.xpending(stream, EMBED.group))["pending"] == 0
+    results = await redis_client.xrange(names.results)
+    assert [Envelope.from_fields(f).type for _, f in results] == ["job.failed.v1"]
+
+    # replayed into its own partition's stream, counted in flight there
+    [(letter_id, raw)] = await redis_client.xrange(names.dlq, count=1)
+    stream = raw[b"dlq_stream"].decode()
+    replayed = await replay_dead_letter(redis_client, names, letter_id.decode())
+    assert replayed is not None and replayed[0] == stream
+    view = names.view_of_stream(stream)
+    assert view is not None
+    counts = await redis_client.hgetall(view.key("ingest", "inflight"))
+    assert sum(int(v) for v in counts.values()) >= 1
+
+
+async def test_stage_done_marks_from_every_partition_complete_the_job(
+    redis_client: redis.Redis, names: StreamNames, clean: None
+) -> None:
+    tracker = JobTracker(redis_client, names)
+    job_id = uuid.uuid4().hex
+    await tracker.submit(job_id, submissions(job_id, DOCS[:6]), tenant=TENANT)
+    for doc in DOCS[:6]:
+        for stage in ("index", "persist"):
+            await apply_ops(redis_client, [tracker.stage_done(job_id, doc, stage)])
+    status = await tracker.status(job_id)
+    assert status is not None and (status.state, status.done) == ("completed", 6)
+
+
+async def test_a_change_of_partitions_is_refused_while_work_is_pending(
+    redis_client: redis.Redis, names: StreamNames, clean: None
+) -> None:
+    one = dataclasses.replace(names, partitions=1)
+    await check_partitions(redis_client, names)  # records 3
+    tracker = JobTracker(redis_client, names)
+    job_id = uuid.uuid4().hex
+    await tracker.submit(job_id, submissions(job_id, DOCS[:5]), tenant=TENANT)
+    for stream, group in names.stage_groups():
+        await redis_client.xgroup_create(stream, group, "0", mkstream=True)
+
+    with pytest.raises(PartitionsChanged, match="EMBEDSTREAM_PARTITIONS=3"):
+        await check_partitions(redis_client, one)
+
+    # drained: every group read and acked everything
+    for stream, group in names.stage_groups():
+        reply: Any = await redis_client.xreadgroup(group, "c", {stream: ">"}, count=100)
+        if not reply:
+            continue
+        # a reply as redis-py converts it, or raw ({stream: entries}) from a cluster client
+        rows = next(iter(reply.values())) if isinstance(reply, dict) else [e for _, e in reply]
+        if rows and isinstance(reply, list):
+            rows = rows[0]
+        ids = [row[0] for row in rows]
+        if ids:
+            await redis_client.xack(stream, group, *ids)
+    await check_partitions(redis_client, one)
+    assert await redis_client.get(names.partitions_key) == b"1"
