@@ -136,5 +136,8 @@ async def test_counters_match_what_the_run_did(stack: Stack, results_reader: red
     assert api.value(dead, stream=names.embedded, group="indexer") == 1
     assert api.value(dead, stream=names.embedded, group="persister") == 1
     assert api.value("embedstream_dead_letters", stream=names.dlq) == 4
+    # the one job completed; the poison entries had no job to fail
+    assert api.value("embedstream_jobs_total", status="completed") == 1
+    assert api.value("embedstream_jobs_total", status="failed") == 0
     for stream, group in names.stage_groups():
         assert api.value("embedstream_group_consumers_active", stream=stream, group=group) == 1

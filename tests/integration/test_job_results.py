@@ -11,6 +11,7 @@ from embedstream.errors import PoisonMessage
 from embedstream.jobs import scripts
 from embedstream.jobs.results import RESULTS_SOURCE, JobContext
 from embedstream.jobs.tracker import JobTracker
+from embedstream.metrics.queues import QueueCollector
 from embedstream.schemas.envelope import SCHEMA_VERSION, Envelope
 from embedstream.schemas.events import (
     DOCUMENT_DELETED,
@@ -22,6 +23,7 @@ from embedstream.schemas.events import (
     JobFailed,
 )
 from embedstream.streams.names import StreamNames, stream_id_to_version
+from embedstream.streams.status import collect_status
 from tests.conftest import REDIS_BACKENDS
 from tests.support.builders import TENANT, TRACEPARENT, apply_ops, submit_job
 
@@ -117,3 +119,36 @@ def test_the_lua_writes_no_envelope_attributes_of_its_own() -> None:
     or CloudEvents version spelt in the script."""
     for literal in ("schemaversion", "specversion", "datacontenttype", "embedstream"):
         assert literal not in scripts.MARK_STAGE
+
+
+async def test_finished_jobs_are_counted_once_each_for_the_metrics(
+    redis_client: redis.Redis, names: StreamNames, tracker: JobTracker
+) -> None:
+    """``embedstream_jobs_total{status}``: the script counts a job when it finishes,
+    once, however often a stage's mark is redelivered; the count outlives the job's keys."""
+    context = JobContext(TENANT)
+    completed = await submit_job(tracker, {"a": "upsert", "b": "upsert"})
+    for _ in range(2):  # the second round is a redelivery: nothing more is counted
+        for stage in ("index", "persist"):
+            for doc in ("a", "b"):
+                await apply_ops(
+                    redis_client, [tracker.stage_done(completed, doc, stage, job=context)]
+                )
+    failed = await submit_job(tracker, {"c": "upsert"})
+    for _ in range(2):
+        op = tracker.stage_failed(failed, "c", "index", "boom", job=context)
+        await apply_ops(redis_client, [op])
+    unfinished = await submit_job(tracker, {"d": "upsert"})
+    await apply_ops(redis_client, [tracker.stage_done(unfinished, "d", "index", job=context)])
+
+    assert await redis_client.ttl(names.job_counts) == -1  # never expires with the jobs
+    report = await collect_status(redis_client, names)
+    assert (report.jobs_completed, report.jobs_failed) == (1, 1)
+    samples = {
+        sample.labels["status"]: sample.value
+        for metric in QueueCollector(report, 60_000).collect()
+        if metric.name == "embedstream_jobs"
+        for sample in metric.samples
+        if sample.name == "embedstream_jobs_total"
+    }
+    assert samples == {"completed": 1, "failed": 1}

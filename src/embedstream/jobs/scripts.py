@@ -127,7 +127,9 @@ return 1
 # stream. A finished delete also adds its document.deleted events (one per produced
 # type version). A mark for another tenant than the job's is not counted.
 # KEYS: job key, job documents key, stage key (this stage), document state key,
-#       failures key, results stream, then the stage keys of every required stage
+#       failures key, results stream, the deployment's job counts (a hash that never
+#       expires: `completed`/`failed` counted once per job, read by the metrics), then the
+#       stage keys of every required stage
 # ARGV: document_id, status ("done"|"failed"), error, stage, now, ttl_s, tenant,
 #       `ce` of job.completed, `ce` of job.failed,
 #       then per document.deleted event (none for an upsert): `ce`, `data`
@@ -145,7 +147,7 @@ if status == 'failed' then
   redis.call('HSET', KEYS[5], doc, cjson.encode({stage = ARGV[4], error = ARGV[3]}))
   redis.call('HINCRBY', KEYS[1], 'failed', 1)
 else
-  for k = 7, #KEYS do
+  for k = 8, #KEYS do
     if redis.call('HGET', KEYS[k], doc) ~= 'done' then return 1 end
   end
   redis.call('HSET', KEYS[4], doc, 'done')
@@ -160,11 +162,13 @@ if done + failed < total then return 1 end
 local ce, data
 if failed == 0 then
   redis.call('HSET', KEYS[1], 'state', 'completed', 'finished_at', ARGV[5])
+  redis.call('HINCRBY', KEYS[7], 'completed', 1)
   ce = ARGV[8]
   data = cjson.encode({job_id = job_id, status = 'completed', documents = total,
                        completed_at = ARGV[5]})
 else
   redis.call('HSET', KEYS[1], 'state', 'failed', 'finished_at', ARGV[5])
+  redis.call('HINCRBY', KEYS[7], 'failed', 1)
   ce = ARGV[9]
   local failures = {}
   local flat = redis.call('HGETALL', KEYS[5])
@@ -177,7 +181,7 @@ else
 end
 redis.call('XADD', KEYS[6], '*', 'ce', ce, 'data', data)
 for k = 1, #KEYS do
-  if k ~= 6 then redis.call('EXPIRE', KEYS[k], ARGV[6]) end
+  if k ~= 6 and k ~= 7 then redis.call('EXPIRE', KEYS[k], ARGV[6]) end
 end
 return 1
 """

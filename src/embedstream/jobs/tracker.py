@@ -326,6 +326,7 @@ class JobTracker:
             keys.states,
             keys.failures,
             self.names.results,
+            self.names.job_counts,
             *(keys.stage(s) for s in REQUIRED_STAGES),
         ]
         now = datetime.now(UTC)

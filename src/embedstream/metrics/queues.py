@@ -16,7 +16,9 @@ a second, and finding the streams (a SCAN) is done far less often. Per stream an
   recently seen consumer),
 - ``embedstream_group_dead_letters_total`` (entries the group dead-lettered),
 
-and ``embedstream_dead_letters`` (entries in the dead-letter stream) and
+and ``embedstream_dead_letters`` (entries in the dead-letter stream),
+``embedstream_jobs_total{status="completed"|"failed"}`` (jobs finished, each counted once
+by the job bookkeeping's script, whichever replica finished it) and
 ``embedstream_queue_up`` (1 when the last reading succeeded).
 """
 
@@ -119,6 +121,14 @@ class QueueCollector(Collector):
         )
         dlq.add_metric([report.dead_letter_stream], report.dead_letters_total)
         yield dlq
+        jobs = CounterMetricFamily(
+            "embedstream_jobs",
+            "Jobs finished, by final status (each job counted once).",
+            labels=["status"],
+        )
+        jobs.add_metric(["completed"], report.jobs_completed)
+        jobs.add_metric(["failed"], report.jobs_failed)
+        yield jobs
 
 
 class QueueMetrics:

@@ -146,6 +146,12 @@ class StreamNames:
         return f"{self.base}:dlq:counts"
 
     @property
+    def job_counts(self) -> str:
+        """Hash ``completed``/``failed`` -> jobs finished so far (the job bookkeeping
+        counts each job once, when it finishes; never expires)."""
+        return f"{self.base}:jobs:counts"
+
+    @property
     def pattern(self) -> str:
         """A SCAN/KEYS pattern matching every key of the deployment's base (partition
         keys have their own bases: ``patterns``)."""

@@ -49,6 +49,9 @@ class StatusReport:
     streams: list[StreamView]
     dead_letter_stream: str
     dead_letters_total: int
+    #: jobs finished so far, counted once each by the job bookkeeping
+    jobs_completed: int = 0
+    jobs_failed: int = 0
     #: when it was read (epoch ms, Redis' clock): rates are differences between readings
     time_ms: int = 0
 
@@ -82,11 +85,14 @@ async def collect_status(
     dlq_counts = {as_text(k): int(v) for k, v in dlq_counts_raw.items()}
     now_ms = await server_time_ms(client)
     views = [await _stream_view(client, stream, dlq_counts, now_ms) for stream in streams]
+    completed, failed = await client.hmget(names.job_counts, ["completed", "failed"])
     return StatusReport(
         prefix=names.prefix,
         streams=views,
         dead_letter_stream=names.dlq,
         dead_letters_total=int(await client.xlen(names.dlq)),
+        jobs_completed=int(completed or 0),
+        jobs_failed=int(failed or 0),
         time_ms=now_ms,
     )
 
