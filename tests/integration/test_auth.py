@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -72,8 +73,17 @@ def token(
     return issue_token(AUTH, tenant=tenant, scopes=scopes, subject="svc-a", ttl_s=ttl_s, now=now)
 
 
+@dataclass(frozen=True)
+class FromNow:
+    """A time claim relative to when the token is made: parametrize values are computed
+    at collection, which may be many minutes before the test runs in a long suite."""
+
+    seconds: int
+
+
 def raw_token(secret: str = JWT_SECRET, **claims: Any) -> str:
     now = int(time.time())
+    claims = {k: now + v.seconds if isinstance(v, FromNow) else v for k, v in claims.items()}
     base: dict[str, Any] = {
         "iss": "embedstream",
         "aud": "embedstream-api",
@@ -179,7 +189,7 @@ async def test_401_messages_are_precise_and_never_echo_the_secret(
 @pytest.mark.parametrize(
     ("claims", "secret", "reason"),
     [
-        ({"exp": int(time.time()) - 120}, JWT_SECRET, "has expired"),
+        ({"exp": FromNow(-120)}, JWT_SECRET, "has expired"),
         ({"aud": "someone-else"}, JWT_SECRET, "another audience (expected 'embedstream-api')"),
         ({"iss": "evil"}, JWT_SECRET, "another issuer (expected 'embedstream')"),
         ({}, "another-secret-of-enough-length-0123456789", "signature does not verify"),
@@ -188,8 +198,8 @@ async def test_401_messages_are_precise_and_never_echo_the_secret(
         ({"exp": None}, JWT_SECRET, "lacks the 'exp' claim"),
         ({"scope": "jobs:read root"}, JWT_SECRET, "unknown scope(s) root"),
         ({"tenant": "bad tenant!"}, JWT_SECRET, "'tenant' claim is invalid: 1-64 characters"),
-        ({"exp": int(time.time()) + 86_400}, JWT_SECRET, "accepts at most 3600 s"),
-        ({"iat": int(time.time()) + 600}, JWT_SECRET, "not valid yet"),
+        ({"exp": FromNow(86_400)}, JWT_SECRET, "accepts at most 3600 s"),
+        ({"iat": FromNow(600)}, JWT_SECRET, "not valid yet"),
     ],
     ids=[
         "expired",
