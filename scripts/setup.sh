@@ -37,6 +37,19 @@ ensure_chromium() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 }
 
+# The ingress benchmark (python -m bench.ingress) loads the API with Debian's wrk, a
+# compiled HTTP load generator, so the load generator is not what is measured.
+ensure_wrk() {
+  if command -v wrk >/dev/null 2>&1; then return; fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    log "no apt-get: install wrk yourself, or bench.ingress cannot run"
+    return
+  fi
+  log "installing Debian's wrk (the ingress benchmark's load generator)"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+}
+
 # The alert and recording rules are checked with promtool, and an integration test runs a
 # real Prometheus against the API's /metrics (tests/deploy/test_prometheus.py): Debian's
 # prometheus package brings both.
@@ -56,6 +69,7 @@ ensure_prometheus() {
 ensure_redis
 ensure_postgres
 ensure_chromium
+ensure_wrk
 ensure_prometheus
 
 PY=${PYTHON:-python3}

@@ -195,6 +195,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+#: How ``run_api`` runs uvicorn (the ingress benchmark serves its floor app with the same).
+UVICORN_OPTIONS: dict[str, object] = {
+    "access_log": False,  # RequestContextMiddleware writes one structured line per request
+    "log_config": None,  # uvicorn's loggers go to ours (with secrets redacted)
+    "proxy_headers": True,
+    "server_header": False,
+    "timeout_graceful_shutdown": 30,
+}
+
+
 def run_api(settings: Settings) -> None:
     """Serve the ingress with uvicorn on ``settings.api.host:port`` (blocks)."""
     import uvicorn
@@ -203,9 +213,5 @@ def run_api(settings: Settings) -> None:
         create_app(settings),
         host=settings.api.host,
         port=settings.api.port,
-        access_log=False,  # RequestContextMiddleware writes one structured line per request
-        log_config=None,  # uvicorn's loggers go to ours (with secrets redacted)
-        proxy_headers=True,
-        server_header=False,
-        timeout_graceful_shutdown=30,
+        **UVICORN_OPTIONS,  # type: ignore[arg-type]
     )
