@@ -11,17 +11,10 @@ from __future__ import annotations
 
 from embedstream.jobs.inflight import COUNT_LUA
 
-# Accept a request: idempotency key + job record + one XADD per command, each counted
-# in flight for its document (embedstream.jobs.inflight).
-# KEYS: idempotency key (the job key again when the request has none: every key is
-#       declared, none is '', so the script runs on a Redis Cluster too), job key, job
-#       documents key, ingest stream, in-flight counts, in-flight entries
-# ARGV: job_id, request_hash, created_at, ttl_s, tenant, traceparent ('' when none),
-#       n_docs, then per document: document_id, kind, n_fields, field, value, ...
-# Returns {job_id, "new"|"existing"|"conflict"}
-SUBMIT = (
-    COUNT_LUA
-    + """
+# The start of a submit (``SUBMIT``, ``OPEN_JOB``), same KEYS and ARGV as theirs: the
+# idempotency record (an existing one answers at once: 'existing', or 'conflict' for
+# another request hash), then the job record; leaves ``n`` (the number of documents).
+OPEN_RECORD = """
 if KEYS[1] ~= KEYS[2] then
   local existing = redis.call('HMGET', KEYS[1], 'job_id', 'request_hash')
   if existing[1] then
@@ -35,6 +28,20 @@ local n = tonumber(ARGV[7])
 redis.call('HSET', KEYS[2], 'id', ARGV[1], 'tenant', ARGV[5], 'state', 'queued',
            'documents', n, 'done', 0, 'failed', 0, 'created_at', ARGV[3])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'traceparent', ARGV[6]) end
+"""
+
+# Accept a request: idempotency key + job record + one XADD per command, each counted
+# in flight for its document (embedstream.jobs.inflight).
+# KEYS: idempotency key (the job key again when the request has none: every key is
+#       declared, none is '', so the script runs on a Redis Cluster too), job key, job
+#       documents key, ingest stream, in-flight counts, in-flight entries
+# ARGV: job_id, request_hash, created_at, ttl_s, tenant, traceparent ('' when none),
+#       n_docs, then per document: document_id, kind, n_fields, field, value, ...
+# Returns {job_id, "new"|"existing"|"conflict"}
+SUBMIT = (
+    COUNT_LUA
+    + OPEN_RECORD
+    + """
 local i = 8
 for _ = 1, n do
   local doc, kind, nfields = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
@@ -66,20 +73,9 @@ return {ARGV[1], 'new'}
 #       n_docs, then per document: document_id, kind
 # Returns {job_id, "new"|"existing"|"conflict"} (whether an existing job was enqueued
 # completely, its record's ``enqueued``, is read apart: its key is not declared here)
-OPEN_JOB = """
-if KEYS[1] ~= KEYS[2] then
-  local existing = redis.call('HMGET', KEYS[1], 'job_id', 'request_hash')
-  if existing[1] then
-    if existing[2] ~= ARGV[2] then return {existing[1], 'conflict'} end
-    return {existing[1], 'existing'}
-  end
-  redis.call('HSET', KEYS[1], 'job_id', ARGV[1], 'request_hash', ARGV[2])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-end
-local n = tonumber(ARGV[7])
-redis.call('HSET', KEYS[2], 'id', ARGV[1], 'tenant', ARGV[5], 'state', 'queued',
-           'documents', n, 'done', 0, 'failed', 0, 'created_at', ARGV[3])
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'traceparent', ARGV[6]) end
+OPEN_JOB = (
+    OPEN_RECORD
+    + """
 for i = 8, 7 + n * 2, 2 do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1] .. '|')
 end
@@ -87,6 +83,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 return {ARGV[1], 'new'}
 """
+)
 
 # Add one partition's commands of a job, once: a second call (a retried request) finds
 # the marker and answers the entry ids of the first.

@@ -109,6 +109,20 @@ class JobTracker:
 
     # -- accepting -------------------------------------------------------------------
 
+    def _record_args(
+        self, job_id: str, body_hash: str, tenant: str, traceparent: str | None, documents: int
+    ) -> list[Any]:
+        """The ARGV both submit scripts start with (``scripts.OPEN_RECORD``)."""
+        return [
+            job_id,
+            body_hash,
+            datetime.now(UTC).isoformat(),
+            self.ttl_s,
+            tenant,
+            traceparent or "",
+            documents,
+        ]
+
     async def submit(
         self,
         job_id: str,
@@ -132,15 +146,7 @@ class JobTracker:
                 body_hash=body_hash,
                 traceparent=traceparent,
             )
-        args: list[Any] = [
-            job_id,
-            body_hash,
-            datetime.now(UTC).isoformat(),
-            self.ttl_s,
-            tenant,
-            traceparent or "",
-            len(submissions),
-        ]
+        args = self._record_args(job_id, body_hash, tenant, traceparent, len(submissions))
         for sub in submissions:
             fields = sub.envelope.to_fields()
             args.extend((sub.document_id, sub.kind, len(fields)))
@@ -185,15 +191,7 @@ class JobTracker:
         retry is a new job, and the open one expires with its TTL."""
         keys = JobKeys.of(self.names, job_id)
         idem_key = self.idempotency_key(tenant, idempotency_key) if idempotency_key else keys.record
-        args: list[Any] = [
-            job_id,
-            body_hash,
-            datetime.now(UTC).isoformat(),
-            self.ttl_s,
-            tenant,
-            traceparent or "",
-            len(submissions),
-        ]
+        args = self._record_args(job_id, body_hash, tenant, traceparent, len(submissions))
         for sub in submissions:
             args.extend((sub.document_id, sub.kind))
         reply: list[bytes] = await self._open(
