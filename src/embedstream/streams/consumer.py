@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeAlias, TypeVar
@@ -173,11 +173,19 @@ class StreamConsumer:
 
     # -- finishing -------------------------------------------------------------------
 
-    async def finish(self, done: Sequence[tuple[str, Ack]], dead: Sequence[Dead]) -> None:
+    async def finish(
+        self,
+        done: Sequence[tuple[str, Ack]],
+        dead: Sequence[Dead],
+        *,
+        replicated: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         """One MULTI/EXEC: publish follow-ups, run extra ops, dead-letter, then XACK.
 
         Every key involved shares the deployment's hash tag (``StreamNames``), so on a
-        Redis Cluster this is one transaction on one node too."""
+        Redis Cluster this is one transaction on one node too. ``replicated(key)``: how
+        the writes to another slot are waited for on the replicas before the XACK (see
+        below); ``replica_ack.wait`` once by default."""
         if not done and not dead:
             return
         if not dead and not any(ack.publish or ack.ops for _, ack in done):
@@ -212,11 +220,15 @@ class StreamConsumer:
             slot = own if key is None else key_slot(key.encode())
             by_slot.setdefault(slot, []).append(op)
             by_key.setdefault(slot, key or self.stream)
+        confirm = replicated or self._replicated_once
         for slot, ops in by_slot.items():
             if slot != own:
                 await self._transaction([(None, op) for op in ops], [])
-                await self.replica_ack.wait(self.client, by_key[slot])
+                await confirm(by_key[slot])
         await self._transaction([(None, op) for op in by_slot.get(own, [])], ids)
+
+    async def _replicated_once(self, key: str) -> None:
+        await self.replica_ack.wait(self.client, key)
 
     async def _transaction(
         self, writes: Sequence[tuple[str | None, TransactionOp]], ack_ids: Sequence[str]
