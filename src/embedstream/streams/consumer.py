@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeAlias, TypeVar
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import ResponseError
+from redis.exceptions import ResponseError, SlotNotCoveredError
 
 from embedstream.adapters.redis_client import NO_REPLICA_ACK, ReplicaAck, is_cluster_client
 from embedstream.errors import GroupMissingError
@@ -90,7 +91,8 @@ class StreamConsumer:
         # (A cluster client has a pool per node; ``create_redis`` drops the conversion
         # from the cluster client itself.)
         self._reader: Any = client  # Any: redis-py leaves execute_command untyped
-        if not is_cluster_client(client):
+        self._cluster: RedisCluster | None = client if isinstance(client, RedisCluster) else None
+        if self._cluster is None:
             reader = redis.Redis(connection_pool=client.connection_pool)
             reader.response_callbacks.pop("XREADGROUP", None)
             self._reader = reader
@@ -121,10 +123,23 @@ class StreamConsumer:
 
     async def read_new(self, count: int, block_ms: int | None) -> list[RawEntry]:
         block = () if block_ms is None else ("BLOCK", block_ms)
-        reply: Any = await self._reader.execute_command(
+        command = (
             "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count, *block,
             "STREAMS", self.stream, ">",
         )  # fmt: skip
+        reply: Any
+        if self._cluster is not None:
+            # straight to the node serving the stream: XREADGROUP's keys are "movable",
+            # and redis-py would ask a node (COMMAND GETKEYS, twice) where to send every
+            # read. After a failover or a resharding the node is wrong once: that call
+            # fails (MOVED, or the connection), redis-py refreshes its slot map, the
+            # runner waits the error out and the next read goes to the new node.
+            node = self._cluster.get_node_from_key(self.stream)
+            if node is None:
+                raise SlotNotCoveredError(f"no node serves the slot of {self.stream!r} (yet)")
+            reply = await self._cluster.execute_command(*command, target_nodes=node)
+        else:
+            reply = await self._reader.execute_command(*command)
         if not reply:
             return []
         # RESP3 answers {stream: entries}, RESP2 [[stream, entries]]
