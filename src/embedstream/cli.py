@@ -457,3 +457,26 @@ def main() -> None:
         # a service that does not answer: say which, without a traceback
         print(f"embedstream: cannot reach a service: {type(exc).__name__}: {exc}", file=sys.stderr)
         raise SystemExit(ExitCode.FAILED) from None
+
+
+@app.command()
+def keda(
+    out: Annotated[
+        Path | None,
+        typer.Option(help="write triggers-{stage}.json into this folder (default: print them)"),
+    ] = None,
+) -> None:
+    """KEDA triggers for this deployment's stream layout (EMBEDSTREAM_STREAM_PREFIX,
+    EMBEDSTREAM_PARTITIONS, cluster or not): one JSON patch per stage's ScaledObject, for a
+    kustomize overlay of deploy/k8s/keda (see deploy/k8s/keda-cluster)."""
+    from embedstream.deploy.keda import patch_file, trigger_patch
+
+    names = _names(cli_settings())
+    for stage in PIPELINE:
+        text = json.dumps(trigger_patch(names, stage.name), indent=2) + "\n"
+        if out is None:
+            typer.echo(f"// {patch_file(stage.name)}\n{text}", nl=False)
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        (out / patch_file(stage.name)).write_text(text)
+        console.print(f"wrote {out / patch_file(stage.name)}")

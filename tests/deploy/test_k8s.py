@@ -49,7 +49,7 @@ def keda_docs() -> list[dict[str, Any]]:
     return render("keda")
 
 
-@pytest.mark.parametrize("tree", ["base", "keda"])
+@pytest.mark.parametrize("tree", ["base", "keda", "keda-cluster"])
 def test_kubernetes_objects_pass_the_kubernetes_schemas(tree: str, tmp_path: Path) -> None:
     docs = [d for d in render(tree) if not d["apiVersion"].startswith("keda.sh/")]
     path = tmp_path / "rendered.yaml"

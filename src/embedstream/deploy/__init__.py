@@ -1,0 +1,1 @@
+"""What the deployment files are generated from (``embedstream keda``)."""
