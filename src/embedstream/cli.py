@@ -132,7 +132,12 @@ def worker(
         install_stop_signals(stop)
         await run_stage(stage_named(kind), settings, stop, burst=burst)
 
-    asyncio.run(main())
+    from embedstream.streams.partitions import ClusterNotConfigured, PartitionsChanged
+
+    try:
+        asyncio.run(main())
+    except (ClusterNotConfigured, PartitionsChanged) as exc:  # settings to fix: no traceback
+        raise fail(str(exc)) from None
 
 
 @app.command()
@@ -170,9 +175,13 @@ def init(as_json: Annotated[bool, JsonOption] = False) -> None:
 
 def _init_streams(settings: Settings) -> list[dict[str, Any]]:
     from embedstream.streams.init import init_streams
+    from embedstream.streams.partitions import ClusterNotConfigured
 
     names = _names(settings)
-    items = _with_redis(settings, lambda client: init_streams(client, names))
+    try:
+        items = _with_redis(settings, lambda client: init_streams(client, names))
+    except ClusterNotConfigured as exc:
+        raise fail(str(exc)) from None
     return [{"stream": i.stream, "group": i.group, "created": i.created} for i in items]
 
 

@@ -4,6 +4,9 @@ a local Redis Cluster, and the durable-acknowledgement option (WAIT)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Sequence
 
@@ -154,3 +157,29 @@ async def test_wait_counts_the_replicas_of_the_node_that_took_the_write(
             await client.delete(stream, f"{stream}:replicated")
     finally:
         await client.aclose()
+
+
+def test_a_cluster_node_addressed_as_a_single_redis_is_refused_with_what_to_set(
+    redis_cluster: LocalRedisCluster, prefix: str
+) -> None:
+    """A plain ``redis://`` URL to a cluster node: the worker and ``init`` stop at once
+    and say what to set, instead of failing later with MOVED on other nodes' slots."""
+    node = redis_cluster.nodes[0]
+    env = {
+        **os.environ,
+        "EMBEDSTREAM_REDIS_URL": f"redis://127.0.0.1:{node.port}/0",
+        "EMBEDSTREAM_STREAM_PREFIX": prefix,
+        "EMBEDSTREAM_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test",
+    }
+    cli = [sys.executable, "-c", "from embedstream.cli import main; main()"]
+    for command in (["worker", "persist", "--burst"], ["init"]):
+        done = subprocess.run(
+            [*cli, *command], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert done.returncode == 1, (command, done.stdout, done.stderr)
+        assert "names a node of a Redis Cluster" in done.stderr, done.stderr
+        assert "redis+cluster://" in done.stderr and "Traceback" not in done.stderr
+    # the same deployment, told it is a cluster, starts
+    env["EMBEDSTREAM_REDIS_CLUSTER"] = "true"
+    done = subprocess.run([*cli, "init"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -15,6 +15,7 @@ from redis.exceptions import ResponseError
 
 from embedstream.errors.redis import is_busygroup
 from embedstream.streams.names import StreamNames
+from embedstream.streams.partitions import check_cluster_mode
 
 # Creates an empty stream (XADD then trim to nothing) only where the key is missing, in
 # one atomic step: an existing stream is never trimmed.
@@ -37,6 +38,7 @@ class Created:
 async def init_streams(client: redis.Redis, names: StreamNames) -> list[Created]:
     """Create each stage's group (at the start of its stream, creating the stream), then
     the streams no stage reads from (results, dead letters). Idempotent."""
+    await check_cluster_mode(client, names)
     report: list[Created] = []
     for stream, group in names.stage_groups():
         try:

@@ -31,6 +31,31 @@ from embedstream.errors.redis import is_no_such_stream
 from embedstream.streams.names import PIPELINE, StreamNames, as_text
 
 
+class ClusterNotConfigured(RuntimeError):
+    """The Redis named by a plain ``redis://`` URL is a node of a Redis Cluster."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "EMBEDSTREAM_REDIS_URL names a node of a Redis Cluster, but the settings say a "
+            "single Redis: every key of another node's slots would be answered MOVED. Use "
+            "a redis+cluster:// URL (or set EMBEDSTREAM_REDIS_CLUSTER=true) in every process."
+        )
+
+
+async def check_cluster_mode(client: redis.Redis, names: StreamNames) -> None:
+    """``ClusterNotConfigured`` when a single-Redis client talks to a cluster node (the
+    other way round, redis-py's cluster client refuses a node without cluster mode). A
+    server that does not answer INFO (renamed on some managed offerings) is not checked."""
+    if names.cluster:
+        return
+    try:
+        info: dict[str, Any] = await client.info("cluster")
+    except ResponseError:
+        return
+    if int(info.get("cluster_enabled") or 0) == 1:
+        raise ClusterNotConfigured
+
+
 class PartitionsChanged(RuntimeError):
     """The configured number of partitions differs from the recorded one while the
     recorded layout has work pending."""
@@ -53,7 +78,9 @@ async def recorded_partitions(client: redis.Redis, names: StreamNames) -> int | 
 
 async def check_partitions(client: redis.Redis, names: StreamNames) -> None:
     """Record ``names.partitions`` or agree with the recorded number (module doc);
-    ``PartitionsChanged`` when the recorded layout differs and has work pending."""
+    ``PartitionsChanged`` when the recorded layout differs and has work pending;
+    ``ClusterNotConfigured`` when a cluster is addressed as a single Redis."""
+    await check_cluster_mode(client, names)
     recorded = await recorded_partitions(client, names)
     if recorded is None:
         if names.partitions == 1:
