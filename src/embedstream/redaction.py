@@ -68,7 +68,12 @@ def redact_text(text: str) -> str:
     return text
 
 
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
 def redact_value(value: Any, depth: int = 0) -> Any:
+    if type(value) in _PLAIN:  # most fields of a log line: nothing to redact
+        return value
     if isinstance(value, str):
         return redact_text(value)
     if depth > 8:
