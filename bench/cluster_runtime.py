@@ -3,10 +3,14 @@
 Starts a real local Redis Cluster (three primaries, one replica each, on free ports;
 ``bench.redis_cluster``) next to the single Redis, and measures side by side in one run:
 
-1. **per-process cost**: no-op messages/s of one consumer process (embedstream's
-   ``StreamWorker``, default settings, batch 100) on one stream of the single Redis and
-   on one stream of the cluster (its keys hash-tagged as a deployment's are). Cases run
-   interleaved, ``--reps`` times, medians shown.
+1. **per-process cost**: no-op messages/s and CPU per message of one consumer process
+   (embedstream's ``StreamWorker``, default settings, batch 100; its client connected
+   before the clock starts) on one stream of the single Redis, on one stream of the
+   cluster (its keys hash-tagged as a deployment's are) and on one stream of a cluster
+   of three primaries without replicas (the same protocol, without the replication
+   work: each entry a consumer reads is propagated to the replica as an XCLAIM, and the
+   replicas run on the same cores). Cases run interleaved, ``--reps`` times, medians
+   shown.
 2. **partitions**: aggregate messages/s on the cluster over 1 partition stream with one
    consumer process and over 3 partition streams (each with its own hash tag, so the
    cluster spreads them over its shards) with one consumer process per partition. Each
@@ -15,8 +19,10 @@ Starts a real local Redis Cluster (three primaries, one replica each, on free po
 
 The machine's cores bound the second figure: three consumer processes and three Redis
 primaries share them. The last line is ``RESULT cluster_vs_single=<x>
-partitions3_vs_1=<x>``: the cluster's per-process rate over the single node's, and the
-aggregate rate over 3 partitions over that of 1.
+partitions3_vs_1=<x> cluster_cpu_vs_single=<x> cluster_norepl_vs_single=<x>``: the
+cluster's per-process rate over the single node's, the aggregate rate over 3 partitions
+over that of 1, the consumer's CPU per message on the cluster over the single node's (the
+per-process cost), and the rate on the cluster without replicas over the single node's.
 """
 
 from __future__ import annotations
@@ -119,21 +125,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     prefix = f"bench-cluster-{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as folder:
         # no AOF: the single Redis it is compared with runs without
-        cluster = LocalRedisCluster.start(Path(folder), appendonly=False)
+        cluster = LocalRedisCluster.start(Path(folder) / "replicated", appendonly=False)
+        bare = LocalRedisCluster.start(Path(folder) / "bare", appendonly=False, replicas=0)
         try:
             single = config(args.redis_url, args.n, args.batch, prefix)
             on_cluster = config(cluster.url, args.n, args.batch, prefix)
-            rates: dict[str, list[float]] = {"single": [], "cluster": [], "p1": [], "p3": []}
-            cpu: dict[str, list[float]] = {"single": [], "cluster": []}
+            on_bare = config(bare.url, args.n, args.batch, prefix)
+            order = ["single", "cluster", "norepl", "p1", "p3"]
+            rates: dict[str, list[float]] = {case: [] for case in order}
+            cpu: dict[str, list[float]] = {"single": [], "cluster": [], "norepl": []}
             for rep in range(args.reps):
-                order = ["single", "cluster", "p1", "p3"]
-                for case in order[rep % 4 :] + order[: rep % 4]:
+                for case in order[rep % 5 :] + order[: rep % 5]:
                     if case == "single":
                         rate, us = per_process_rate(single, f"{prefix}:ingest", args.loop)
                         cpu[case].append(us)
-                    elif case == "cluster":
+                    elif case in ("cluster", "norepl"):
                         stream = f"{{{prefix}}}:ingest"
-                        rate, us = per_process_rate(on_cluster, stream, args.loop)
+                        target = on_cluster if case == "cluster" else on_bare
+                        rate, us = per_process_rate(target, stream, args.loop)
                         cpu[case].append(us)
                     else:  # a deployment's partition streams (their own hash tags)
                         n = 1 if case == "p1" else 3
@@ -143,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     print(f"  rep {rep + 1} {case:<8} {rate:>9,.0f} msg/s", file=sys.stderr)
         finally:
             cluster.stop()
+            bare.stop()
     med = {case: statistics.median(values) for case, values in rates.items()}
     us = {case: statistics.median(values) for case, values in cpu.items()}
     cores = os.cpu_count() or 0
@@ -153,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"| one process, single Redis | {med['single']:,.0f} | {us['single']:.1f} |\n"
         f"| one process, Redis Cluster (3 primaries + 3 replicas) | {med['cluster']:,.0f} "
         f"| {us['cluster']:.1f} |\n"
+        f"| one process, Redis Cluster without replicas (3 primaries) | {med['norepl']:,.0f} "
+        f"| {us['norepl']:.1f} |\n"
         f"| cluster, 1 partition, 1 process | {med['p1']:,.0f} | |\n"
         f"| cluster, 3 partitions, 3 processes (aggregate) | {med['p3']:,.0f} | |\n\n"
         "cluster_vs_single: messages/s of one process, cluster over single node; "
@@ -160,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "single node (the client-side cost; the rest is the servers' and the network's).\n"
         f"RESULT cluster_vs_single={med['cluster'] / med['single']:.2f} "
         f"partitions3_vs_1={med['p3'] / med['p1']:.2f} "
-        f"cluster_cpu_vs_single={us['cluster'] / us['single']:.2f}"
+        f"cluster_cpu_vs_single={us['cluster'] / us['single']:.2f} "
+        f"cluster_norepl_vs_single={med['norepl'] / med['single']:.2f}"
     )
 
 

@@ -59,6 +59,7 @@ class LocalRedisCluster:
 
     nodes: list[ClusterNode] = field(default_factory=list)
     appendonly: bool = True
+    replicas: int = REPLICAS_PER_PRIMARY
 
     @property
     def url(self) -> str:
@@ -67,16 +68,21 @@ class LocalRedisCluster:
 
     @classmethod
     def start(
-        cls, folder: Path, within_s: float = 60, *, appendonly: bool = True
+        cls,
+        folder: Path,
+        within_s: float = 60,
+        *,
+        appendonly: bool = True,
+        replicas: int = REPLICAS_PER_PRIMARY,
     ) -> LocalRedisCluster:
         """Start the nodes and join them; ``appendonly=False`` for benchmarks compared
-        with a single Redis that runs without AOF."""
+        with a single Redis that runs without AOF; ``replicas`` per primary."""
         server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if server is None or cli is None:
             raise RuntimeError("redis-server and redis-cli must be on PATH (apt-get install redis)")
-        cluster = cls(appendonly=appendonly)
+        cluster = cls(appendonly=appendonly, replicas=replicas)
         try:
-            for index in range(PRIMARIES * (1 + REPLICAS_PER_PRIMARY)):
+            for index in range(PRIMARIES * (1 + replicas)):
                 node_folder = folder / f"node-{index}"
                 node_folder.mkdir(parents=True)
                 node = ClusterNode(cluster_port({n.port for n in cluster.nodes}), node_folder)
@@ -86,7 +92,7 @@ class LocalRedisCluster:
                 _wait_for(lambda n=node: _pings(n), within_s, f"node {node.address} to start")
             subprocess.run(
                 [cli, "--cluster", "create", *(n.address for n in cluster.nodes),
-                 "--cluster-replicas", str(REPLICAS_PER_PRIMARY), "--cluster-yes"],
+                 "--cluster-replicas", str(replicas), "--cluster-yes"],
                 check=True, capture_output=True, timeout=within_s,
             )  # fmt: skip
             cluster.wait_healthy(within_s)
@@ -136,7 +142,7 @@ class LocalRedisCluster:
                 )
                 # every replica attached and done with its initial sync (WAIT counts
                 # only those), unless a test has killed a node on purpose
-                if online < REPLICAS_PER_PRIMARY and len(live) == len(self.nodes):
+                if online < self.replicas and len(live) == len(self.nodes):
                     return False
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
             return False

@@ -323,6 +323,9 @@ async def consume_embedstream(
         metrics=metrics,
     )
     try:
+        # connected before the clock starts: a cluster client's first command reads the
+        # slot map and the server's command table (tens of ms, once per process)
+        await client.ping()
         run.start()
         if burst:
             await worker.run(burst=True)

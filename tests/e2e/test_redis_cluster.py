@@ -240,25 +240,11 @@ async def completed_jobs(cluster: LocalRedisCluster, stack: Stack, jobs: set[str
     }
 
 
-# Known defect (issue 16 stays open for it): with 3 partitions the test passes alone
-# (~36 s, 0 lost) but failed in full-suite runs on a loaded 2-core machine: "57 accepted,
-# 24 lost", with the persist worker's WAIT timing out on partition 0 ("... within 2000 ms:
-# check the replicas' health and lag") around the failovers. Whether those documents were
-# dead-lettered or only late (the test waits 120 s for their job events) is not known yet.
-@pytest.mark.parametrize(
-    "partitions",
-    [
-        1,
-        pytest.param(
-            3,
-            marks=pytest.mark.xfail(
-                reason="durable failover with 3 partitions loses accepted documents under "
-                "load (workers' WAIT timeouts after the restart): open in issue 16",
-                strict=False,
-            ),
-        ),
-    ],
-)
+# With 3 partitions the workers' writes to the job's slot are waited for on the replicas
+# before their XACK; while a failover leaves that slot without a replica, the workers wait
+# with the entries leased (this test lost documents before: each WAIT timeout spent a
+# delivery, and the delivery cap dead-lettered them as failed jobs).
+@pytest.mark.parametrize("partitions", [1, 3])
 async def test_with_durable_acks_every_accepted_document_survives_failovers(
     tmp_path: Path, own_cluster: LocalRedisCluster, partitions: int
 ) -> None:

@@ -5,6 +5,7 @@ of partitions while work is pending."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import uuid
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
+from embedstream.adapters.redis_client import ReplicaAck, ReplicationTimeout
 from embedstream.config import ConsumerSettings
 from embedstream.jobs.tracker import JobTracker, Submission
 from embedstream.schemas.envelope import Envelope
@@ -218,3 +220,69 @@ async def test_a_change_of_partitions_is_refused_while_work_is_pending(
             await redis_client.xack(stream, group, *ids)
     await check_partitions(redis_client, one)
     assert await redis_client.get(names.partitions_key) == b"1"
+
+
+class ReplicasShort(ReplicaAck):
+    """``EMBEDSTREAM_REDIS_MIN_REPLICAS_ACK=1`` on a cluster whose slots are short of a
+    replica for the first ``failures`` waits (a failover under way): WAIT answers too
+    few, as Redis does then; after that the real WAIT on the cluster's replicas."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(replicas=1, timeout_ms=100)
+        object.__setattr__(self, "left", [failures])
+        object.__setattr__(self, "waits", [0])
+
+    async def wait(self, client: redis.Redis, key: str) -> None:
+        self.waits[0] += 1  # type: ignore[attr-defined]
+        if self.left[0] > 0:  # type: ignore[attr-defined]
+            self.left[0] -= 1  # type: ignore[attr-defined]
+            raise ReplicationTimeout(1, 0, self.timeout_ms)
+        await super().wait(client, key)
+
+
+@pytest.mark.parametrize("redis_backend", ["cluster"], indirect=True)
+async def test_replicas_short_for_a_while_delay_the_ack_without_spending_deliveries(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    clean: None,
+    fast_settings: ConsumerSettings,
+) -> None:
+    """With durable acks on a cluster with partitions, a worker's writes in the job's
+    slot are waited for on the replicas before its XACK. While the slot is short of
+    replicas (longer than the visibility timeout here), the worker keeps its entries
+    leased and waits: they are settled once, on their first delivery, not redelivered
+    until the delivery cap dead-letters them for the servers' state."""
+    tracker = JobTracker(redis_client, names)
+    job_id = uuid.uuid4().hex
+    await tracker.submit(job_id, submissions(job_id, DOCS[:9]), tenant=TENANT)
+
+    async def handler(messages: Sequence[Message[Envelope]]) -> Sequence[Outcome]:
+        return [DeadLetter(ValueError("refused by the handler")) for _ in messages]
+
+    short = ReplicasShort(failures=5)
+    for view in names.views():
+        worker = StreamWorker(
+            redis_client,
+            view,
+            view.ingest,
+            EMBED.group,
+            handler,
+            fast_settings,
+            dead_letter_ops=tracker.dead_letter_ops(EMBED.name),
+            replica_ack=short,
+        )
+        await asyncio.wait_for(worker.run(burst=True), 60)
+
+    assert short.waits[0] > 5  # type: ignore[attr-defined]
+    letters = await redis_client.xrange(names.dlq)
+    assert len(letters) == 9
+    # each settled on its first delivery, with the handler's reason
+    assert {(f[b"dlq_attempts"], f[b"dlq_error"]) for _, f in letters} == {
+        (b"1", b"refused by the handler")
+    }
+    for stream in names.ingest_streams():
+        assert (await redis_client.xpending(stream, EMBED.group))["pending"] == 0
+    status = await tracker.status(job_id)
+    assert status is not None and (status.state, status.failed) == ("failed", 9)
+    results = await redis_client.xrange(names.results)
+    assert [Envelope.from_fields(f).type for _, f in results] == ["job.failed.v1"]

@@ -531,10 +531,10 @@ async def test_drain_timeout_during_the_ack_write_still_completes_the_write(
     finish = w.consumer.finish
     writing = asyncio.Event()
 
-    async def slow_finish(*args: Any) -> None:
+    async def slow_finish(*args: Any, **kwargs: Any) -> None:
         writing.set()
         await asyncio.sleep(0.5)
-        await finish(*args)
+        await finish(*args, **kwargs)
 
     w.consumer.finish = slow_finish  # type: ignore[method-assign]
     stop = asyncio.Event()

@@ -65,8 +65,17 @@ FAILOVER_REPLIES = ("UNBLOCKED", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAG
 
 def is_failover_reply(exc: ResponseError) -> bool:
     """A reply a primary gives while it is being demoted or a replica promoted (a blocked
-    XREADGROUP is answered ``UNBLOCKED ... (master -> replica?)``): wait and retry."""
-    return str(exc).startswith(FAILOVER_REPLIES)
+    XREADGROUP is answered ``UNBLOCKED ... (master -> replica?)``): wait and retry.
+    redis-py raises its own classes for some of them (``ClusterDownError`` reads "The
+    cluster is down", without the code), so the class counts as much as the text."""
+    return isinstance(exc, CLUSTER_FAILOVER) or str(exc).startswith(FAILOVER_REPLIES)
+
+
+def is_no_such_stream(exc: ResponseError) -> bool:
+    """What XINFO answers for a stream that does not exist (and nothing else: a
+    cluster's CLUSTERDOWN during a failover is a ``ResponseError`` too, and says nothing
+    about the stream)."""
+    return str(exc).lower().startswith(("no such key", "err no such key"))
 
 
 def is_busygroup(exc: ResponseError) -> bool:

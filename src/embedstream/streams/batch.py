@@ -90,6 +90,9 @@ class BatchProcessor(Generic[T]):
     stats: RunStats
     log: FilteringBoundLogger = field(init=False)
     metrics: ConsumerMetrics = field(default_factory=ConsumerMetrics.off)
+    stopping: bool = field(default=False, init=False)
+    """Set by the runner when a drain gives up on its batches: a wait for the replicas
+    (``_replicated``) ends then, leaving the entries pending."""
 
     def __post_init__(self) -> None:
         consumer = self.consumer
@@ -219,12 +222,31 @@ class BatchProcessor(Generic[T]):
 
     async def _finish(self, done: list[tuple[str, Ack]], dead: list[Dead]) -> None:
         """Write acks, follow-ups and dead letters, retrying through short outages. If
-        Redis stays away, the entries stay pending and are redelivered later."""
+        Redis stays away, the entries stay pending and are redelivered later.
+
+        On a cluster with partitions and ``EMBEDSTREAM_REDIS_MIN_REPLICAS_ACK``, the
+        writes in other slots are waited for on the replicas before the XACK, as long as
+        that takes (``_replicated``), with the entries leased meanwhile: a slot short of
+        replicas (a failover under way) is the state of the servers, not the message's
+        fault, and must not spend its deliveries (nor dead-letter it at the cap)."""
+        lease: BatchLease | None = None
+        consumer = self.consumer
+        if consumer.split_by_slot and consumer.replica_ack.replicas > 0:
+            ids = [entry_id for entry_id, _ in done] + [item.entry_id for item in dead]
+            visibility_ms = self.settings.visibility_timeout_ms
+            lease = BatchLease(consumer, ids, visibility_ms, renewed=self.metrics.lease_renewed)
+        try:
+            await self._finish_writes(done, dead)
+        finally:
+            if lease is not None:
+                await lease.release()
+
+    async def _finish_writes(self, done: list[tuple[str, Ack]], dead: list[Dead]) -> None:
         deadline = time.monotonic() + self.settings.visibility_timeout_ms / 1000
         backoff = Backoff()
         while True:
             try:
-                await self.consumer.finish(done, dead)
+                await self.consumer.finish(done, dead, replicated=self._replicated)
             except TRANSIENT as exc:
                 if time.monotonic() > deadline:
                     self.log.error(
@@ -235,6 +257,26 @@ class BatchProcessor(Generic[T]):
                 continue
             await self._confirm_replicated()
             return
+
+    async def _replicated(self, key: str) -> None:
+        """WAIT until this process's writes to ``key``'s node are on enough replicas,
+        retrying with backoff while they are not; ``ReplicationTimeout`` only once the
+        worker is stopping (the entries then stay pending, to be handled again)."""
+        backoff = Backoff(base=0.1, cap=2.0)
+        while True:
+            try:
+                await self.consumer.replica_ack.wait(self.consumer.client, key)
+                return
+            except ReplicationTimeout as exc:
+                if self.stopping:
+                    raise
+                self.log.warning(
+                    "waiting for replicas before acknowledging",
+                    key=key,
+                    waits=backoff.failures + 1,
+                    error=str(exc),
+                )
+                await asyncio.sleep(backoff.next_delay())
 
     async def _confirm_replicated(self) -> None:
         """With ``EMBEDSTREAM_REDIS_MIN_REPLICAS_ACK``: wait for the replicas after the

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeAlias, TypeVar
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import ResponseError
+from redis.exceptions import ResponseError, SlotNotCoveredError
 
 from embedstream.adapters.redis_client import NO_REPLICA_ACK, ReplicaAck, is_cluster_client
 from embedstream.errors import GroupMissingError
@@ -90,7 +91,8 @@ class StreamConsumer:
         # (A cluster client has a pool per node; ``create_redis`` drops the conversion
         # from the cluster client itself.)
         self._reader: Any = client  # Any: redis-py leaves execute_command untyped
-        if not is_cluster_client(client):
+        self._cluster: RedisCluster | None = client if isinstance(client, RedisCluster) else None
+        if self._cluster is None:
             reader = redis.Redis(connection_pool=client.connection_pool)
             reader.response_callbacks.pop("XREADGROUP", None)
             self._reader = reader
@@ -121,10 +123,23 @@ class StreamConsumer:
 
     async def read_new(self, count: int, block_ms: int | None) -> list[RawEntry]:
         block = () if block_ms is None else ("BLOCK", block_ms)
-        reply: Any = await self._reader.execute_command(
+        command = (
             "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count, *block,
             "STREAMS", self.stream, ">",
         )  # fmt: skip
+        reply: Any
+        if self._cluster is not None:
+            # straight to the node serving the stream: XREADGROUP's keys are "movable",
+            # and redis-py would ask a node (COMMAND GETKEYS, twice) where to send every
+            # read. After a failover or a resharding the node is wrong once: that call
+            # fails (MOVED, or the connection), redis-py refreshes its slot map, the
+            # runner waits the error out and the next read goes to the new node.
+            node = self._cluster.get_node_from_key(self.stream)
+            if node is None:
+                raise SlotNotCoveredError(f"no node serves the slot of {self.stream!r} (yet)")
+            reply = await self._cluster.execute_command(*command, target_nodes=node)
+        else:
+            reply = await self._reader.execute_command(*command)
         if not reply:
             return []
         # RESP3 answers {stream: entries}, RESP2 [[stream, entries]]
@@ -173,11 +188,19 @@ class StreamConsumer:
 
     # -- finishing -------------------------------------------------------------------
 
-    async def finish(self, done: Sequence[tuple[str, Ack]], dead: Sequence[Dead]) -> None:
+    async def finish(
+        self,
+        done: Sequence[tuple[str, Ack]],
+        dead: Sequence[Dead],
+        *,
+        replicated: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         """One MULTI/EXEC: publish follow-ups, run extra ops, dead-letter, then XACK.
 
         Every key involved shares the deployment's hash tag (``StreamNames``), so on a
-        Redis Cluster this is one transaction on one node too."""
+        Redis Cluster this is one transaction on one node too. ``replicated(key)``: how
+        the writes to another slot are waited for on the replicas before the XACK (see
+        below); ``replica_ack.wait`` once by default."""
         if not done and not dead:
             return
         if not dead and not any(ack.publish or ack.ops for _, ack in done):
@@ -212,11 +235,15 @@ class StreamConsumer:
             slot = own if key is None else key_slot(key.encode())
             by_slot.setdefault(slot, []).append(op)
             by_key.setdefault(slot, key or self.stream)
+        confirm = replicated or self._replicated_once
         for slot, ops in by_slot.items():
             if slot != own:
                 await self._transaction([(None, op) for op in ops], [])
-                await self.replica_ack.wait(self.client, by_key[slot])
+                await confirm(by_key[slot])
         await self._transaction([(None, op) for op in by_slot.get(own, [])], ids)
+
+    async def _replicated_once(self, key: str) -> None:
+        await self.replica_ack.wait(self.client, key)
 
     async def _transaction(
         self, writes: Sequence[tuple[str | None, TransactionOp]], ack_ids: Sequence[str]

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
+from embedstream.errors.redis import is_no_such_stream
 from embedstream.schemas.envelope import attributes_of
 from embedstream.streams.dlq_query import DeadLetter, entry_key
 from embedstream.streams.names import StreamNames, as_text
@@ -54,7 +55,9 @@ async def entry_state(
     )
     try:
         groups: list[dict[str, Any]] = await client.xinfo_groups(stream)
-    except ResponseError:  # no such stream
+    except ResponseError as exc:
+        if not is_no_such_stream(exc):
+            raise
         groups = []
     position = entry_key(entry_id)
     for info in groups:

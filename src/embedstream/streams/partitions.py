@@ -27,6 +27,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
+from embedstream.errors.redis import is_no_such_stream
 from embedstream.streams.names import PIPELINE, StreamNames, as_text
 
 
@@ -74,8 +75,10 @@ async def _has_work(client: redis.Redis, stream: str) -> bool:
     group (or entries with no pipeline group to read them yet)."""
     try:
         groups: list[dict[Any, Any]] = await client.xinfo_groups(stream)
-    except ResponseError:
-        return False  # no such stream
+    except ResponseError as exc:
+        if is_no_such_stream(exc):
+            return False
+        raise  # e.g. CLUSTERDOWN: not knowing is not "no work"
     ours = {stage.group for stage in PIPELINE}
     mine = [g for g in groups if as_text(g.get("name")) in ours]
     if not mine:

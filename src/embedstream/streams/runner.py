@@ -200,6 +200,8 @@ class StreamWorker(Generic[T]):
             self._backoff.reset()
             return entries
         except ResponseError as exc:
+            # redis-py's cluster errors (CLUSTERDOWN while a replica is promoted, ...) are
+            # ResponseErrors too: a failover reply is waited out, never raised
             if is_failover_reply(exc):  # e.g. a blocked read on a primary just demoted
                 if not stop.is_set():
                     await self._wait_out(exc)
@@ -265,6 +267,7 @@ class StreamWorker(Generic[T]):
         if not pending:
             return
         self.log.warning("drain timeout: handing back unfinished batches", batches=len(pending))
+        self.batches.stopping = True  # a batch waiting for replicas gives up now
         # Cancel, and cancel again while a batch is still running: a cancellation that
         # lands inside a redis-py call can be lost (see lease.CANCEL_NOTE). Bounded: what is
         # still running after the grace period is left pending, to be reclaimed.

@@ -10,6 +10,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import ResponseError
 
+from embedstream.errors.redis import is_no_such_stream
 from embedstream.streams.names import StreamNames, as_text
 
 
@@ -110,7 +111,9 @@ async def _entries_added(client: redis.Redis, stream: str) -> int | None:
     """Entries ever added to the stream (Redis 7 ``XINFO STREAM``'s ``entries-added``)."""
     try:
         info: dict[str, Any] = await client.xinfo_stream(stream)
-    except ResponseError:
+    except ResponseError as exc:
+        if not is_no_such_stream(exc):
+            raise
         return None
     added = info.get("entries-added")
     return None if added is None else int(added)
@@ -126,7 +129,9 @@ async def _stream_view(
     added = await _entries_added(client, stream)
     try:
         groups: list[dict[str, Any]] = await client.xinfo_groups(stream)
-    except ResponseError:
+    except ResponseError as exc:
+        if not is_no_such_stream(exc):
+            raise
         return view
     for info in groups:
         name = as_text(info["name"])
