@@ -55,6 +55,38 @@ def test_the_document_writes_are_direct_routes() -> None:
     }
 
 
+def dependency_names(route: DirectRoute) -> set[str]:
+    """Every dependency FastAPI would solve for the route (the credential schemes by
+    class), recursively."""
+    names: set[str] = set()
+    stack = list(route.dependant.dependencies)
+    while stack:
+        dependency = stack.pop()
+        call = dependency.call
+        names.add(getattr(call, "__qualname__", type(call).__name__))
+        stack.extend(dependency.dependencies)
+    return names
+
+
+def test_the_direct_handlers_do_what_every_dependency_of_their_routes_does() -> None:
+    """The direct handlers run these dependencies' checks by hand (credential, scope,
+    rate limit, backlog, JSON body, trace context, idempotency key): a dependency added
+    to one of these routes would be skipped on the direct path. This list fails first:
+    when it changes, make ``direct_upsert`` / ``direct_delete`` do the same."""
+    routes = {
+        method: route
+        for route in documents.router.routes
+        if isinstance(route, DirectRoute)
+        for method in route.methods
+    }
+    common = {
+        "APIKeyHeader", "HTTPBearer", "authenticate", "authorize", "check_backpressure",
+        "get_guards", "get_traceparent", "get_tracker",
+    }  # fmt: skip
+    assert dependency_names(routes["POST"]) == common | {"get_api_settings", "require_json"}
+    assert dependency_names(routes["DELETE"]) == common
+
+
 @pytest.mark.parametrize(
     "content_type",
     [
