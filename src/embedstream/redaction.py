@@ -12,6 +12,7 @@ library's handlers) replace:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Mapping
@@ -46,6 +47,12 @@ _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 def is_sensitive_name(name: object) -> bool:
     if not isinstance(name, str):
         return False
+    return _sensitive(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sensitive(name: str) -> bool:
+    """Cached: every log line asks again about the same few field names."""
     normal = name.strip().lower().replace("-", "_")
     return normal in _SENSITIVE_NAMES or normal.endswith(_SENSITIVE_SUFFIXES)
 
@@ -61,7 +68,12 @@ def redact_text(text: str) -> str:
     return text
 
 
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
 def redact_value(value: Any, depth: int = 0) -> Any:
+    if type(value) in _PLAIN:  # most fields of a log line: nothing to redact
+        return value
     if isinstance(value, str):
         return redact_text(value)
     if depth > 8:

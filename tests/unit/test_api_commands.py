@@ -4,13 +4,21 @@ document.upsert.v1 / document.delete.v1 contracts."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import cast
 
 import pytest
 
-from embedstream.api.commands import SOURCE, build_delete, build_upsert, valid_traceparent
+from embedstream.api.commands import (
+    SOURCE,
+    build_delete,
+    build_upsert,
+    build_upserts,
+    valid_traceparent,
+)
 from embedstream.errors import PoisonMessage
-from embedstream.schemas.api import DocumentIn
+from embedstream.ids import random_uuid
+from embedstream.schemas.api import DocumentIn, is_job_id
 from embedstream.schemas.commands import DocumentDelete, DocumentUpsert
 from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.tenancy import chunk_id, document_key, split_document_key
@@ -106,3 +114,63 @@ def test_valid_traceparent(header: str | None, expected: str | None) -> None:
     if header and header.startswith("01-"):
         expected = header  # a later version may append fields
     assert valid_traceparent(header) == expected
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        DocumentIn(id="doc-1", text="hello", metadata={"lang": "en", "page": 3}),
+        DocumentIn(id="dé/jà", text='café ☕ "quoted" \\ \n\t', metadata={}),
+        DocumentIn(
+            id="n",
+            text="numbers",
+            metadata={
+                "big": 2**63 - 1,
+                "small": -(2**63),
+                "f": 0.1,
+                "e": 1e300,
+                "tiny": 5e-324,
+                "neg0": -0.0,
+                "t": True,
+                "u": "\u2028\U0001f600",
+            },
+        ),
+    ],
+)
+def test_build_upserts_writes_what_build_upsert_writes(doc: DocumentIn) -> None:
+    """The one-pass builder serializes payloads itself: the same JSON text as the
+    ``DocumentUpsert`` model, the same attributes but for the id and time."""
+    one = build_upsert("job-1", doc, tenant="acme", traceparent=TRACEPARENT)
+    [many] = build_upserts("job-1", [doc], tenant="acme", traceparent=TRACEPARENT)
+
+    assert many.data == one.data
+    assert DocumentUpsert.model_validate_json(many.data) == one.payload(DocumentUpsert)
+    attributes = {k: v for k, v in json.loads(many.attributes()).items() if k not in ("id", "time")}
+    expected = {k: v for k, v in json.loads(one.attributes()).items() if k not in ("id", "time")}
+    assert attributes == expected
+    decoded = Envelope.from_fields({b"ce": many.attributes().encode(), b"data": many.data})
+    assert decoded == many
+
+
+def test_build_upserts_gives_each_command_its_own_id_and_checks_the_tenant() -> None:
+    docs = [DocumentIn(id=f"d{n}", text="t") for n in range(3)]
+
+    envelopes = build_upserts("job-1", docs, tenant="acme")
+
+    assert [e.subject for e in envelopes] == ["d0", "d1", "d2"]
+    assert len({e.id for e in envelopes}) == 3
+    assert all(e.traceparent is None for e in envelopes)
+    with pytest.raises(ValueError, match="invalid envelope"):
+        build_upserts("job-1", docs, tenant="Not A Tenant")
+    with pytest.raises(ValueError, match="no id"):
+        build_upserts("job-1", [DocumentIn(text="no id")], tenant="acme")
+
+
+def test_random_uuid_is_a_version_4_uuid_and_a_job_id() -> None:
+    ids = {random_uuid() for _ in range(1000)}
+
+    assert len(ids) == 1000
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert (str(parsed), parsed.version, parsed.variant) == (value, 4, uuid.RFC_4122)
+        assert is_job_id(value)

@@ -8,7 +8,13 @@ contracts.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
 
+import msgspec
+from pydantic_core import to_json
+
+from embedstream.ids import random_uuid
 from embedstream.schemas.api import DocumentIn
 from embedstream.schemas.commands import (
     DOCUMENT_DELETE,
@@ -62,6 +68,45 @@ def build_upsert(
         subject=doc.id,
         traceparent=valid_traceparent(traceparent),
     )
+
+
+def build_upserts(
+    job_id: str,
+    documents: Sequence[DocumentIn],
+    *,
+    tenant: str,
+    traceparent: str | None = None,
+) -> list[Envelope]:
+    """``build_upsert`` for every document of a request, in one pass: the envelope's
+    attributes are checked once (the tenant's syntax) and the commands share the
+    request's time. Each ``doc.id`` must be set.
+
+    A ``DocumentIn`` has passed every check ``DocumentUpsert`` makes (the same id and
+    text rules, what both stores can hold), so the payload is serialized directly, by the
+    serializer ``DocumentUpsert.model_dump_json`` uses, to the same JSON text
+    (``tests/unit/test_api_commands.py`` compares the two)."""
+    template = Envelope.new(
+        DOCUMENT_UPSERT,
+        data=b"",
+        source=SOURCE,
+        tenant=tenant,
+        traceparent=valid_traceparent(traceparent),
+        time=datetime.now(UTC),
+    )
+    envelopes: list[Envelope] = []
+    replace = msgspec.structs.replace
+    for doc in documents:
+        if doc.id is None:
+            raise ValueError("the document has no id: assign one before building its command")
+        payload = {
+            "job_id": job_id,
+            "document_id": doc.id,
+            "kind": "upsert",
+            "text": doc.text,
+            "metadata": doc.metadata,
+        }
+        envelopes.append(replace(template, id=random_uuid(), subject=doc.id, data=to_json(payload)))
+    return envelopes
 
 
 def build_delete(

@@ -1,6 +1,8 @@
 """Dependencies of the routes, as ``Annotated`` aliases.
 
-Clients live on ``app.state`` (created by the lifespan), never at module level.
+Clients live on ``app.state`` (created by the lifespan), never at module level. Every
+dependency is an ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread
+(anyio's thread pool), which costs far more than these attribute reads.
 """
 
 from __future__ import annotations
@@ -19,26 +21,27 @@ from embedstream.tracing import current_traceparent
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_api_settings(request: Request) -> ApiSettings:
-    return get_settings(request).api
+async def get_api_settings(request: Request) -> ApiSettings:
+    settings: Settings = request.app.state.settings
+    return settings.api
 
 
-def get_redis(request: Request) -> redis.Redis:
+async def get_redis(request: Request) -> redis.Redis:
     client: redis.Redis = request.app.state.redis
     return client
 
 
-def get_tracker(request: Request) -> JobTracker:
+async def get_tracker(request: Request) -> JobTracker:
     tracker: JobTracker = request.app.state.tracker
     return tracker
 
 
-def get_traceparent(
+async def get_traceparent(
     traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> str | None:
     """The context the request's commands carry: the request's server span when tracing
@@ -47,15 +50,19 @@ def get_traceparent(
     return current_traceparent() or valid_traceparent(traceparent)
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """415 unless the body is declared as JSON (``application/json`` or ``+json``)."""
     content_type = request.headers.get("content-type")
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if not (
-        media_type == "application/json"
-        or (media_type.startswith("application/") and media_type.endswith("+json"))
-    ):
+    if not is_json_media_type(content_type):
         raise UnsupportedMediaType(content_type)
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """``application/json`` or ``application/...+json`` (parameters ignored)."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
 
 
 ApiSettingsDep = Annotated[ApiSettings, Depends(get_api_settings)]

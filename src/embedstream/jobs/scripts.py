@@ -36,21 +36,18 @@ if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'traceparent', ARGV[6]) end
 #       declared, none is '', so the script runs on a Redis Cluster too), job key, job
 #       documents key, ingest stream, in-flight counts, in-flight entries
 # ARGV: job_id, request_hash, created_at, ttl_s, tenant, traceparent ('' when none),
-#       n_docs, then per document: document_id, kind, n_fields, field, value, ...
+#       n_docs, then per document (4 entries): document_id, kind, ce, data (the
+#       envelope's two stream fields, ``Envelope.to_fields``)
 # Returns {job_id, "new"|"existing"|"conflict"}
 SUBMIT = (
     COUNT_LUA
     + OPEN_RECORD
     + """
-local i = 8
-for _ = 1, n do
-  local doc, kind, nfields = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local fields = {}
-  for j = 1, nfields * 2 do fields[j] = ARGV[i + 2 + j] end
-  local id = redis.call('XADD', KEYS[4], '*', unpack(fields))
-  redis.call('HSET', KEYS[3], doc, kind .. '|' .. id)
+for i = 8, 7 + n * 4, 4 do
+  local doc = ARGV[i]
+  local id = redis.call('XADD', KEYS[4], '*', 'ce', ARGV[i + 2], 'data', ARGV[i + 3])
+  redis.call('HSET', KEYS[3], doc, ARGV[i + 1] .. '|' .. id)
   count_in_flight(KEYS[5], KEYS[6], id, ARGV[5] .. '/' .. doc)
-  i = i + 3 + nfields * 2
 end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
@@ -89,21 +86,17 @@ return {ARGV[1], 'new'}
 # the marker and answers the entry ids of the first.
 # KEYS: marker (a hash document_id -> entry id), the partition's ingest stream, its
 #       in-flight counts, its in-flight entries
-# ARGV: ttl_s, tenant, n_docs, then per document: document_id, n_fields, field, value, ...
+# ARGV: ttl_s, tenant, n_docs, then per document (3 entries): document_id, ce, data
 # Returns {document_id, entry id, ...}
 ENQUEUE_PARTITION = (
     COUNT_LUA
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  local i = 4
-  for _ = 1, tonumber(ARGV[3]) do
-    local doc, nfields = ARGV[i], tonumber(ARGV[i + 1])
-    local fields = {}
-    for j = 1, nfields * 2 do fields[j] = ARGV[i + 1 + j] end
-    local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
+  for i = 4, 3 + tonumber(ARGV[3]) * 3, 3 do
+    local doc = ARGV[i]
+    local id = redis.call('XADD', KEYS[2], '*', 'ce', ARGV[i + 1], 'data', ARGV[i + 2])
     redis.call('HSET', KEYS[1], doc, id)
     count_in_flight(KEYS[3], KEYS[4], id, ARGV[2] .. '/' .. doc)
-    i = i + 2 + nfields * 2
   end
   redis.call('EXPIRE', KEYS[1], ARGV[1])
 end

@@ -148,10 +148,7 @@ class JobTracker:
             )
         args = self._record_args(job_id, body_hash, tenant, traceparent, len(submissions))
         for sub in submissions:
-            fields = sub.envelope.to_fields()
-            args.extend((sub.document_id, sub.kind, len(fields)))
-            for key, value in fields.items():
-                args.extend((key, value))
+            args.extend((sub.document_id, sub.kind, sub.envelope.attributes(), sub.envelope.data))
         keys = JobKeys.of(self.names, job_id)
         idem_key = self.idempotency_key(tenant, idempotency_key) if idempotency_key else keys.record
         reply: list[bytes] = await self._submit(
@@ -231,11 +228,8 @@ class JobTracker:
         """One partition's commands of a job, once; document id -> entry id."""
         in_flight = InFlight(self.client, view)
         args: list[Any] = [self.ttl_s, tenant, len(subs)]
-        for sub in subs:
-            fields = sub.envelope.to_fields()
-            args.extend((sub.document_id, len(fields)))
-            for key, value in fields.items():
-                args.extend((key, value))
+        for sub in subs:  # the envelope's stream fields, ``ce`` and ``data``
+            args.extend((sub.document_id, sub.envelope.attributes(), sub.envelope.data))
         marker = view.key("ingest", "enqueued", job_id)
         flat: list[bytes] = await self._enqueue_partition(
             keys=[marker, view.ingest, *in_flight.keys], args=args

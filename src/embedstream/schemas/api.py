@@ -53,22 +53,28 @@ def _refuse(kind: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(kind, "{message}", {"message": message})
 
 
+#: What a document id must not contain: C0 and C1 control characters (NUL included), DEL, '|'.
+_ID_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f|]")
+
+
 def check_document_id(value: str) -> str:
-    """1-512 characters, no control characters (NUL included), no ``|``, valid Unicode."""
-    for position, char in enumerate(value):
-        if ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F:
-            raise PydanticCustomError(
-                "document_id_control_char",
-                "document id must not contain control characters "
-                "(found U+{code} at position {position})",
-                {"code": f"{ord(char):04X}", "position": position},
-            )
+    """1-512 characters, no control characters (NUL included), no ``|``, valid Unicode.
+    The first forbidden character is named, with its position."""
+    found = _ID_FORBIDDEN.search(value)
+    if found is not None:
+        char, position = found.group(), found.start()
         if char == "|":
             raise PydanticCustomError(
                 "document_id_pipe",
                 "document id must not contain '|' (found at position {position})",
                 {"position": position},
             )
+        raise PydanticCustomError(
+            "document_id_control_char",
+            "document id must not contain control characters "
+            "(found U+{code} at position {position})",
+            {"code": f"{ord(char):04X}", "position": position},
+        )
     if (problem := text_problem(value)) is not None:
         raise _refuse("document_id_surrogate", f"document id {problem}")
     return value

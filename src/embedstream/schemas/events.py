@@ -12,14 +12,17 @@ builds on (``base_version``)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal, Self, TypeAlias
+from typing import TYPE_CHECKING, Annotated, Literal, Self, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from embedstream.schemas.commands import MetadataValue
 from embedstream.schemas.storable import check_metadata, check_texts
-from embedstream.schemas.vectors import Vector, vector_array, vector_bytes
+from embedstream.schemas.vectors import vector_array, vector_bytes
 from embedstream.schemas.versions import VersionText, parse_version, version_text
+
+if TYPE_CHECKING:
+    from embedstream.schemas.vectors import Vector
 
 DOCUMENT_EMBEDDED = "document.embedded.v1"
 DOCUMENT_REMOVED = "document.removed.v1"

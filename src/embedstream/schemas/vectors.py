@@ -12,16 +12,31 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:  # numpy is imported where vectors are made or read, not by the API
+    import numpy as np
+    import numpy.typing as npt
 
-Vector = npt.NDArray[np.float32]
+    Vector = npt.NDArray[np.float32]
 FLOAT32_BYTES = 4
+
+
+def __getattr__(name: str) -> Any:
+    """``Vector`` at run time (importing numpy then): the ingress imports the event
+    models but never a vector, and numpy is ~10 MB of its memory."""
+    if name == "Vector":
+        import numpy as np
+        import numpy.typing as npt
+
+        return npt.NDArray[np.float32]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def encode_vector(vector: Sequence[float] | npt.NDArray[np.floating]) -> str:
     """Encode one vector as base64 text of little-endian float32 values."""
+    import numpy as np
+
     array = np.asarray(vector, dtype="<f4")
     return base64.b64encode(array.tobytes()).decode("ascii")
 
@@ -44,6 +59,8 @@ def vector_bytes(text: str, dim: int | None = None) -> bytes:
 
 def vector_array(raw: bytes) -> Vector:
     """Little-endian float32 bytes as a float32 array."""
+    import numpy as np
+
     return np.frombuffer(raw, dtype="<f4").astype(np.float32)
 
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence, Set
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import numpy as np
-import numpy.typing as npt
 
 from embedstream.search.filters import Where, WhereDocument
 from embedstream.search.lexical import filter_conditions
 from embedstream.search.sql import SqlParams
+
+if TYPE_CHECKING:  # numpy: imported by the first search, not by the API's start
+    import numpy as np
+    import numpy.typing as npt
 
 ChunkKey = tuple[str, int]
 """(document id, chunk index) within one tenant"""
@@ -78,6 +80,8 @@ class ChunkReader:
         self, tenant: str, keys: Sequence[ChunkKey]
     ) -> dict[ChunkKey, npt.NDArray[np.float32]]:
         """The stored vectors of the tenant's chunks among ``keys``."""
+        import numpy as np
+
         if not keys:
             return {}
         documents, indexes = _keys(keys)
@@ -121,6 +125,8 @@ class ChunkReader:
             indexes,
             [key in vectors_for for key in keys],
         )
+        import numpy as np
+
         found: dict[ChunkKey, ChunkDetails] = {}
         for row in rows:
             raw = row["embedding"]

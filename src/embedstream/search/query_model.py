@@ -13,13 +13,13 @@ import math
 import time
 from typing import TYPE_CHECKING, Final
 
-import numpy as np
-import numpy.typing as npt
-
 from embedstream.config import Settings
 from embedstream.logging import get_logger
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy: imported by the first search, not by the API's start
+    import numpy as np
+    import numpy.typing as npt
+
     from embedstream.adapters.embedder import Embedder
 
 log = get_logger("embedstream.search")

@@ -26,11 +26,9 @@ import contextlib
 import math
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import asyncpg
-import numpy as np
-import numpy.typing as npt
 
 from embedstream.config import Settings
 from embedstream.errors.postgres import is_transient
@@ -41,6 +39,10 @@ from embedstream.search.fusion import reciprocal_rank_fusion
 from embedstream.search.lexical import LexicalIndex
 from embedstream.search.query_model import RETRY_AFTER_S, QueryModel, SearchUnavailable
 from embedstream.search.vector import IndexUnavailable, VectorHit, VectorIndex
+
+if TYPE_CHECKING:  # numpy: imported by the first search, not by the API's start
+    import numpy as np
+    import numpy.typing as npt
 
 log = get_logger("embedstream.search")
 T = TypeVar("T")
@@ -114,6 +116,8 @@ async def _both(first: Coroutine[Any, Any, A], second: Coroutine[Any, Any, B]) -
 
 
 def cosine_distance(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
+    import numpy as np
+
     norms = float(np.linalg.norm(a) * np.linalg.norm(b))
     return 1.0 - float(np.dot(a, b)) / norms if norms else 1.0
 

@@ -18,13 +18,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from embedstream.config import ChromaSettings
 from embedstream.search.filters import TENANT_KEY, Where, with_tenant
+
+if TYPE_CHECKING:  # numpy: imported by the first search, not by the API's start
+    import numpy as np
+    import numpy.typing as npt
 
 T = TypeVar("T")
 

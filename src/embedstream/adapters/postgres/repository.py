@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -30,7 +30,10 @@ from embedstream.adapters.postgres.model import (
     plan_document,
 )
 from embedstream.logging import get_logger
-from embedstream.schemas.vectors import Vector, vector_array
+from embedstream.schemas.vectors import vector_array
+
+if TYPE_CHECKING:  # numpy only where a vector is read (the API process never does)
+    from embedstream.schemas.vectors import Vector
 
 log = get_logger("embedstream.postgres")
 

@@ -40,7 +40,7 @@ STORE_AWAY = with_description(503, "PostgreSQL (documents, or the API key store)
 _CURSOR_VERSION = 1
 
 
-def get_reader(request: Request) -> DocumentReader:
+async def get_reader(request: Request) -> DocumentReader:
     reader: DocumentReader = request.app.state.documents
     return reader
 

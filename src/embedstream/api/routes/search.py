@@ -37,7 +37,7 @@ SEARCH_REFUSED = with_description(
 )
 
 
-def get_search(request: Request) -> SearchService:
+async def get_search(request: Request) -> SearchService:
     service: SearchService = request.app.state.search
     return service
 

@@ -13,6 +13,7 @@ Credentials: ``Authorization: Bearer <JWT>``, ``Authorization: Bearer es_...`` o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -61,7 +62,7 @@ class Guards:
     failures: FailedAuthLimiter
 
 
-def get_guards(request: Request) -> Guards:
+async def get_guards(request: Request) -> Guards:
     guards: Guards = request.app.state.guards
     return guards
 
@@ -161,7 +162,13 @@ async def authorize(
     guards: Annotated[Guards, Depends(get_guards)],
 ) -> Principal:
     """``authenticate``, then the scopes (403) and the rate limit (429)."""
-    if missing := principal.missing(security_scopes.scopes):
+    await check_access(guards, principal, security_scopes.scopes)
+    return principal
+
+
+async def check_access(guards: Guards, principal: Principal, scopes: Sequence[str]) -> None:
+    """The scopes (``Forbidden``, 403), then the credential's rate limit (429)."""
+    if missing := principal.missing(scopes):
         log.info(
             "authorization failed",
             credential_id=principal.credential_id,
@@ -170,7 +177,13 @@ async def authorize(
         )
         raise Forbidden(missing, principal.scopes)
     await guards.rate_limiter.check(principal)
-    return principal
+
+
+async def check_write(guards: Guards, principal: Principal, scopes: Sequence[str]) -> None:
+    """Everything a write checks once the caller is known, in the order the write
+    routes' dependencies check it: scopes (403), rate limit (429), backlog (503)."""
+    await check_access(guards, principal, scopes)
+    await guards.backpressure.check()
 
 
 def require(*scopes: str) -> Any:
