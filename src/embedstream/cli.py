@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from embedstream.api.security.cli import keys_app, token_app
+from embedstream.cli_common import cli_settings, console
 from embedstream.cli_output import (
     ExitCode,
     JsonOption,
@@ -33,7 +33,6 @@ from embedstream.cli_output import (
 from embedstream.config import Settings
 from embedstream.contracts.cli import schemas_app
 from embedstream.dlq_cli import dlq_app
-from embedstream.logging import configure_logging
 from embedstream.model_cli import model_app
 from embedstream.status_cli import status
 from embedstream.streams.names import PIPELINE, StreamNames
@@ -51,7 +50,6 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(token_app, name="token")
 app.add_typer(model_app, name="model")
 # Piped output (logs, CI) gets a fixed width wide enough for the status table.
-console = Console() if sys.stdout.isatty() else Console(width=140)
 T = TypeVar("T")
 
 
@@ -61,17 +59,6 @@ else:
     # the stages' names, as a choice (typer reads an Enum); the declarations behind them
     # (embedstream.workers.stages) are imported by the commands that run them
     StageKind = Enum("StageKind", [(stage.name, stage.name) for stage in PIPELINE], type=str)
-
-
-def cli_settings() -> Settings:
-    """The settings (from the environment), with logging configured: every command's
-    first step."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-    settings = Settings()
-    configure_logging(settings.app.log_level, json=settings.app.json_logs)
-    return settings
 
 
 def _names(settings: Settings) -> StreamNames:

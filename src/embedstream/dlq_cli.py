@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
+from embedstream.cli_common import cli_settings
 from embedstream.cli_output import ExitCode, JsonOption, fail, messages, print_json, usage_error
 from embedstream.streams.dlq_actions import MAX_IDS, Action, ActionReport, Selection, act
 from embedstream.streams.dlq_query import (
@@ -56,7 +57,6 @@ Yes = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmat
 
 def _run(body: Callable[[Any], Awaitable[T]]) -> T:
     from embedstream.adapters.redis_client import create_redis
-    from embedstream.cli import cli_settings
 
     settings = cli_settings()
 
@@ -71,7 +71,6 @@ def _run(body: Callable[[Any], Awaitable[T]]) -> T:
 
 
 def _names() -> StreamNames:
-    from embedstream.cli import cli_settings
 
     return cli_settings().redis.names()
 

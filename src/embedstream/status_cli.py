@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from embedstream.cli_common import cli_settings, console
 from embedstream.cli_output import ExitCode, JsonOption, print_json
 from embedstream.config import Settings
 from embedstream.streams.status import StatusReport, collect_status
@@ -97,7 +98,6 @@ def status(
     Exit code 3 (with --check or a --fail-over-* bound) when a group is unhealthy. With
     --watch and --json, one reading per line (JSON Lines)."""
     from embedstream.adapters.redis_client import create_redis
-    from embedstream.cli import cli_settings, console
 
     settings: Settings = cli_settings()
     bounds = HealthBounds(
