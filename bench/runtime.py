@@ -199,6 +199,7 @@ async def consume_raw(cfg: Config, stream: str, run: Run) -> Measurement:
     client = redis.Redis.from_url(cfg.url)
     name = consumer_name("raw")
     try:
+        await client.ping()  # connected before the clock starts, as embedstream's case
         run.start()
         while run.count < cfg.n:
             reply: Any = await client.xreadgroup(
