@@ -67,7 +67,7 @@ def cli_schema(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("EMBEDSTREAM_DATABASE_SCHEMA", schema)
     monkeypatch.setenv("EMBEDSTREAM_JWT_SECRET", JWT_SECRET)
     monkeypatch.setattr("embedstream.api.security.cli.configure_logging", lambda *a, **k: None)
-    monkeypatch.setattr("embedstream.cli.configure_logging", lambda *a, **k: None)
+    monkeypatch.setattr("embedstream.cli_common.configure_logging", lambda *a, **k: None)
     asyncio.run(migrate(PG_DSN, schema))
     yield schema
     asyncio.run(drop_schema(schema))
