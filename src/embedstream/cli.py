@@ -468,11 +468,12 @@ def keda(
     from embedstream.deploy.keda import patch_file, trigger_patch
 
     names = _names(cli_settings())
-    for stage in PIPELINE:
-        text = json.dumps(trigger_patch(names, stage.name), indent=2) + "\n"
-        if out is None:
-            typer.echo(f"// {patch_file(stage.name)}\n{text}", nl=False)
-            continue
+    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / patch_file(stage.name)).write_text(text)
-        console.print(f"wrote {out / patch_file(stage.name)}")
+    for stage in PIPELINE:
+        text = json.dumps(trigger_patch(names, stage), indent=2) + "\n"
+        if out is None:
+            typer.echo(f"// {patch_file(stage)}\n{text}", nl=False)
+            continue
+        (out / patch_file(stage)).write_text(text)
+        console.print(f"wrote {out / patch_file(stage)}")

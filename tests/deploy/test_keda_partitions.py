@@ -106,4 +106,4 @@ def test_one_partition_on_a_single_redis_gives_the_base_keda_triggers() -> None:
     names = StreamNames(config_env()["EMBEDSTREAM_STREAM_PREFIX"])
     for stage in PIPELINE:
         expected = base[f"worker-{stage.name}"]["spec"]["triggers"]
-        assert json.loads(json.dumps(stage_triggers(names, stage.name))) == expected
+        assert json.loads(json.dumps(stage_triggers(names, stage))) == expected

@@ -17,6 +17,7 @@ import redis.asyncio as redis
 from redis.exceptions import ResponseError
 from starlette.exceptions import HTTPException
 
+from embedstream.errors.redis import is_no_such_stream
 from embedstream.streams.names import EMBED, StreamNames, as_text
 
 RETRY_AFTER_S = 5
@@ -82,7 +83,7 @@ class IngestLagGauge:
         try:
             groups: list[dict[str, Any]] = await self.client.xinfo_groups(stream)
         except ResponseError as exc:
-            if "no such key" in str(exc).lower():
+            if is_no_such_stream(exc):
                 return 0
             raise
         for info in groups:

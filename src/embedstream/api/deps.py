@@ -44,10 +44,15 @@ async def get_tracker(request: Request) -> JobTracker:
 async def get_traceparent(
     traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> str | None:
-    """The context the request's commands carry: the request's server span when tracing
-    is on (it continues an incoming ``traceparent``), else the incoming W3C
-    ``traceparent`` if valid (an invalid one is ignored)."""
-    return current_traceparent() or valid_traceparent(traceparent)
+    """The context the request's commands carry (``request_traceparent``)."""
+    return request_traceparent(traceparent)
+
+
+def request_traceparent(header: str | None) -> str | None:
+    """The request's server span when tracing is on (it continues an incoming
+    ``traceparent``), else the incoming W3C ``traceparent`` header if valid (an invalid
+    one is ignored)."""
+    return current_traceparent() or valid_traceparent(header)
 
 
 async def require_json(request: Request) -> None:

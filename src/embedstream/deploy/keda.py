@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from embedstream.streams.names import PIPELINE, StreamNames
+from embedstream.streams.names import StageNames, StreamNames
 
 SINGLE_ADDRESS_ENV = "REDIS_ADDRESS"
 """config.env's ``host:port`` of a single Redis (the ``redis-streams`` scaler)."""
@@ -45,10 +45,9 @@ SCALING = {
 """The thresholds of deploy/k8s/keda's ScaledObjects (one stream per stage)."""
 
 
-def stage_triggers(names: StreamNames, stage: str) -> list[dict[str, Any]]:
+def stage_triggers(names: StreamNames, stage: StageNames) -> list[dict[str, Any]]:
     """The triggers of ``worker-{stage}`` for ``names``' layout."""
-    declared = next(s for s in PIPELINE if s.name == stage)
-    scaling = SCALING[stage]
+    scaling = SCALING[stage.name]
     views = names.views()
     lag = math.ceil(scaling.lag / len(views))
     pending = math.ceil(scaling.pending / len(views))
@@ -60,9 +59,9 @@ def stage_triggers(names: StreamNames, stage: str) -> list[dict[str, Any]]:
     )
     triggers: list[dict[str, Any]] = []
     for index, view in enumerate(views):
-        stream = declared.stream_of(view)
+        stream = stage.stream_of(view)
         suffix = "" if len(views) == 1 else f"-p{index}"
-        common = {**address, "stream": stream, "consumerGroup": declared.group}
+        common = {**address, "stream": stream, "consumerGroup": stage.group}
         triggers.append(
             {
                 "type": kind,
@@ -82,11 +81,11 @@ def stage_triggers(names: StreamNames, stage: str) -> list[dict[str, Any]]:
     return triggers
 
 
-def trigger_patch(names: StreamNames, stage: str) -> list[dict[str, Any]]:
+def trigger_patch(names: StreamNames, stage: StageNames) -> list[dict[str, Any]]:
     """A JSON patch (RFC 6902) for ``worker-{stage}``'s ScaledObject: its triggers for
     ``names``' layout (kustomize ``patches: [{path: ..., target: ...}]``)."""
     return [{"op": "replace", "path": "/spec/triggers", "value": stage_triggers(names, stage)}]
 
 
-def patch_file(stage: str) -> str:
-    return f"triggers-{stage}.json"
+def patch_file(stage: StageNames) -> str:
+    return f"triggers-{stage.name}.json"

@@ -56,8 +56,7 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 
 def is_nogroup(exc: ResponseError) -> bool:
     """NOGROUP, or "no such key" (what XINFO answers when the stream is missing)."""
-    text = str(exc)
-    return text.startswith("NOGROUP") or text.startswith("no such key")
+    return str(exc).startswith("NOGROUP") or is_no_such_stream(exc)
 
 
 FAILOVER_REPLIES = ("UNBLOCKED", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "LOADING")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import msgspec
@@ -17,13 +17,14 @@ from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
-from embedstream.api.commands import build_delete, build_upserts, valid_traceparent
+from embedstream.api.commands import build_delete, build_upserts
 from embedstream.api.deps import (
     IDEMPOTENCY_KEY_PATTERN,
     ApiSettingsDep,
     IdempotencyKeyDep,
     TraceparentDep,
     TrackerDep,
+    request_traceparent,
     require_json,
 )
 from embedstream.api.errors import AUTH_ERRORS, error_responses
@@ -43,7 +44,6 @@ from embedstream.schemas.api import (
     UpsertRequest,
     check_document_id,
 )
-from embedstream.tracing import current_traceparent
 
 log = get_logger(__name__)
 
@@ -106,6 +106,13 @@ def request_fingerprint(operation: str, content: Any) -> str:
     key order and whitespace do not matter but any change of meaning does."""
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(f"{operation}\n{canonical}".encode()).hexdigest()
+
+
+def key_fingerprint(idempotency_key: str | None, operation: str, content: Callable[[], Any]) -> str:
+    """``request_fingerprint`` of a request with an Idempotency-Key, "" without one: only
+    such a request is bound to its content (the job record keeps no hash; SUBMIT reads
+    it only for the idempotency record), so ``content`` is not even built then."""
+    return "" if idempotency_key is None else request_fingerprint(operation, content())
 
 
 def limit_errors(body: UpsertRequest, limits: ApiSettings) -> list[dict[str, Any]]:
@@ -222,11 +229,6 @@ async def submit_job(
     return Response(content, status_code=202, headers=headers, media_type="application/json")
 
 
-def traceparent_of(headers: Headers) -> str | None:
-    """What ``get_traceparent`` gives, without FastAPI's dependency solving."""
-    return current_traceparent() or valid_traceparent(headers.get("traceparent"))
-
-
 async def accept_upserts(
     request: Request,
     body: UpsertRequest,
@@ -249,13 +251,6 @@ async def accept_upserts(
         for doc, envelope in zip(documents, envelopes, strict=True)
         if doc.id is not None
     ]
-    # only a request with an Idempotency-Key is bound to its content (the job record
-    # keeps no hash: SUBMIT reads it only for the idempotency record)
-    fingerprint = (
-        request_fingerprint("POST /v1/documents", body.model_dump(mode="json"))
-        if idempotency_key is not None
-        else ""
-    )
     return await submit_job(
         request,
         tracker,
@@ -263,7 +258,9 @@ async def accept_upserts(
         submissions,
         tenant=principal.tenant,
         idempotency_key=idempotency_key,
-        fingerprint=fingerprint,
+        fingerprint=key_fingerprint(
+            idempotency_key, "POST /v1/documents", lambda: body.model_dump(mode="json")
+        ),
         traceparent=traceparent,
     )
 
@@ -315,7 +312,7 @@ async def direct_upsert(request: Request, principal: Principal) -> Response | No
         limits=settings.api,
         tracker=request.app.state.tracker,
         idempotency_key=idempotency_key,
-        traceparent=traceparent_of(headers),
+        traceparent=request_traceparent(headers.get("traceparent")),
     )
 
 
@@ -341,7 +338,7 @@ async def direct_delete(request: Request, principal: Principal) -> Response | No
         principal,
         tracker=request.app.state.tracker,
         idempotency_key=idempotency_key,
-        traceparent=traceparent_of(headers),
+        traceparent=request_traceparent(headers.get("traceparent")),
     )
 
 
@@ -356,11 +353,6 @@ async def accept_delete(
 ) -> Response:
     job_id = new_job_id()
     envelope = build_delete(job_id, document_id, tenant=principal.tenant, traceparent=traceparent)
-    fingerprint = (
-        request_fingerprint("DELETE /v1/documents", {"id": document_id})
-        if idempotency_key is not None
-        else ""
-    )
     return await submit_job(
         request,
         tracker,
@@ -368,7 +360,9 @@ async def accept_delete(
         [Submission(document_id, "delete", envelope)],
         tenant=principal.tenant,
         idempotency_key=idempotency_key,
-        fingerprint=fingerprint,
+        fingerprint=key_fingerprint(
+            idempotency_key, "DELETE /v1/documents", lambda: {"id": document_id}
+        ),
         traceparent=traceparent,
     )
 
