@@ -1,7 +1,8 @@
 """Partitioned streams on the single Redis and on a local Redis Cluster: where commands
 go, a submit that stops half way and is retried, the embed stage's acks over several
-partitions, dead-letter replay into a partition, and the refusal to change the number
-of partitions while work is pending."""
+partitions, dead-letter replay into a partition, the refusal to change the number of partitions
+while work is pending, waits for replicas that do not spend deliveries, and status,
+queue gauges, dead-letter tools and subscribers that see every partition."""
 
 from __future__ import annotations
 
@@ -15,18 +16,26 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from embedstream.adapters.redis_client import ReplicaAck, ReplicationTimeout
 from embedstream.config import ConsumerSettings
 from embedstream.jobs.tracker import JobTracker, Submission
+from embedstream.metrics.queues import QueueMetrics
 from embedstream.schemas.envelope import Envelope
+from embedstream.schemas.events import DocumentEmbedded
 from embedstream.streams.dlq import replay_dead_letter
+from embedstream.streams.dlq_query import DeadLetterFilter, find_dead_letters
+from embedstream.streams.init import init_streams
 from embedstream.streams.messages import DeadLetter, Message, Outcome
 from embedstream.streams.names import EMBED, StreamNames, partition_of
 from embedstream.streams.partitions import PartitionsChanged, check_partitions
 from embedstream.streams.runner import StreamWorker
+from embedstream.streams.status import collect_status
+from embedstream.streams.status_cache import StatusCache
+from embedstream.subscribe import Subscriber
 from tests.conftest import REDIS_BACKENDS
-from tests.support.builders import TENANT, apply_ops, command_envelope
+from tests.support.builders import TENANT, apply_ops, command_envelope, embedded_event, publish
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +75,27 @@ async def entries_by_stream(client: redis.Redis, names: StreamNames) -> dict[str
         rows = await client.xrange(stream)
         out[stream] = [Envelope.from_fields(f).subject or "" for _, f in rows]
     return out
+
+
+async def dead_letter_every_partition(
+    client: redis.Redis,
+    names: StreamNames,
+    settings: ConsumerSettings,
+    reason: str,
+    **worker_options: Any,
+) -> None:
+    """An embed-like worker per partition that dead-letters every command it reads with
+    ``reason``, run until its partition has nothing left (``worker_options``: e.g. the job
+    bookkeeping's ``dead_letter_ops``, a ``replica_ack``)."""
+
+    async def handler(messages: Sequence[Message[Envelope]]) -> Sequence[Outcome]:
+        return [DeadLetter(ValueError(reason)) for _ in messages]
+
+    for view in names.views():
+        worker = StreamWorker(
+            client, view, view.ingest, EMBED.group, handler, settings, **worker_options
+        )
+        await asyncio.wait_for(worker.run(burst=True), 60)
 
 
 async def test_commands_go_to_their_documents_partitions(
@@ -144,20 +174,13 @@ async def test_stage_marks_and_dead_letters_over_partitions_complete_the_job(
     tracker = JobTracker(redis_client, names)
     job_id = uuid.uuid4().hex
     await tracker.submit(job_id, submissions(job_id, DOCS[:9]), tenant=TENANT)
-
-    async def handler(messages: Sequence[Message[Envelope]]) -> Sequence[Outcome]:
-        return [DeadLetter(ValueError("no")) for _ in messages]
-
-    for view in names.views():
-        await StreamWorker(
-            redis_client,
-            view,
-            view.ingest,
-            EMBED.group,
-            handler,
-            fast_settings,
-            dead_letter_ops=tracker.dead_letter_ops(EMBED.name),
-        ).run(burst=True)
+    await dead_letter_every_partition(
+        redis_client,
+        names,
+        fast_settings,
+        "no",
+        dead_letter_ops=tracker.dead_letter_ops(EMBED.name),
+    )
 
     status = await tracker.status(job_id)
     assert status is not None
@@ -222,21 +245,21 @@ async def test_a_change_of_partitions_is_refused_while_work_is_pending(
     assert await redis_client.get(names.partitions_key) == b"1"
 
 
+@dataclasses.dataclass(frozen=True)
 class ReplicasShort(ReplicaAck):
     """``EMBEDSTREAM_REDIS_MIN_REPLICAS_ACK=1`` on a cluster whose slots are short of a
     replica for the first ``failures`` waits (a failover under way): WAIT answers too
     few, as Redis does then; after that the real WAIT on the cluster's replicas."""
 
-    def __init__(self, failures: int) -> None:
-        super().__init__(replicas=1, timeout_ms=100)
-        object.__setattr__(self, "left", [failures])
-        object.__setattr__(self, "waits", [0])
+    replicas: int = 1
+    timeout_ms: int = 100
+    failures: int = 5
+    waits: list[int] = dataclasses.field(default_factory=list)  # one item per wait
 
     async def wait(self, client: redis.Redis, key: str) -> None:
-        self.waits[0] += 1  # type: ignore[attr-defined]
-        if self.left[0] > 0:  # type: ignore[attr-defined]
-            self.left[0] -= 1  # type: ignore[attr-defined]
-            raise ReplicationTimeout(1, 0, self.timeout_ms)
+        self.waits.append(1)
+        if len(self.waits) <= self.failures:
+            raise ReplicationTimeout(self.replicas, 0, self.timeout_ms)
         await super().wait(client, key)
 
 
@@ -255,25 +278,17 @@ async def test_replicas_short_for_a_while_delay_the_ack_without_spending_deliver
     tracker = JobTracker(redis_client, names)
     job_id = uuid.uuid4().hex
     await tracker.submit(job_id, submissions(job_id, DOCS[:9]), tenant=TENANT)
-
-    async def handler(messages: Sequence[Message[Envelope]]) -> Sequence[Outcome]:
-        return [DeadLetter(ValueError("refused by the handler")) for _ in messages]
-
     short = ReplicasShort(failures=5)
-    for view in names.views():
-        worker = StreamWorker(
-            redis_client,
-            view,
-            view.ingest,
-            EMBED.group,
-            handler,
-            fast_settings,
-            dead_letter_ops=tracker.dead_letter_ops(EMBED.name),
-            replica_ack=short,
-        )
-        await asyncio.wait_for(worker.run(burst=True), 60)
+    await dead_letter_every_partition(
+        redis_client,
+        names,
+        fast_settings,
+        "refused by the handler",
+        dead_letter_ops=tracker.dead_letter_ops(EMBED.name),
+        replica_ack=short,
+    )
 
-    assert short.waits[0] > 5  # type: ignore[attr-defined]
+    assert len(short.waits) > short.failures
     letters = await redis_client.xrange(names.dlq)
     assert len(letters) == 9
     # each settled on its first delivery, with the handler's reason
@@ -286,3 +301,106 @@ async def test_replicas_short_for_a_while_delay_the_ack_without_spending_deliver
     assert status is not None and (status.state, status.failed) == ("failed", 9)
     results = await redis_client.xrange(names.results)
     assert [Envelope.from_fields(f).type for _, f in results] == ["job.failed.v1"]
+
+
+# -- what operators and downstream services read sees every partition ------------------
+# `embedstream status` and the queue gauges list each partition's streams with their lag,
+# the dead-letter tools list and filter letters from every partition, and a subscriber of
+# `embedded` receives the events of every partition.
+
+SEEN = DOCS[:12]
+
+
+def per_partition(documents: Sequence[str]) -> dict[int, int]:
+    counts = dict.fromkeys(range(PARTITIONS), 0)
+    for doc in documents:
+        counts[partition_of(TENANT, doc, PARTITIONS)] += 1
+    assert all(counts.values()), counts  # the documents cover every partition
+    return counts
+
+
+async def submit(redis_client: redis.Redis, names: StreamNames) -> None:
+    job_id = uuid.uuid4().hex
+    await JobTracker(redis_client, names).submit(job_id, submissions(job_id, SEEN), tenant=TENANT)
+
+
+async def test_status_and_queue_gauges_show_every_partitions_lag(
+    redis_client: redis.Redis, names: StreamNames, clean: None
+) -> None:
+    await init_streams(redis_client, names)
+    await submit(redis_client, names)
+    expected = {names.at(k).ingest: n for k, n in per_partition(SEEN).items()}
+
+    report = await collect_status(redis_client, names)
+    seen = {view.stream for view in report.streams}
+    assert set(names.pipeline_streams()) <= seen
+    lag = {
+        view.stream: group.lag
+        for view in report.streams
+        for group in view.groups
+        if group.name == EMBED.group and view.stream in expected
+    }
+    assert lag == expected
+
+    metrics = QueueMetrics(StatusCache(redis_client, names, ttl_s=0), active_idle_ms=60_000)
+    text = (await metrics.exposition()).decode()
+    gauges = {
+        sample.labels["stream"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "embedstream_group_lag"
+        for sample in family.samples
+        if sample.labels.get("group") == EMBED.group
+    }
+    assert gauges == {stream: float(n) for stream, n in expected.items()}
+
+
+async def test_dead_letter_tools_see_every_partition(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    clean: None,
+    fast_settings: ConsumerSettings,
+) -> None:
+    await submit(redis_client, names)
+    await dead_letter_every_partition(redis_client, names, fast_settings, "refused")
+
+    page = await find_dead_letters(redis_client, names, DeadLetterFilter(), limit=100)
+    assert sorted(letter.meta["stream"] for letter in page.items) == sorted(
+        names.for_document(TENANT, doc).ingest for doc in SEEN
+    )
+    for k, n in per_partition(SEEN).items():  # filtered by one partition's stream
+        stream = names.at(k).ingest
+        only = await find_dead_letters(redis_client, names, DeadLetterFilter(stream=stream))
+        assert len(only.items) == n
+    report = await collect_status(redis_client, names)
+    dead = {
+        view.stream: group.dead_letters
+        for view in report.streams
+        for group in view.groups
+        if group.name == EMBED.group
+    }
+    assert {s: d for s, d in dead.items() if d} == {
+        names.at(k).ingest: n for k, n in per_partition(SEEN).items()
+    }
+
+
+async def test_a_subscriber_of_embedded_reads_every_partition(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    clean: None,
+    fast_settings: ConsumerSettings,
+) -> None:
+    for doc in SEEN:
+        stream = names.for_document(TENANT, doc).embedded
+        await publish(redis_client, stream, embedded_event("j", doc, 1))
+    sub = Subscriber(
+        redis_client,
+        names.prefix,
+        "vectors",
+        settings=fast_settings,
+        stream="embedded",
+        partitions=PARTITIONS,
+    )
+    got: list[str] = []
+    sub.on(DocumentEmbedded)(lambda event, envelope: got.append(event.document_id))
+    await asyncio.wait_for(sub.run(burst=True), 30)
+    assert sorted(got) == sorted(SEEN)
