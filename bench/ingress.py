@@ -54,7 +54,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import redis
 
 from bench.corpus import generate
@@ -220,20 +219,6 @@ def combined(rounds: list[Measured]) -> Measured:
     )
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server at {url} exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the server at {url} did not become ready")
-
-
 def start_servers(stack: Stack, pin: bool) -> tuple[Server, Server]:
     """The real ingress and the floor app, one uvicorn process each."""
     api = stack.start("api", "api")
@@ -248,7 +233,7 @@ def start_servers(stack: Stack, pin: bool) -> tuple[Server, Server]:
         )  # fmt: skip
     stack.procs["floor"] = floor
     floor_url = f"http://127.0.0.1:{floor_port}"
-    wait_ready(floor_url, floor)
+    stack.wait_ready(url=floor_url)
     if pin:
         for proc in (api, floor):
             subprocess.run(["taskset", "-pc", "0", str(proc.pid)], check=True, capture_output=True)

@@ -117,19 +117,22 @@ class Stack:
             for p in sorted(self.log_dir.glob("*.log"))
         )
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout: float = 60.0, *, url: str | None = None) -> None:
+        """Until ``url`` (the API by default) answers ``/readyz``; fails at once when any
+        process of the stack has exited."""
+        url = url or self.url
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     raise AssertionError(f"{name} exited with {proc.returncode}\n{self.logs()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise AssertionError(f"the API did not become ready\n{self.logs()}")
+        raise AssertionError(f"{url} did not become ready\n{self.logs()}")
 
 
 def stack_env(
