@@ -24,30 +24,32 @@ ensure_postgres() {
   echo "PostgreSQL did not start; check 'pg_lsclusters'" >&2; exit 1
 }
 
+# Debian packages some tests and benchmarks need; `apt-get update` runs once, before the
+# first install. Usage: apt_install "what is lost without them" package...
+APT_UPDATED=""
+apt_install() {
+  local without=$1; shift
+  if ! command -v apt-get >/dev/null 2>&1; then
+    log "no apt-get: install $* yourself, or $without"
+    return 1
+  fi
+  log "installing Debian's $*"
+  if [ -z "$APT_UPDATED" ]; then apt-get update -qq >/dev/null; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 # The console's browser tests (tests/e2e/test_console.py) drive Debian's Chromium with
 # Playwright (never `playwright install`: nothing is downloaded at run time).
 ensure_chromium() {
   if [ -x /usr/bin/chromium ]; then return; fi
-  if ! command -v apt-get >/dev/null 2>&1; then
-    log "no apt-get: install Chromium yourself, or the console's browser tests are skipped"
-    return
-  fi
-  log "installing Debian's chromium and chromium-driver (browser tests)"
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  apt_install "the console's browser tests are skipped" chromium chromium-driver || true
 }
 
 # The ingress benchmark (python -m bench.ingress) loads the API with Debian's wrk, a
 # compiled HTTP load generator, so the load generator is not what is measured.
 ensure_wrk() {
   if command -v wrk >/dev/null 2>&1; then return; fi
-  if ! command -v apt-get >/dev/null 2>&1; then
-    log "no apt-get: install wrk yourself, or bench.ingress cannot run"
-    return
-  fi
-  log "installing Debian's wrk (the ingress benchmark's load generator)"
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+  apt_install "bench.ingress cannot run" wrk || true
 }
 
 # The alert and recording rules are checked with promtool, and an integration test runs a
@@ -55,13 +57,7 @@ ensure_wrk() {
 # prometheus package brings both.
 ensure_prometheus() {
   if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then return; fi
-  if ! command -v apt-get >/dev/null 2>&1; then
-    log "no apt-get: install Prometheus yourself, or its rule checks are skipped"
-    return
-  fi
-  log "installing Debian's prometheus (promtool, and the server for an integration test)"
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  apt_install "its rule checks are skipped" prometheus || return 0
   # the package starts a service on Debian; the tests run their own on free ports
   if command -v service >/dev/null 2>&1; then service prometheus stop >/dev/null 2>&1 || true; fi
 }
