@@ -26,6 +26,7 @@ from embedstream.schemas.envelope import Envelope
 from embedstream.schemas.events import DocumentEmbedded
 from embedstream.streams.dlq import replay_dead_letter
 from embedstream.streams.dlq_query import DeadLetterFilter, find_dead_letters
+from embedstream.streams.heartbeat import Heartbeat
 from embedstream.streams.init import init_streams
 from embedstream.streams.messages import DeadLetter, Message, Outcome
 from embedstream.streams.names import EMBED, StreamNames, partition_of
@@ -301,6 +302,56 @@ async def test_replicas_short_for_a_while_delay_the_ack_without_spending_deliver
     assert status is not None and (status.state, status.failed) == ("failed", 9)
     results = await redis_client.xrange(names.results)
     assert [Envelope.from_fields(f).type for _, f in results] == ["job.failed.v1"]
+
+
+class StepClock:
+    """A clock for the liveness probe that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("redis_backend", ["cluster"], indirect=True)
+async def test_a_worker_waiting_for_replicas_stays_live(
+    redis_client: redis.Redis,
+    names: StreamNames,
+    clean: None,
+    fast_settings: ConsumerSettings,
+) -> None:
+    """Every slot held by a batch waiting for replicas, minutes on the probe's clock:
+    the liveness probe sees progress at each answered WAIT, so the pod is not restarted
+    (a restart brings no replica back and spends the entries' deliveries)."""
+    tracker = JobTracker(redis_client, names)
+    job_id = uuid.uuid4().hex
+    await tracker.submit(job_id, submissions(job_id, DOCS[:9]), tenant=TENANT)
+    clock = StepClock()
+    heartbeat = Heartbeat(clock)
+    stalls: list[object] = []
+
+    @dataclasses.dataclass(frozen=True)
+    class SlowReplicas(ReplicasShort):
+        async def wait(self, client: redis.Redis, key: str) -> None:
+            stalls.append(heartbeat.stall(bound_s=50))
+            clock.now += 30  # each WAIT answers "too few" after its timeout
+            await super().wait(client, key)
+
+    settings = fast_settings.model_copy(update={"max_in_flight": 1, "batch_size": 100})
+    short = SlowReplicas(failures=6)
+    await dead_letter_every_partition(
+        redis_client,
+        names,
+        settings,
+        "refused",
+        dead_letter_ops=tracker.dead_letter_ops(EMBED.name),
+        replica_ack=short,
+        heartbeat=heartbeat,
+    )
+    assert len(short.waits) > short.failures  # 6 x 30 s waited for the replicas
+    assert stalls and all(stall is None for stall in stalls), stalls
+    assert await redis_client.xlen(names.dlq) == 9
 
 
 # -- what operators and downstream services read sees every partition ------------------

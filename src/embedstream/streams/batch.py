@@ -36,6 +36,7 @@ from embedstream.errors.redis import TRANSIENT
 from embedstream.logging import get_logger
 from embedstream.metrics.runtime import ConsumerMetrics
 from embedstream.streams.consumer import Dead, Outcomes, RawEntry, StreamConsumer, split_outcomes
+from embedstream.streams.heartbeat import report_progress
 from embedstream.streams.lease import Backoff, BatchLease, complete
 from embedstream.streams.log_context import message_context, traceparent_of
 from embedstream.streams.messages import (
@@ -261,7 +262,9 @@ class BatchProcessor(Generic[T]):
     async def _replicated(self, key: str) -> None:
         """WAIT until this process's writes to ``key``'s node are on enough replicas,
         retrying with backoff while they are not; ``ReplicationTimeout`` only once the
-        worker is stopping (the entries then stay pending, to be handled again)."""
+        worker is stopping (the entries then stay pending, to be handled again). Each
+        answered WAIT is progress for the liveness probe: a restart would not bring the
+        replicas back, and would spend the entries' deliveries on a reclaim."""
         backoff = Backoff(base=0.1, cap=2.0)
         while True:
             try:
@@ -276,6 +279,7 @@ class BatchProcessor(Generic[T]):
                     waits=backoff.failures + 1,
                     error=str(exc),
                 )
+                report_progress()
                 await asyncio.sleep(backoff.next_delay())
 
     async def _confirm_replicated(self) -> None:
